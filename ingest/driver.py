@@ -1,0 +1,187 @@
+"""Fan ingest out over Ray: thin actors around ingest.worker, a driver that schedules parts.
+
+Each actor holds the encoders (one per GPU, else one per CPU slot). The driver plans every VOD,
+spreads its parts (time ranges, one shard each) over the actors, retries a part whose actor
+died (on a fresh actor) or failed, reports a VOD that keeps failing without stopping the others,
+and commits each VOD's record as soon as all of its shards are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+from tqdm import tqdm
+
+from ingest.config import IngestConfig
+from ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
+from shards.store import ShardInfo, Store
+
+log = logging.getLogger(__name__)
+ACTOR_PREFIX = "vod2chat-ingest-"
+NAMESPACE = "vod2chat"
+
+
+@ray.remote
+class IngestActor:
+    """Holds the encoders; every method is a one-line call into ingest.worker."""
+
+    def __init__(self, cfg: IngestConfig):
+        self.cfg, self.store, self.enc = cfg, Store(cfg.store), Encoders(cfg)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                "fingerprints": self.enc.fingerprints()}
+
+    def plan(self, job: VodJob) -> VodPlan | None:
+        return plan_vod(job, self.cfg, self.enc.fingerprints(), self.store)
+
+    def part(self, plan: VodPlan, i: int) -> tuple[ShardInfo, str]:
+        return ingest_part(plan, i, self.store, self.enc, self.cfg), ray.get_runtime_context().get_node_id()
+
+
+@dataclass
+class IngestSummary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # vod -> error naming the file
+    hours: float = 0.0
+    messages: int = 0
+    shards: int = 0
+    wall_s: float = 0.0
+    nodes: set[str] = field(default_factory=set)
+    retries: int = 0
+
+    def table(self) -> str:
+        rate = self.hours * 3600 / self.wall_s if self.wall_s else 0.0
+        lines = [
+            f"VODs: {len(self.done)} done, {len(self.skipped)} skipped (already in store), {len(self.failed)} failed",
+            f"ingested: {self.hours:.3f} h of VOD, {self.messages} messages, {self.shards} shards "
+            f"on {len(self.nodes)} node(s), {self.retries} retried part(s)",
+            f"speed: {rate:.1f} VOD-seconds per wall-second ({self.wall_s:.1f} s wall)",
+        ]
+        lines += [f"FAILED {vod}: {err}" for vod, err in sorted(self.failed.items())]
+        return "\n".join(lines)
+
+
+def init_ray(address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    else:
+        # A local Ray that listens on loopback only: nothing outside this machine can reach it.
+        ray.init(namespace=NAMESPACE, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+
+
+def _actor_options(cfg: IngestConfig, gpus: float) -> dict[str, Any]:
+    return {"num_gpus": 1, "num_cpus": cfg.cpus_per_actor} if gpus else {"num_cpus": cfg.cpus_per_actor}
+
+
+class _Pool:
+    """Actors by slot; a dead actor's slot gets a fresh actor."""
+
+    def __init__(self, cfg: IngestConfig):
+        gpus = ray.cluster_resources().get("GPU", 0) if cfg.device != "cpu" else 0
+        cpus = ray.cluster_resources().get("CPU", 1)
+        n = cfg.num_actors or (int(gpus) if gpus else max(1, int(cpus // max(cfg.cpus_per_actor, 1) // 2) or 1))
+        self.cfg, self.opts = cfg, _actor_options(cfg, gpus)
+        self.actors = [self._new(i) for i in range(n)]
+
+    def _new(self, slot: int) -> Any:
+        name = f"{ACTOR_PREFIX}{slot}-{time.monotonic_ns()}"
+        return IngestActor.options(name=name, lifetime="non_detached", **self.opts).remote(self.cfg)
+
+    def replace(self, slot: int) -> None:
+        try:
+            ray.kill(self.actors[slot])
+        except Exception:  # noqa: BLE001 - it is already dead
+            pass
+        self.actors[slot] = self._new(slot)
+
+
+def main(cfg: IngestConfig) -> IngestSummary:
+    """Ingest every VOD of cfg.inputs into cfg.store on a local Ray or the cluster at cfg.address."""
+    t0 = time.perf_counter()
+    jobs = pair_inputs(cfg.inputs, cfg.streamer)
+    store, summary = Store(cfg.store), IngestSummary()
+    init_ray(cfg.address)
+    pool = _Pool(cfg)
+    fingerprints = ray.get(pool.actors[0].info.remote())["fingerprints"]
+    store.check_fingerprints(fingerprints)
+
+    # Plan every VOD (probe + chat parse) on the actors: they see the files as workers will.
+    planned = {pool.actors[i % len(pool.actors)].plan.remote(j): j for i, j in enumerate(jobs)}
+    plans: dict[str, VodPlan] = {}
+    for ref, job in planned.items():
+        vod = f"{job.streamer}/{job.vod_id}"
+        try:
+            plan = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - reported, the others go on
+            summary.failed[vod] = _reason(e)
+            continue
+        if plan is None:
+            summary.skipped.append(vod)
+        else:
+            plans[vod] = plan
+    store.check_fingerprints(fingerprints)
+
+    plan_refs = {vod: ray.put(p) for vod, p in plans.items()}  # shipped once, not once per part
+    queue = deque((vod, i, 0) for vod, p in plans.items() for i in range(len(p.parts)))
+    shards: dict[str, dict[int, ShardInfo]] = {vod: {} for vod in plans}
+    total_s = sum(p.media.duration for p in plans.values())
+    bar = tqdm(total=len(queue), unit="part", desc="ingest", disable=not cfg.progress)
+    running: dict[Any, tuple[int, str, int, int]] = {}
+    free = deque(range(len(pool.actors)))
+    while queue or running:
+        while queue and free:
+            vod, i, tries = queue.popleft()
+            if vod in summary.failed:
+                continue
+            slot = free.popleft()
+            running[pool.actors[slot].part.remote(plan_refs[vod], i)] = (slot, vod, i, tries)
+        if not running:
+            continue
+        [ref], _ = ray.wait(list(running), num_returns=1)
+        slot, vod, i, tries = running.pop(ref)
+        try:
+            info, node = ray.get(ref)
+        except Exception as e:  # noqa: BLE001
+            if isinstance(e, RayActorError):
+                pool.replace(slot)  # the process is gone (OOM, killed, node lost)
+            if tries < cfg.max_retries:
+                summary.retries += 1
+                log.warning("retrying %s part %d (%s)", vod, i, _reason(e))
+                queue.append((vod, i, tries + 1))
+            else:
+                summary.failed[vod] = _reason(e)
+            free.append(slot)
+            continue
+        free.append(slot)
+        summary.nodes.add(node)
+        shards[vod][i] = info
+        bar.update(1)
+        if len(shards[vod]) == len(plans[vod].parts) and vod not in summary.failed:
+            p = plans[vod]
+            rec = commit_vod(p, [shards[vod][k] for k in range(len(p.parts))], store, fingerprints,
+                             time.perf_counter() - t0)
+            summary.done.append(vod)
+            summary.hours += rec["duration"] / 3600
+            summary.messages += rec["messages"]
+            summary.shards += len(rec["shards"])
+            bar.set_postfix(vod_s_per_s=f"{summary.hours * 3600 / (time.perf_counter() - t0):.1f}", of=f"{total_s:.0f}s")
+    bar.close()
+    summary.wall_s = time.perf_counter() - t0
+    return summary
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost error message, which names the file (Ray wraps task errors)."""
+    cause = getattr(e, "cause", None) or e
+    return f"{type(cause).__name__}: {cause}".strip().splitlines()[0][:500] if str(cause) else type(cause).__name__

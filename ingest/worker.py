@@ -1,0 +1,277 @@
+"""Ingest one VOD: decode -> embed -> align -> write shards -> commit its record.
+
+Plain functions of one VOD with no Ray in sight (img2dataset style): tests call them directly
+and ingest/driver.py wraps them in actors. A VOD is cut into parts of `segments_per_shard`
+segments; each part becomes exactly one shard, so a part can run anywhere, be retried, and
+rewrite the same shard name without ever duplicating data. The record is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ingest import align
+from ingest.chat import CHAT_SUFFIXES, Message, parse_chat
+from ingest.config import IngestConfig
+from ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from ingest.media import MediaInfo, probe, read_audio, read_frames
+from shards.schema import SCHEMA_VERSION, Sample, check_name, sample_key
+from shards.store import ShardInfo, Store, StoreError, shard_info_dict
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".flv", ".mov", ".ts", ".m4v")
+VIDEO_CHUNK_ROWS = 120  # frames decoded and embedded at a time: bounds memory on 4-hour VODs
+AUDIO_CHUNK_ROWS = 256  # VGGish windows at a time (~4 min of 16 kHz audio)
+
+
+@dataclass
+class VodJob:
+    streamer: str
+    vod_id: str
+    video: str
+    chat: str
+    audio: str | None = None  # a separate audio file, if the VOD's own track is not wanted
+
+
+@dataclass
+class VodPlan:
+    """Everything a part needs, computed once per VOD (cheap: probe + chat parse)."""
+
+    job: VodJob
+    media: MediaInfo
+    messages: list[Message]
+    chat_format: str
+    chat_skipped: list[str]
+    dropped: int  # messages outside [0, duration]
+    segments: list[align.Segment]
+    parts: list[list[align.Segment]]
+    shard_base: int  # first shard number: past any older record's shards, so replacing never overwrites
+    settings: dict[str, Any]
+    settings_id: str
+    times: list[float] = field(default_factory=list)
+
+
+class Encoders:
+    """The two feature encoders, built once per process (or per Ray actor) and reused."""
+
+    def __init__(self, cfg: IngestConfig):
+        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.video = VideoEncoder(weights=cfg.video_weights, device=device, batch_size=cfg.video_batch)
+        self.audio = AudioEncoder(weights=cfg.audio_weights, pca=cfg.audio_pca, device=device)
+        self.fps = cfg.fps
+
+    def fingerprints(self) -> dict[str, dict[str, Any]]:
+        # fps is part of the video feature space: the same frames at 2 fps mean other rows.
+        return {"video": {**self.video.fingerprint, "fps": self.fps}, "audio": dict(self.audio.fingerprint)}
+
+
+# -- pairing ---------------------------------------------------------------------------
+def vod_id_of(path: str | Path) -> str:
+    """`2424877187.mkv`, `2424877187.json.gz` -> `2424877187`."""
+    return Path(path).name.split(".", 1)[0]
+
+
+def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
+    """Pair videos with chat logs by VOD id. Directories are searched recursively."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"input {item} does not exist")
+    videos = {vod_id_of(f): f for f in files if f.suffix.lower() in VIDEO_SUFFIXES}
+    chats = {
+        vod_id_of(f): f
+        for f in files
+        if f.suffix.lower() not in VIDEO_SUFFIXES and "".join(f.suffixes[-2:]).lower().endswith(CHAT_SUFFIXES)
+    }
+    missing = sorted(set(videos) - set(chats))
+    if missing:
+        raise FileNotFoundError(
+            "no chat log for video(s) "
+            + ", ".join(str(videos[m]) for m in missing)
+            + f": put '<vod_id>{{{','.join(CHAT_SUFFIXES)}}}' next to each video"
+        )
+    if not streamer:
+        raise ValueError("--streamer is required (the channel these VODs belong to)")
+    return [VodJob(streamer, check_name("vod_id", v), str(videos[v]), str(chats[v])) for v in sorted(videos)]
+
+
+# -- planning --------------------------------------------------------------------------
+def quick_hash(path: str) -> str:
+    """Identity of a (possibly huge) source file without reading all of it."""
+    h = hashlib.sha256()
+    size = os.path.getsize(path)
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), os.SEEK_END)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def ingest_settings(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], media: MediaInfo) -> dict[str, Any]:
+    return {
+        "segment_s": cfg.segment_s,
+        "lookback_s": cfg.lookback_s,
+        "fps": cfg.fps,
+        "context_messages": cfg.context_messages,
+        "segments_per_shard": cfg.segments_per_shard,
+        "fingerprint_ids": {k: fingerprint_id(v) for k, v in fingerprints.items()},
+        "sources": {
+            "video": {"path": job.video, "hash": quick_hash(job.video), "video_stream": media.video_stream,
+                      "audio_stream": media.audio_stream},
+            "chat": {"path": job.chat, "hash": quick_hash(job.chat)},
+            **({"audio": {"path": job.audio, "hash": quick_hash(job.audio)}} if job.audio else {}),
+        },
+    }
+
+
+def settings_id(settings: dict[str, Any]) -> str:
+    # Paths are not identity: the same files moved elsewhere are the same VOD.
+    ident = json.loads(json.dumps(settings))
+    for src in ident["sources"].values():
+        src.pop("path", None)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store: Store) -> VodPlan | None:
+    """Probe and parse one VOD. None if the store already holds it with the same settings."""
+    media = probe(job.video, video_stream=cfg.video_stream, audio_stream=cfg.audio_stream)
+    settings = ingest_settings(job, cfg, fingerprints, media)
+    sid = settings_id(settings)
+    old = store.read_record(job.streamer, job.vod_id)
+    shard_base = 0
+    if old is not None:
+        if old.get("settings_id") == sid:
+            return None
+        if not cfg.replace:
+            raise StoreError(
+                f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
+                f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
+            )
+        shard_base = 1 + max((int(re.findall(r"-(\d+)\.tar$", s["path"])[0]) for s in old["shards"]), default=-1)
+    chat = parse_chat(job.chat, stream_start=cfg.stream_start)
+    kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
+    segments = align.plan_segments(media.duration, cfg.segment_s, cfg.lookback_s, cfg.fps)
+    return VodPlan(
+        job=job, media=media, messages=kept, chat_format=chat.format,
+        chat_skipped=[f"{s.path}:{s.line}: {s.reason}" for s in chat.skipped],
+        dropped=len(chat.messages) - len(kept), segments=segments,
+        parts=align.plan_parts(segments, cfg.segments_per_shard), shard_base=shard_base,
+        settings=settings, settings_id=sid, times=[m.t for m in kept],
+    )
+
+
+# -- the work --------------------------------------------------------------------------
+def embed_video(media: MediaInfo, rows: range, fps: float, enc: VideoEncoder, backend: str) -> np.ndarray:
+    out = [np.zeros((0, enc.dim), np.float16)]
+    for c in range(rows.start, rows.stop, VIDEO_CHUNK_ROWS):
+        times = [k / fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, rows.stop))]
+        out.append(enc.encode(read_frames(media, times, size=enc.input_size, backend=backend)))
+    return np.concatenate(out)
+
+
+def embed_audio(media: MediaInfo, rows: range, enc: AudioEncoder, audio_path: str | None) -> np.ndarray:
+    out = [np.zeros((0, enc.dim), np.float16)]
+    for c in range(rows.start, rows.stop, AUDIO_CHUNK_ROWS):
+        stop = min(c + AUDIO_CHUNK_ROWS, rows.stop)
+        wave = read_audio(media, c * align.AUDIO_HOP, stop * align.AUDIO_HOP, align.AUDIO_SR, audio_path=audio_path)
+        feats = enc.encode(wave)
+        if len(feats) != stop - c:
+            raise RuntimeError(f"{media.path}: audio encoder gave {len(feats)} rows for {stop - c} windows")
+        out.append(feats)
+    return np.concatenate(out)
+
+
+def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> list[Sample]:
+    segs = plan.parts[part]
+    v0, a0 = segs[0].v0, segs[0].a0
+    video = embed_video(plan.media, range(v0, segs[-1].v1), cfg.fps, enc.video, cfg.decode_backend)
+    audio = embed_audio(plan.media, range(a0, segs[-1].a1), enc.audio, plan.job.audio)
+    fps = enc.fingerprints()
+    last = len(plan.segments) - 1
+    samples = []
+    for seg in segs:
+        meta = {
+            "streamer": plan.job.streamer, "vod_id": plan.job.vod_id, "segment": seg.index,
+            "start": seg.start, "end": seg.end, "lookback": cfg.lookback_s,
+            "video_t0": seg.v0 / cfg.fps, "fps": cfg.fps,
+            "audio_t0": seg.a0 * align.AUDIO_HOP, "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
+            "fingerprints": {k: fingerprint_id(v) for k, v in fps.items()},
+        }
+        chat = align.chat_for_segment(plan.times, plan.messages, seg, seg.index == last, cfg.context_messages)
+        samples.append(Sample(
+            key=sample_key(plan.job.streamer, plan.job.vod_id, seg.index),
+            video=video[seg.v0 - v0 : seg.v1 - v0], audio=audio[seg.a0 - a0 : seg.a1 - a0],
+            chat=chat, meta=meta,
+        ))
+    return samples
+
+
+def ingest_part(plan: VodPlan, part: int, store: Store, enc: Encoders, cfg: IngestConfig) -> ShardInfo:
+    """Embed one part and write it as one shard. Idempotent: a retry rewrites the same name."""
+    rel = store.shard_rel(plan.job.streamer, plan.job.vod_id, plan.shard_base + part)
+    return store.write_shard(rel, part_samples(plan, part, enc, cfg))
+
+
+def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprints: dict[str, Any],
+               wall_s: float) -> dict[str, Any]:
+    """Write the VOD record (the commit point), then drop shards of a replaced record."""
+    if len(shards) != len(plan.parts):
+        raise StoreError(f"{plan.job.vod_id}: {len(shards)} shards for {len(plan.parts)} parts; not committing")
+    old = store.read_record(plan.job.streamer, plan.job.vod_id)
+    record = {
+        "schema": SCHEMA_VERSION, "streamer": plan.job.streamer, "vod_id": plan.job.vod_id,
+        "duration": plan.media.duration, "segments": len(plan.segments),
+        "messages": sum(s.messages for s in shards), "messages_dropped": plan.dropped,
+        "chat_format": plan.chat_format, "chat_skipped": len(plan.chat_skipped),
+        "chat_skipped_lines": plan.chat_skipped[:50],
+        "fingerprints": fingerprints, **plan.settings, "settings_id": plan.settings_id,
+        "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
+        "shards": [shard_info_dict(s) for s in shards],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ingest_wall_s": round(wall_s, 3),
+    }
+    store.commit_record(record)
+    if old is not None:
+        keep = {s.path for s in shards}
+        for sh in old["shards"]:
+            if sh["path"] not in keep and store.fs.exists(store.abspath(sh["path"])):
+                store.fs.rm(store.abspath(sh["path"]))
+    return record
+
+
+@dataclass
+class VodOutcome:
+    job: VodJob
+    status: str  # done | skipped | failed
+    record: dict[str, Any] | None = None
+    error: str = ""
+
+
+def ingest_vod(job: VodJob, store: Store, enc: Encoders, cfg: IngestConfig) -> VodOutcome:
+    """The whole VOD in this process: what the Ray driver does, minus the fan-out."""
+    t0 = time.perf_counter()
+    fps = enc.fingerprints()
+    store.check_fingerprints(fps)
+    plan = plan_vod(job, cfg, fps, store)
+    if plan is None:
+        return VodOutcome(job, "skipped", store.read_record(job.streamer, job.vod_id))
+    shards = [ingest_part(plan, i, store, enc, cfg) for i in range(len(plan.parts))]
+    return VodOutcome(job, "done", commit_vod(plan, shards, store, fps, time.perf_counter() - t0))

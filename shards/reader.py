@@ -1,0 +1,194 @@
+"""Streaming reads of the shard store: a chain of small generator stages (webdataset style).
+
+    records --select--> shard urls --split by node--> --split by worker--> --shuffle/resample-->
+    open --tar expand--> group by key --> decode (Sample) --> shuffle buffer
+
+The split is explicit and happens exactly once, here: the trainer must not hand the loader to
+anything that splits or dispatches batches again. Errors raise unless skipping is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+import fsspec
+import torch
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from shards.schema import Sample, decode_sample
+from shards.store import Store
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Selection:
+    """Which VODs of a store to read. Held-out splits are by VOD, never by message."""
+
+    streamers: list[str] = field(default_factory=list)  # empty: all
+    vods: list[str] = field(default_factory=list)  # "vod_id" or "streamer/vod_id"; empty: all
+    split: str = ""  # "", "train", "val" or "test"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+
+
+def split_of(streamer: str, vod_id: str, sel: Selection) -> str:
+    """A VOD's split from a hash of its identity: stable as the store grows."""
+    h = hashlib.sha256(f"{sel.split_seed}:{streamer}/{vod_id}".encode()).digest()
+    u = int.from_bytes(h[:8], "big") / 2**64
+    if u < sel.test_fraction:
+        return "test"
+    if u < sel.test_fraction + sel.val_fraction:
+        return "val"
+    return "train"
+
+
+def select_records(store: Store, sel: Selection) -> list[dict[str, Any]]:
+    if sel.split and sel.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {sel.split!r}")
+    out = []
+    for rec in store.records(sel.streamers or None):
+        s, v = rec["streamer"], rec["vod_id"]
+        if sel.vods and v not in sel.vods and f"{s}/{v}" not in sel.vods:
+            continue
+        if sel.split and split_of(s, v, sel) != sel.split:
+            continue
+        out.append(rec)
+    return out
+
+
+def shard_urls(store: Store, records: Iterable[dict[str, Any]]) -> list[str]:
+    return [store.full_url(sh["path"]) for rec in records for sh in rec["shards"]]
+
+
+# -- stages ------------------------------------------------------------------------------
+def split_by_node(urls: list[str], rank: int, world_size: int) -> list[str]:
+    return urls[rank::world_size]
+
+
+def split_by_worker(urls: list[str]) -> list[str]:
+    info = torch.utils.data.get_worker_info()
+    return urls if info is None else urls[info.id :: info.num_workers]
+
+
+def worker_id() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def resampled(urls: list[str], rng: random.Random) -> Iterator[str]:
+    """Shards drawn with replacement, forever: ranks never run dry, so none waits on another."""
+    if not urls:
+        raise ValueError("no shards to resample from: the selection matched no VOD in the store")
+    while True:
+        yield rng.choice(urls)
+
+
+def open_shards(urls: Iterable[str], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+    for url in urls:
+        try:
+            f = fsspec.open(url, "rb").open()
+        except Exception as e:  # noqa: BLE001 - the handler decides
+            e.args = (f"cannot open shard {url}: {e}",)
+            if handler(e):
+                continue
+            raise
+        try:
+            yield {"url": url, "stream": f}
+        finally:
+            f.close()
+
+
+def decode(raw: Iterable[dict[str, Any]], handler: Callable[[Exception], bool]) -> Iterator[Sample]:
+    for r in raw:
+        try:
+            yield decode_sample(r)
+        except Exception as e:  # noqa: BLE001 - the handler decides
+            if not handler(e):
+                raise
+
+
+def shuffle(items: Iterable[Any], bufsize: int, rng: random.Random) -> Iterator[Any]:
+    """Reservoir-style shuffle buffer: bounded memory, seeded."""
+    buf: list[Any] = []
+    for x in items:
+        if len(buf) < bufsize:
+            buf.append(x)
+            continue
+        i = rng.randrange(bufsize)
+        yield buf[i]
+        buf[i] = x
+    rng.shuffle(buf)
+    yield from buf
+
+
+def skip_and_warn(e: Exception) -> bool:
+    log.warning("skipping: %s", e)
+    return True
+
+
+def reraise(e: Exception) -> bool:
+    # webdataset's convention: a handler raises to stop; returning False would end the stream silently.
+    raise e
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Samples from a list of shard urls, split by node and by DataLoader worker.
+
+    resample=False: one pass, each sample seen by exactly one (rank, worker).
+    resample=True: an endless stream per (rank, worker) with its own seed.
+    If there are fewer shards than (ranks x workers), the split falls back to samples
+    (every reader opens every shard and keeps every n-th sample), so small stores still give
+    every rank disjoint data instead of none.
+    """
+
+    def __init__(
+        self,
+        urls: list[str],
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        epoch: int = 0,
+        resample: bool = False,
+        shuffle_shards: bool = True,
+        buffer: int = 0,
+        skip_errors: bool = False,
+    ):
+        super().__init__()
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.seed, self.epoch, self.resample = seed, epoch, resample
+        self.shuffle_shards, self.buffer = shuffle_shards, buffer
+        self.handler = skip_and_warn if skip_errors else reraise
+
+    def __iter__(self) -> Iterator[Sample]:
+        wid, nworkers = worker_id()
+        readers, reader = self.world_size * nworkers, self.rank * nworkers + wid
+        rng = random.Random(f"{self.seed}:{self.epoch}:{reader}")
+        urls = list(self.urls)
+        if self.shuffle_shards:
+            # Same permutation on every reader, so the split below stays a partition.
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(urls)
+        sample_split = len(urls) < readers
+        if not sample_split:
+            urls = split_by_worker(split_by_node(urls, self.rank, self.world_size))
+        stream: Iterable[str] = resampled(urls, rng) if self.resample else urls
+        raw = group_by_keys(tar_file_expander(open_shards(stream, self.handler), handler=self.handler))
+        samples: Iterable[Sample] = decode(raw, self.handler)
+        if sample_split:
+            samples = (s for i, s in enumerate(samples) if i % readers == reader)
+        if self.buffer > 1:
+            samples = shuffle(samples, self.buffer, rng)
+        yield from samples
+
+
+def read_store(store: Store | str, sel: Selection | None = None, **kw: Any) -> ShardStream:
+    """Convenience: every sample of a selection, one process."""
+    store = store if isinstance(store, Store) else Store(store)
+    return ShardStream(shard_urls(store, select_records(store, sel or Selection())), **kw)

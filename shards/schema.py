@@ -1,0 +1,123 @@
+"""The data contract between ingest, the store and the trainer, in one place.
+
+One WebDataset sample per segment of a VOD (see ../shared/DESIGN.md):
+
+    __key__    {streamer}__{vod_id}__{segment:06d}
+    video.npy  float16 [T_v, 2048]  row i at meta["video_t0"] + i / meta["fps"]
+    audio.npy  float16 [T_a, 128]   row j covers [audio_t0 + j*hop, audio_t0 + j*hop + win)
+    chat.json  {"context": [msg, ...], "messages": [msg, ...]}, msg = {"t", "user", "text"}
+    meta.json  streamer, vod_id, segment, start, end, lookback, video_t0, fps,
+               audio_t0, audio_hop, audio_win, fingerprints, schema
+
+Features before ``start`` (the look-back) let early messages see a full window; their
+times are explicit through ``video_t0``/``audio_t0``, so no reader has to guess.
+Nothing outside this module knows member names or how arrays are serialised.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+VIDEO_DIM = 2048
+AUDIO_DIM = 128
+FEATURE_DTYPE = np.float16
+MEMBERS = ("video.npy", "audio.npy", "chat.json", "meta.json")
+
+# Dots split WebDataset keys into extensions; "__" separates key fields; "/" makes paths.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+class SchemaError(ValueError):
+    """A sample or name that breaks the data contract."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """Streamer names and VOD ids become key fields and path parts: keep them plain."""
+    if not _NAME_RE.match(value) or "__" in value:
+        raise SchemaError(
+            f"{kind} {value!r} is not usable in the store: use letters, digits, '-' and single '_' "
+            "(no dots, slashes, spaces or '__')"
+        )
+    return value
+
+
+def sample_key(streamer: str, vod_id: str, segment: int) -> str:
+    return f"{check_name('streamer', streamer)}__{check_name('vod_id', vod_id)}__{segment:06d}"
+
+
+def parse_key(key: str) -> tuple[str, str, int]:
+    streamer, vod_id, segment = key.split("__")
+    return streamer, vod_id, int(segment)
+
+
+@dataclass
+class Sample:
+    """One segment of one VOD, decoded."""
+
+    key: str
+    video: np.ndarray  # float16 [T_v, 2048]
+    audio: np.ndarray  # float16 [T_a, 128]
+    chat: dict[str, list[dict[str, Any]]]
+    meta: dict[str, Any]
+
+    def video_times(self) -> np.ndarray:
+        """Time (s from VOD start) at which each video row was shown."""
+        return self.meta["video_t0"] + np.arange(len(self.video)) / self.meta["fps"]
+
+    def audio_end_times(self) -> np.ndarray:
+        """Time at which each audio row's window has been fully heard (its causal time)."""
+        m = self.meta
+        return m["audio_t0"] + np.arange(len(self.audio)) * m["audio_hop"] + m["audio_win"]
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode_sample(s: Sample) -> dict[str, Any]:
+    """Sample -> the dict of members a tar writer stores."""
+    if s.video.ndim != 2 or s.video.shape[1] != VIDEO_DIM:
+        raise SchemaError(f"{s.key}: video must be [T, {VIDEO_DIM}], got {s.video.shape}")
+    if s.audio.ndim != 2 or s.audio.shape[1] != AUDIO_DIM:
+        raise SchemaError(f"{s.key}: audio must be [T, {AUDIO_DIM}], got {s.audio.shape}")
+    return {
+        "__key__": s.key,
+        "video.npy": _npy(s.video.astype(FEATURE_DTYPE, copy=False)),
+        "audio.npy": _npy(s.audio.astype(FEATURE_DTYPE, copy=False)),
+        "chat.json": _json(s.chat),
+        "meta.json": _json({**s.meta, "schema": SCHEMA_VERSION}),
+    }
+
+
+def decode_sample(raw: dict[str, Any]) -> Sample:
+    """The dict of raw member bytes from a tar -> Sample, checking the contract."""
+    key = raw.get("__key__", "?")
+    missing = [m for m in MEMBERS if m not in raw]
+    if missing:
+        raise SchemaError(f"sample {key} in {raw.get('__url__', '?')} lacks {missing}")
+    meta = json.loads(raw["meta.json"])
+    if meta.get("schema") != SCHEMA_VERSION:
+        raise SchemaError(
+            f"sample {key} has schema {meta.get('schema')}, this code reads {SCHEMA_VERSION}: "
+            "re-ingest the VOD or use a matching vod2chat version"
+        )
+    return Sample(
+        key=key,
+        video=np.load(io.BytesIO(raw["video.npy"]), allow_pickle=False),
+        audio=np.load(io.BytesIO(raw["audio.npy"]), allow_pickle=False),
+        chat=json.loads(raw["chat.json"]),
+        meta=meta,
+    )

@@ -1,0 +1,251 @@
+"""The shard store: tar shards plus one record per VOD, the record committed last.
+
+    {root}/shards/{streamer}/{vod_id}-{k:05d}.tar    written to a temporary name, then renamed
+    {root}/vods/{streamer}/{vod_id}.json             the VOD record, written last, atomically
+
+A VOD is in the store exactly when its record exists: readers, `ls` and the trainer trust
+records only, so a crash at any point leaves at worst orphan shards that `gc` removes.
+The root is a local directory or any fsspec URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import tarfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import fsspec
+import webdataset as wds
+
+from shards.schema import Sample, check_name, encode_sample
+
+TMP_PREFIX = ".tmp-"
+
+
+class StoreError(RuntimeError):
+    """The store is inconsistent with what was asked (mixed fingerprints, bad record...)."""
+
+
+@dataclass
+class ShardInfo:
+    path: str  # relative to the store root
+    samples: int
+    bytes: int
+    sha256: str
+    messages: int
+
+
+@dataclass
+class VerifyReport:
+    vods: int = 0
+    shards: int = 0
+    problems: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _HashingWriter:
+    """File wrapper that checksums bytes as they are written, so a shard is hashed once."""
+
+    def __init__(self, f: Any):
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.sha.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def tell(self) -> int:
+        return self.n
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = str(url)
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.root = self.root.rstrip("/")
+        # Local files can be renamed atomically; an object store's PUT is already atomic.
+        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    # -- paths ---------------------------------------------------------------------------
+    def abspath(self, rel: str) -> str:
+        return posixpath.join(self.root, rel)
+
+    def full_url(self, rel: str) -> str:
+        """A path other processes (trainer workers) can open with fsspec."""
+        p = self.abspath(rel)
+        return p if self.local else self.fs.unstrip_protocol(p)
+
+    @staticmethod
+    def record_rel(streamer: str, vod_id: str) -> str:
+        return f"vods/{check_name('streamer', streamer)}/{check_name('vod_id', vod_id)}.json"
+
+    @staticmethod
+    def shard_rel(streamer: str, vod_id: str, k: int) -> str:
+        return f"shards/{check_name('streamer', streamer)}/{check_name('vod_id', vod_id)}-{k:05d}.tar"
+
+    # -- atomic writes -------------------------------------------------------------------
+    def _tmp_rel(self, rel: str) -> str:
+        d, name = posixpath.split(rel)
+        return posixpath.join(d, f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{name}")
+
+    def _publish(self, tmp_rel: str, rel: str) -> None:
+        if self.local:
+            self.fs.mv(self.abspath(tmp_rel), self.abspath(rel))
+
+    def _open_for_commit(self, rel: str) -> tuple[str, Any]:
+        target = self._tmp_rel(rel) if self.local else rel
+        self.fs.makedirs(posixpath.dirname(self.abspath(target)), exist_ok=True)
+        return target, self.fs.open(self.abspath(target), "wb")
+
+    def write_shard(self, rel: str, samples: list[Sample]) -> ShardInfo:
+        """Write one tar shard under a temporary name, then rename it into place."""
+        target, f = self._open_for_commit(rel)
+        try:
+            with f:
+                hw = _HashingWriter(f)
+                with wds.TarWriter(hw, encoder=False, mtime=0) as tw:
+                    for s in samples:
+                        tw.write(encode_sample(s))
+        except BaseException:
+            self.fs.rm(self.abspath(target)) if self.fs.exists(self.abspath(target)) else None
+            raise
+        self._publish(target, rel)
+        messages = sum(len(s.chat["messages"]) for s in samples)
+        return ShardInfo(rel, len(samples), hw.n, hw.sha.hexdigest(), messages)
+
+    def commit_record(self, record: dict[str, Any]) -> None:
+        """The VOD record is the commit point: written last and atomically."""
+        rel = self.record_rel(record["streamer"], record["vod_id"])
+        target, f = self._open_for_commit(rel)
+        with f:
+            f.write(json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8"))
+        self._publish(target, rel)
+
+    # -- records -------------------------------------------------------------------------
+    def read_record(self, streamer: str, vod_id: str) -> dict[str, Any] | None:
+        path = self.abspath(self.record_rel(streamer, vod_id))
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as f:
+            return json.load(f)
+
+    def records(self, streamers: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Committed VOD records, in a stable order (streamer, vod_id)."""
+        for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
+            name = posixpath.basename(path)
+            if name.startswith(TMP_PREFIX):
+                continue
+            if streamers and posixpath.basename(posixpath.dirname(path)) not in streamers:
+                continue
+            with self.fs.open(path, "rb") as f:
+                try:
+                    yield json.load(f)
+                except json.JSONDecodeError as e:
+                    raise StoreError(f"{path}: VOD record is not valid JSON ({e}); remove it and re-ingest") from e
+
+    def fingerprints(self) -> dict[str, Any] | None:
+        """The store's feature fingerprints (all records share them), or None if empty."""
+        for rec in self.records():
+            return {"video": rec["fingerprints"]["video"], "audio": rec["fingerprints"]["audio"]}
+        return None
+
+    def check_fingerprints(self, fps: dict[str, Any]) -> None:
+        """Refuse to mix feature spaces in one store."""
+        have = self.fingerprints()
+        if have is None:
+            return
+        for kind in ("video", "audio"):
+            if have[kind] != fps[kind]:
+                raise StoreError(
+                    f"store {self.url} holds {kind} features with fingerprint\n  {json.dumps(have[kind], sort_keys=True)}\n"
+                    f"but this ingest would write\n  {json.dumps(fps[kind], sort_keys=True)}\n"
+                    "Features from different encoders live in different spaces: use the same weights, "
+                    "or ingest into a new store."
+                )
+
+    # -- ls / verify / gc ----------------------------------------------------------------
+    def summary(self) -> dict[str, dict[str, float]]:
+        per: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        for rec in self.records():
+            s = per[rec["streamer"]]
+            s["vods"] += 1
+            s["hours"] += rec["duration"] / 3600
+            s["messages"] += rec["messages"]
+            s["segments"] += rec["segments"]
+            s["shards"] += len(rec["shards"])
+            s["bytes"] += sum(sh["bytes"] for sh in rec["shards"])
+        return {k: dict(v) for k, v in sorted(per.items())}
+
+    def shard_files(self) -> list[str]:
+        """Every file under shards/, relative to the root (committed, orphaned or temporary)."""
+        base = self.abspath("shards")
+        if not self.fs.exists(base):
+            return []
+        return sorted(posixpath.relpath(p, self.root) for p in self.fs.find(base))
+
+    def verify(self, checksums: bool = True) -> VerifyReport:
+        rep = VerifyReport()
+        referenced: set[str] = set()
+        for rec in self.records():
+            rep.vods += 1
+            for sh in rec["shards"]:
+                rep.shards += 1
+                referenced.add(sh["path"])
+                rep.problems.extend(self._verify_shard(sh, checksums))
+        rep.orphans = [p for p in self.shard_files() if p not in referenced]
+        return rep
+
+    def _verify_shard(self, sh: dict[str, Any], checksums: bool) -> list[str]:
+        path = self.abspath(sh["path"])
+        if not self.fs.exists(path):
+            return [f"{sh['path']}: missing (listed in a VOD record)"]
+        size = self.fs.size(path)
+        if size != sh["bytes"]:
+            return [f"{sh['path']}: {size} bytes, record says {sh['bytes']}"]
+        if not checksums:
+            return []
+        sha = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+        if sha.hexdigest() != sh["sha256"]:
+            return [f"{sh['path']}: sha256 mismatch (shard changed or corrupt)"]
+        with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+            keys = {m.name.split(".", 1)[0] for m in tf}
+        if len(keys) != sh["samples"]:
+            return [f"{sh['path']}: {len(keys)} samples, record says {sh['samples']}"]
+        return []
+
+    def gc(self, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Remove orphan shards. Young orphans may belong to an ingest still running: keep them."""
+        now = time.time()
+        removed = []
+        for rel in self.verify(checksums=False).orphans:
+            path = self.abspath(rel)
+            try:
+                mtime = self.fs.modified(path).timestamp()
+            except (NotImplementedError, FileNotFoundError):
+                mtime = 0.0
+            if now - mtime < min_age_s:
+                continue
+            if not dry_run:
+                self.fs.rm(path)
+            removed.append(rel)
+        return removed
+
+
+def shard_info_dict(info: ShardInfo) -> dict[str, Any]:
+    return asdict(info)

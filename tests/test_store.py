@@ -1,0 +1,158 @@
+"""The shard store and reader on real tar shards: commit protocol, verify/gc, splits."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shards.reader import Selection, ShardStream, read_store, select_records, shard_urls, split_of
+from shards.schema import Sample, SchemaError, decode_sample, encode_sample, sample_key
+from shards.store import Store, StoreError
+
+FP = {"video": {"model": "resnet50", "weights": "random:seed=0", "fps": 1.0}, "audio": {"model": "vggish"}}
+
+
+def make_samples(streamer: str, vod: str, first: int, n: int) -> list[Sample]:
+    rng = np.random.default_rng(first)
+    out = []
+    for seg in range(first, first + n):
+        out.append(Sample(
+            key=sample_key(streamer, vod, seg),
+            video=rng.standard_normal((10, 2048)).astype(np.float16),
+            audio=rng.standard_normal((10, 128)).astype(np.float16),
+            chat={"context": [], "messages": [{"t": seg * 10.0 + 1, "user": "u", "text": f"msg {seg}"}]},
+            meta={"streamer": streamer, "vod_id": vod, "segment": seg, "start": seg * 10.0, "end": seg * 10.0 + 10,
+                  "video_t0": seg * 10.0, "fps": 1.0, "audio_t0": seg * 10.0, "audio_hop": 0.96, "audio_win": 0.96},
+        ))
+    return out
+
+
+def add_vod(store: Store, streamer: str, vod: str, shards: int = 2, per: int = 3) -> dict:
+    infos = [store.write_shard(store.shard_rel(streamer, vod, k), make_samples(streamer, vod, k * per, per))
+             for k in range(shards)]
+    rec = {"streamer": streamer, "vod_id": vod, "duration": shards * per * 10.0, "segments": shards * per,
+           "messages": sum(i.messages for i in infos), "fingerprints": FP,
+           "shards": [i.__dict__ for i in infos]}
+    store.commit_record(rec)
+    return rec
+
+
+def test_schema_roundtrip_and_errors():
+    s = make_samples("tsoding", "123", 0, 1)[0]
+    raw = encode_sample(s)
+    back = decode_sample(raw)
+    assert back.key == "tsoding__123__000000"
+    assert back.video.dtype == np.float16 and back.video.shape == (10, 2048)
+    np.testing.assert_array_equal(back.audio, s.audio)
+    assert back.chat == s.chat and back.meta["schema"] == 1
+    with pytest.raises(SchemaError, match="dots"):
+        sample_key("ts.oding", "1", 0)
+    bad = dict(raw)
+    del bad["audio.npy"]
+    with pytest.raises(SchemaError, match="lacks"):
+        decode_sample(bad)
+    with pytest.raises(SchemaError, match=r"\[T, 2048\]"):
+        encode_sample(Sample("a__b__000000", np.zeros((3, 5), np.float16), s.audio, s.chat, s.meta))
+
+
+def test_commit_verify_and_read(tmp_path: Path):
+    store = Store(str(tmp_path / "store"))
+    add_vod(store, "tsoding", "111")
+    add_vod(store, "nymn", "222", shards=1)
+    assert sorted(p for p in store.shard_files()) == [
+        "shards/nymn/222-00000.tar", "shards/tsoding/111-00000.tar", "shards/tsoding/111-00001.tar"]
+    # Shards are real tars that plain tarfile reads, members named key.ext.
+    with tarfile.open(tmp_path / "store/shards/tsoding/111-00000.tar") as tf:
+        assert "tsoding__111__000000.video.npy" in tf.getnames()
+    rep = store.verify()
+    assert rep.ok and rep.vods == 2 and rep.shards == 3 and rep.orphans == []
+    summary = store.summary()
+    assert summary["tsoding"]["vods"] == 1 and summary["tsoding"]["messages"] == 6
+    keys = sorted(s.key for s in read_store(store))
+    assert len(keys) == 9 and keys[0] == "nymn__222__000000"
+    assert [r["vod_id"] for r in select_records(store, Selection(streamers=["nymn"]))] == ["222"]
+
+
+def test_verify_finds_corruption_and_gc_removes_orphans(tmp_path: Path):
+    store = Store(str(tmp_path / "store"))
+    add_vod(store, "tsoding", "111")
+    # A half-written shard (a crash before rename) and a shard without a record.
+    tmp = tmp_path / "store/shards/tsoding/.tmp-dead-111-00007.tar"
+    tmp.write_bytes(b"half a tar")
+    store.write_shard(store.shard_rel("tsoding", "999", 0), make_samples("tsoding", "999", 0, 2))
+    rep = store.verify()
+    assert rep.ok and set(rep.orphans) == {"shards/tsoding/.tmp-dead-111-00007.tar", "shards/tsoding/999-00000.tar"}
+    assert store.gc(min_age_s=3600) == []  # young orphans may belong to a running ingest
+    assert sorted(store.gc(min_age_s=0)) == sorted(rep.orphans)
+    assert store.verify().orphans == [] and store.verify().ok
+    # Flip one byte of a committed shard: verify names it.
+    p = tmp_path / "store/shards/tsoding/111-00001.tar"
+    b = bytearray(p.read_bytes())
+    b[700] ^= 0xFF
+    p.write_bytes(bytes(b))
+    rep = store.verify()
+    assert not rep.ok and "111-00001.tar: sha256 mismatch" in rep.problems[0]
+
+
+def test_records_are_the_truth_and_fingerprints_never_mix(tmp_path: Path):
+    store = Store(str(tmp_path / "store"))
+    # Shards without a record are invisible to readers.
+    store.write_shard(store.shard_rel("tsoding", "111", 0), make_samples("tsoding", "111", 0, 2))
+    assert list(read_store(store)) == []
+    add_vod(store, "tsoding", "222", shards=1)
+    store.check_fingerprints(FP)
+    other = json.loads(json.dumps(FP))
+    other["video"]["weights"] = "sha256:abcdef"
+    with pytest.raises(StoreError, match=r"(?s)random:seed=0.*sha256:abcdef"):
+        store.check_fingerprints(other)
+    (tmp_path / "store/vods/tsoding/333.json").write_text("{not json")
+    with pytest.raises(StoreError, match="333.json"):
+        list(store.records())
+
+
+@pytest.mark.parametrize("shards,per", [(4, 3), (1, 8)])  # shard-level split, and sample-level fallback
+def test_two_ranks_see_disjoint_data_whose_union_is_everything(tmp_path: Path, shards: int, per: int):
+    store = Store(str(tmp_path / "store"))
+    add_vod(store, "a", "1", shards=shards, per=per)
+    urls = shard_urls(store, select_records(store, Selection()))
+    seen = [[s.key for s in ShardStream(urls, rank=r, world_size=2, seed=3, buffer=4)] for r in range(2)]
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(s.key for s in read_store(store))
+    assert len(seen[0]) and len(seen[1])
+    # Deterministic for a seed, different for another.
+    again = [s.key for s in ShardStream(urls, rank=0, world_size=2, seed=3, buffer=4)]
+    assert again == seen[0]
+
+
+def test_resampled_stream_is_endless_and_seeded(tmp_path: Path):
+    store = Store(str(tmp_path / "store"))
+    add_vod(store, "a", "1", shards=2, per=2)
+    urls = shard_urls(store, select_records(store, Selection()))
+
+    def take(seed: int, n: int = 20) -> list[str]:
+        it = iter(ShardStream(urls, seed=seed, resample=True))
+        return [next(it).key for _ in range(n)]
+
+    assert take(1) == take(1) and len(set(take(1))) == 4
+
+
+def test_corrupt_shard_raises_unless_skipping(tmp_path: Path):
+    store = Store(str(tmp_path / "store"))
+    add_vod(store, "a", "1", shards=2, per=2)
+    (tmp_path / "store/shards/a/1-00000.tar").write_bytes(b"\0garbage" * 100)
+    urls = shard_urls(store, select_records(store, Selection()))
+    with pytest.raises(Exception):
+        list(ShardStream(urls, shuffle_shards=False))
+    assert len(list(ShardStream(urls, shuffle_shards=False, skip_errors=True))) == 2
+
+
+def test_splits_are_by_vod_and_stable():
+    sel = Selection(val_fraction=0.2, test_fraction=0.2)
+    splits = [split_of("s", str(v), sel) for v in range(500)]
+    assert {"train", "val", "test"} == set(splits)
+    assert 0.1 < splits.count("test") / 500 < 0.3
+    assert splits == [split_of("s", str(v), sel) for v in range(500)]
