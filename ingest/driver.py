@@ -76,8 +76,9 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
     else:
-        # A local Ray that listens on loopback only: nothing outside this machine can reach it.
-        ray.init(namespace=NAMESPACE, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        # A single-node Ray bound to loopback only: nothing outside this machine can reach it.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 
 
 def _actor_options(cfg: IngestConfig, gpus: float) -> dict[str, Any]:

@@ -1,0 +1,210 @@
+"""Ingest end to end: real videos and chat through the plain worker, and the Ray fan-out
+with an actor killed mid-run and a corrupt video among good ones."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingest.config import IngestConfig
+from ingest.worker import Encoders, VodJob, ingest_vod, pair_inputs
+from shards.reader import read_store
+from shards.store import Store, StoreError
+
+# Each real video with a real chat log (the pairing is by file name, so the test links them
+# under a shared VOD id in tmp_path; nothing is copied into the repo).
+REAL_PAIRS = {
+    "nasa_13013.mp4": "tcd_irc_569086201.txt",
+    "in1.mp4": "chat_downloader_replay_a.json",
+    "big_buck_bunny_0_30.webm": "v5_rechat_1087079172.json",
+    "chaplin.mp4": "v5_rechat_410474822.json.gz",
+}
+
+
+def debug_cfg(store: Path, **kw) -> IngestConfig:
+    base = dict(store=str(store), streamer="test", segment_s=10.0, lookback_s=5.0, fps=1.0, segments_per_shard=2,
+                video_weights="random", audio_weights="random", device="cpu", video_batch=16, progress=False)
+    return IngestConfig(**{**base, **kw})
+
+
+def link_pairs(real_data: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for i, (video, chat) in enumerate(REAL_PAIRS.items()):
+        vid = f"{900 + i}"
+        (dst / f"{vid}{Path(video).suffix}").symlink_to(real_data / "video" / video)
+        chat_suffix = "".join(Path(chat).suffixes)
+        (dst / f"{vid}{chat_suffix}").symlink_to(real_data / "chat" / chat)
+    return dst
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def encoders() -> Encoders:
+    return Encoders(debug_cfg(Path("unused")))
+
+
+def test_every_real_video_ingests_and_reingest_changes_nothing(real_data: Path, tmp_path: Path, encoders: Encoders):
+    vods = link_pairs(real_data, tmp_path / "vods")
+    cfg = debug_cfg(tmp_path / "store", inputs=[str(vods)])
+    store = Store(cfg.store)
+    jobs = pair_inputs(cfg.inputs, cfg.streamer)
+    assert [Path(j.video).suffix for j in jobs] == [".mp4", ".mp4", ".webm", ".mp4"]
+    outcomes = [ingest_vod(j, store, encoders, cfg) for j in jobs]
+    assert [o.status for o in outcomes] == ["done"] * 4
+    rep = store.verify()
+    assert rep.ok and rep.vods == 4 and not rep.orphans
+    for o in outcomes:
+        rec = o.record
+        assert rec["segments"] == int(np.ceil(rec["duration"] / 10 - 1e-9))
+        assert rec["fingerprints"]["video"]["weights"].startswith("random")
+    nasa = outcomes[0].record
+    assert 12.5 < nasa["duration"] < 13.5 and nasa["sources"]["video"]["video_stream"] is not None
+    # Features: one row per second of video, one per 0.96 s of audio, times consistent.
+    samples = {s.key: s for s in read_store(store)}
+    s0 = samples["test__900__000001"]  # nasa, 10-13.1 s, 5 s look-back
+    assert s0.video.shape == (8, 2048) and s0.video.dtype == np.float16
+    assert s0.meta["video_t0"] == 5.0 and s0.audio.shape[1] == 128
+    assert np.isfinite(s0.video.astype(np.float32)).all()
+    assert all(5.0 <= t < 13.5 for t in s0.video_times())
+    assert s0.audio_end_times()[-1] <= nasa["duration"] + 1e-6
+    # Chat landed in the segment of its time, with context from before.
+    for s in samples.values():
+        for m in s.chat["messages"]:
+            assert s.meta["start"] <= m["t"] <= s.meta["end"]
+        assert all(m["t"] < s.meta["start"] for m in s.chat["context"])
+    assert sum(len(s.chat["messages"]) for s in samples.values()) == sum(o.record["messages"] for o in outcomes)
+    # A second ingest of the same VODs changes nothing.
+    before = tree_digest(tmp_path / "store")
+    again = [ingest_vod(j, store, encoders, cfg) for j in pair_inputs(cfg.inputs, cfg.streamer)]
+    assert [o.status for o in again] == ["skipped"] * 4
+    assert tree_digest(tmp_path / "store") == before
+
+
+def test_other_settings_are_refused_then_replaced(real_data: Path, tmp_path: Path, encoders: Encoders):
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "7.mp4").symlink_to(real_data / "video/in1.mp4")
+    (vods / "7.json").symlink_to(real_data / "chat/chat_downloader_replay_b.json")
+    cfg = debug_cfg(tmp_path / "store", inputs=[str(vods)])
+    store = Store(cfg.store)
+    [job] = pair_inputs(cfg.inputs, cfg.streamer)
+    ingest_vod(job, store, encoders, cfg)
+    other = debug_cfg(tmp_path / "store", inputs=[str(vods)], segment_s=5.0)
+    with pytest.raises(StoreError, match="--replace"):
+        ingest_vod(job, store, encoders, other)
+    other.replace = True
+    rec = ingest_vod(job, store, encoders, other).record
+    assert rec["segment_s"] == 5.0 and rec["segments"] == 2
+    assert [s["path"] for s in rec["shards"]] == ["shards/test/7-00001.tar"]  # never overwrites the old shard
+    rep = store.verify()
+    assert rep.ok and rep.orphans == []  # the replaced record's shards are gone
+
+
+def test_store_refuses_other_encoders(real_data: Path, tmp_path: Path, encoders: Encoders):
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "8.mp4").symlink_to(real_data / "video/in1.mp4")
+    (vods / "8.json").symlink_to(real_data / "chat/chat_downloader_replay_b.json")
+    cfg = debug_cfg(tmp_path / "store", inputs=[str(vods)])
+    store = Store(cfg.store)
+    [job] = pair_inputs(cfg.inputs, cfg.streamer)
+    ingest_vod(job, store, encoders, cfg)
+    other = Encoders(cfg)
+    other.fps = 2.0  # a different feature space: 2 rows per second
+    job9 = VodJob("test", "9", job.video, job.chat)
+    with pytest.raises(StoreError, match="different spaces"):
+        ingest_vod(job9, store, other, cfg)
+    assert store.read_record("test", "9") is None
+
+
+def test_pairing_errors_name_the_file(tmp_path: Path):
+    (tmp_path / "123.mkv").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="123.mkv"):
+        pair_inputs([str(tmp_path)], "s")
+
+
+# -- Ray --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synth_vods(tmp_path_factory) -> Path:
+    from ingest.synth import synthesize
+
+    d = tmp_path_factory.mktemp("synth")
+    for i in range(3):
+        synthesize(d, seed=i, duration=40.0, vod_id=f"50{i}")
+    return d
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from ingest.driver import init_ray
+
+    init_ray(None)
+    yield
+    ray.shutdown()
+
+
+def test_ray_ingest_survives_a_killed_actor(synth_vods: Path, tmp_path: Path, local_ray):
+    import ray
+
+    from ingest.driver import ACTOR_PREFIX, main
+
+    cfg = debug_cfg(tmp_path / "store", inputs=[str(synth_vods)], num_actors=2, max_retries=2, segments_per_shard=1)
+    store_dir = tmp_path / "store"
+    killed: list[int] = []
+
+    def kill_one_actor_mid_ingest() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(store_dir.glob("shards/test/*.tar")):
+            time.sleep(0.2)
+        for a in ray.util.list_named_actors(all_namespaces=True):
+            if a["name"].startswith(ACTOR_PREFIX):
+                pid = ray.get(ray.get_actor(a["name"], namespace=a["namespace"]).info.remote())["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+
+    killer = threading.Thread(target=kill_one_actor_mid_ingest)
+    killer.start()
+    summary = main(cfg)
+    killer.join()
+    assert killed, "the test never killed an actor"
+    assert sorted(summary.done) == ["test/500", "test/501", "test/502"] and not summary.failed
+    store = Store(cfg.store)
+    rep = store.verify()
+    assert rep.ok and not rep.orphans
+    keys = [s.key for s in read_store(store)]
+    assert len(keys) == len(set(keys)) == 3 * 4  # 40 s in 10 s segments: nothing lost, nothing twice
+    # A rerun skips everything.
+    again = main(cfg)
+    assert sorted(again.skipped) == ["test/500", "test/501", "test/502"] and not again.done
+
+
+def test_corrupt_video_fails_alone(synth_vods: Path, real_data: Path, tmp_path: Path, local_ray):
+    from ingest.driver import main
+
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "500.mkv").symlink_to(synth_vods / "500.mkv")
+    (vods / "500.irc").symlink_to(synth_vods / "500.irc")
+    data = (real_data / "video/in1.mp4").read_bytes()
+    (vods / "666.mp4").write_bytes(data[:4096] + os.urandom(20000))  # a header, then garbage
+    (vods / "666.json").symlink_to(real_data / "chat/chat_downloader_replay_a.json")
+    cfg = debug_cfg(tmp_path / "store", inputs=[str(vods)], num_actors=2, max_retries=1)
+    summary = main(cfg)
+    assert summary.done == ["test/500"]
+    assert list(summary.failed) == ["test/666"] and "666.mp4" in summary.failed["test/666"]
+    assert "FAILED test/666" in summary.table()
+    assert Store(cfg.store).verify().ok

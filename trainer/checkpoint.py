@@ -1,0 +1,113 @@
+"""Checkpoints that resume a run exactly, and never leave a half-written one behind.
+
+    {run_dir}/checkpoints/step_0000500/
+        model.pt  optim.pt  sched.pt  rng_rank{r}.pt  meta.json  config.toml  tokenizer.json
+
+A checkpoint directory is written under a temporary name and renamed when complete, so a
+crash mid-save leaves the previous checkpoints untouched. meta.json is for people and for
+refusing a store whose features were made by other encoders.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from launch.config import save_config
+
+PREFIX = "step_"
+
+
+def ckpt_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = ckpt_root(run_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "meta.json").exists())
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    """Where every rank writes its part before the main process publishes the checkpoint."""
+    d = ckpt_root(run_dir) / f".tmp-{PREFIX}{step:07d}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def write_rank_state(stage: Path, rank: int) -> None:
+    torch.save(rng_state(), stage / f"rng_rank{rank}.pt")
+
+
+def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Any,
+            meta: dict[str, Any], tokenizer_path: str | Path, keep_last: int) -> Path:
+    """Main process only, after every rank wrote its RNG state into `stage`."""
+    torch.save(model.state_dict(), stage / "model.pt")
+    torch.save(optimizer.state_dict(), stage / "optim.pt")
+    torch.save(scheduler.state_dict(), stage / "sched.pt")
+    save_config(cfg, stage / "config.toml")
+    shutil.copy(tokenizer_path, stage / "tokenizer.json")
+    (stage / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1, sort_keys=True))
+    final = stage.parent / f"{PREFIX}{step:07d}"
+    if final.exists():  # re-saving a step after a resume: replace it whole
+        shutil.rmtree(final)
+    stage.rename(final)
+    for old in list_checkpoints(stage.parent.parent)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old)
+    return final
+
+
+def read_meta(ckpt: str | Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / "meta.json").read_text())
+
+
+def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | None, store: str) -> None:
+    """A model trained on one feature space is meaningless on another: refuse, naming both."""
+    have = ckpt_meta.get("fingerprints")
+    if have is None or store_fps is None or have == store_fps:
+        return
+    raise ValueError(
+        f"store {store} has feature fingerprints\n  {json.dumps(store_fps, sort_keys=True)}\n"
+        f"but the checkpoint was trained on\n  {json.dumps(have, sort_keys=True)}\n"
+        "Ingest the VODs with the checkpoint's encoders, or train a new run on this store."
+    )
+
+
+def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
+    ckpt = Path(ckpt)
+    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True))
+    if scheduler is not None:
+        scheduler.load_state_dict(torch.load(ckpt / "sched.pt", map_location="cpu", weights_only=True))
+    rng = ckpt / f"rng_rank{rank}.pt"
+    if rng.exists():
+        set_rng_state(torch.load(rng, weights_only=False))
+    return read_meta(ckpt)

@@ -1,0 +1,96 @@
+"""Batched decoding with a key/value cache: greedy or sampled (temperature, top-k, top-p,
+repetition penalty). Prefixes of different lengths share one batch: every row advances one
+position per step, reading its own prefix token while it has one, so no padding enters the
+cache and each row sees exactly what it would see alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from trainer.model import VodChatModel
+from trainer.tokenizer import ChatTokenizer
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
+    repetition_penalty: float = 1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
+    max_new_tokens: int = 32
+
+
+def pick(logits: torch.Tensor, seen: torch.Tensor, sc: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] -> next token [B]. `seen` [B, V] marks tokens already in each row."""
+    logits = logits.float()
+    if sc.repetition_penalty != 1.0:
+        pen = torch.where(logits > 0, logits / sc.repetition_penalty, logits * sc.repetition_penalty)
+        logits = torch.where(seen, pen, logits)
+    if sc.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits / sc.temperature
+    if sc.top_k > 0:
+        kth = logits.topk(min(sc.top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sc.top_p < 1.0:
+        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > sc.top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=gen).squeeze(1)
+
+
+@torch.no_grad()
+def generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tensor, memory_mask: torch.Tensor,
+             eos_id: int, sc: SamplingConfig, use_cache: bool = True,
+             gen: torch.Generator | None = None) -> list[list[int]]:
+    """New tokens for each prefix (without the prefix, without <eos>)."""
+    B, device = len(prefixes), memory.device
+    lens = torch.tensor([len(p) for p in prefixes], device=device)
+    total = int(lens.max()) + sc.max_new_tokens
+    seq = torch.zeros(B, total, dtype=torch.long, device=device)
+    for b, p in enumerate(prefixes):
+        seq[b, : len(p)] = torch.tensor(p, device=device)
+    seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    m = int(lens.min())
+    logits, cache = model.decode(seq[:, :m], memory, memory_mask, None) if use_cache else (None, None)
+    for i in range(m, total):
+        if use_cache:
+            last = logits[:, -1]
+        else:  # the prototype's way: the whole sequence again for every token
+            last = model.decode(seq[:, :i], memory, memory_mask, None)[0][:, -1]
+        nxt = pick(last, seen, sc, gen)
+        generating = i >= lens  # rows still reading their prefix keep it
+        nxt = torch.where(generating & ~done, nxt, torch.where(generating, torch.full_like(nxt, eos_id), seq[:, i]))
+        seq[:, i] = nxt
+        seen[torch.arange(B, device=device)[generating], nxt[generating]] = True
+        done |= generating & (nxt == eos_id)
+        if bool(done.all()) or i == total - 1:
+            break
+        if use_cache:
+            logits, cache = model.decode(seq[:, i : i + 1], memory, memory_mask, cache)
+    out = []
+    for b in range(B):
+        new = seq[b, int(lens[b]) : i + 1].tolist()
+        out.append(new[: new.index(eos_id)] if eos_id in new else new)
+    return out
+
+
+@torch.no_grad()
+def generate_batch(model: VodChatModel, batch: dict[str, Any], tok: ChatTokenizer, n: int,
+                   max_new_tokens: int = 32, sc: SamplingConfig | None = None) -> tuple[list[str], list[str]]:
+    """(real, generated) messages for the first n examples of a collated batch."""
+    sc = sc or SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    was_training = model.training
+    model.eval()
+    av = {k: batch[k][:n] for k in ("video", "video_time", "video_mask", "audio", "audio_time", "audio_mask")}
+    memory, memory_mask = model.encode(**av)
+    prefixes = [batch["tokens"][b, : int(batch["n_prefix"][b])].tolist() for b in range(n)]
+    new = generate(model, prefixes, memory, memory_mask, tok.eos_id, sc)
+    model.train(was_training)
+    return batch["texts"][:n], [tok.decode(ids) for ids in new]
