@@ -34,13 +34,20 @@ class Selection:
     streamers: list[str] = field(default_factory=list)  # empty: all
     vods: list[str] = field(default_factory=list)  # "vod_id" or "streamer/vod_id"; empty: all
     split: str = ""  # "", "train", "val" or "test"
+    # Held-out VODs named explicitly ("vod_id" or "streamer/vod_id"); when any are named, the
+    # hash split below is off and every other VOD is train.
+    val_vods: list[str] = field(default_factory=list)
+    test_vods: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
 
 
 def split_of(streamer: str, vod_id: str, sel: Selection) -> str:
-    """A VOD's split from a hash of its identity: stable as the store grows."""
+    """A VOD's split: named explicitly, or from a hash of its identity (stable as the store grows)."""
+    if sel.val_vods or sel.test_vods:
+        named = lambda vods: vod_id in vods or f"{streamer}/{vod_id}" in vods  # noqa: E731
+        return "test" if named(sel.test_vods) else "val" if named(sel.val_vods) else "train"
     h = hashlib.sha256(f"{sel.split_seed}:{streamer}/{vod_id}".encode()).digest()
     u = int.from_bytes(h[:8], "big") / 2**64
     if u < sel.test_fraction:

@@ -122,7 +122,8 @@ class ExampleStream(torch.utils.data.IterableDataset):
 
 
 def selection(cfg: DataConfig, split: str) -> Selection:
-    return Selection(streamers=cfg.streamers, vods=cfg.vods, split=split, val_fraction=cfg.val_fraction,
+    return Selection(streamers=cfg.streamers, vods=cfg.vods, split=split, val_vods=cfg.val_vods,
+                     test_vods=cfg.test_vods, val_fraction=cfg.val_fraction,
                      test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
 
@@ -145,7 +146,9 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
     ds = ExampleStream(samples, tok, cfg, buffer=cfg.shuffle_buffer if train else 0, seed=seed)
     return torch.utils.data.DataLoader(ds, batch_size=micro_batch, num_workers=cfg.num_workers,
                                        collate_fn=lambda b: collate(b, tok.pad_id),
-                                       persistent_workers=False)
+                                       # Its own generator: iter(loader) must not draw from the global
+                                       # RNG, or a resumed run's dropout would drift from the original.
+                                       generator=torch.Generator().manual_seed(seed))
 
 
 def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:

@@ -122,7 +122,7 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict[str, Any]],
             loss_sum, _ = token_loss(model, b)
             loss = loss_sum / max(1, n_tokens)
         acc.backward(loss)
-        total += float(loss_sum)
+        total += loss_sum.item()
     grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     scheduler.step()
@@ -182,7 +182,9 @@ def log_samples(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     tc, run_dir = cfg.train, Path(cfg.train.run_dir)
-    acc = Accelerator(mixed_precision=mixed_precision(tc.mixed_precision), log_with="tensorboard", project_dir=str(run_dir))
+    # cpu=True on a GPU-less machine: otherwise Accelerate ignores torchrun's ranks and runs them as one process each.
+    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(tc.mixed_precision),
+                      log_with="tensorboard", project_dir=str(run_dir))
     set_seed(tc.seed, device_specific=False)
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
