@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -98,10 +99,26 @@ def resampled(urls: list[str], rng: random.Random) -> Iterator[str]:
         yield rng.choice(urls)
 
 
+def open_with_retries(url: str, tries: int = 4, backoff_s: float = 0.5) -> Any:
+    """Object stores fail transiently (throttling, resets): retry opening with backoff.
+    Reads inside an open file are retried by the filesystem itself (s3fs, gcsfs)."""
+    for attempt in range(tries):
+        try:
+            return fsspec.open(url, "rb").open()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            if attempt == tries - 1:
+                raise
+            log.warning("opening %s failed (%s), retrying", url, e)
+            time.sleep(backoff_s * 2**attempt)
+    raise AssertionError("unreachable")
+
+
 def open_shards(urls: Iterable[str], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
     for url in urls:
         try:
-            f = fsspec.open(url, "rb").open()
+            f = open_with_retries(url)
         except Exception as e:  # noqa: BLE001 - the handler decides
             e.args = (f"cannot open shard {url}: {e}",)
             if handler(e):

@@ -144,6 +144,7 @@ class Store:
 
     def records(self, streamers: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Committed VOD records, in a stable order (streamer, vod_id)."""
+        self.fs.invalidate_cache()  # object-store listings are cached: new commits must show
         for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
             name = posixpath.basename(path)
             if name.startswith(TMP_PREFIX):
