@@ -89,6 +89,19 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(a: argparse.Namespace) -> int:
+    from ingest.download import DownloadConfig
+    from ingest.download import main as download_main
+
+    cfg = DownloadConfig(out=a.out, streamer=a.streamer or "", last=a.last, vods=a.vods, quality=a.quality,
+                         chat_tool=a.chat_tool)
+    report = download_main(cfg)
+    print(f"downloaded {len(report['downloaded'])}, already there {len(report['skipped'])}, failed {len(report['failed'])}")
+    for f in report["failed"]:
+        print(f"FAILED {f}")
+    return 1 if report["failed"] else 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from launch.demo import main as demo_main
 
@@ -131,6 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--duration", type=float, default=120.0, help="seconds")
     y.add_argument("--vod-id", default="100001")
     y.set_defaults(fn=cmd_synth)
+
+    w = sub.add_parser("download", help="Twitch VODs + chat into a folder that ingest pairs by VOD id",
+                       description="Needs the optional extra: pip install 'vod2chat[download]'. Sub-only VODs: set "
+                                   "TWITCH_AUTH_TOKEN. Re-runs skip complete files and resume partial ones.")
+    w.add_argument("vods", nargs="*", help="VOD ids or https://www.twitch.tv/videos/<id> URLs")
+    w.add_argument("--streamer", help="download this channel's most recent archived VODs")
+    w.add_argument("--last", type=int, default=10, help="with --streamer: how many (default 10)")
+    w.add_argument("--out", default="vods", help="output folder (default vods/)")
+    w.add_argument("--quality", default="480p", help="twitch-dl quality (default 480p: frames are embedded at 224x224)")
+    w.add_argument("--chat-tool", default="twitch-dl", choices=["twitch-dl", "chat-downloader"])
+    w.set_defaults(fn=cmd_download)
 
     d = sub.add_parser("demo", help="the whole chain on a synthetic stream, on a local Ray and CPU")
     d.add_argument("--out", default="demo_out", help="where the store and outputs go")

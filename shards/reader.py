@@ -76,12 +76,25 @@ def shard_urls(store: Store, records: Iterable[dict[str, Any]]) -> list[str]:
     return [store.full_url(sh["path"]) for rec in records for sh in rec["shards"]]
 
 
+def shard_weights(records: list[dict[str, Any]], streamer_weights: dict[str, float]) -> list[float] | None:
+    """Per-shard sampling weights giving each streamer a share proportional to its weight
+    (unlisted streamers: 1), whatever its size, so one huge channel does not drown the rest.
+    None (no weights asked): shards are drawn uniformly, i.e. in proportion to data."""
+    if not streamer_weights:
+        return None
+    per_streamer: dict[str, int] = {}
+    for rec in records:
+        per_streamer[rec["streamer"]] = per_streamer.get(rec["streamer"], 0) + len(rec["shards"])
+    return [streamer_weights.get(rec["streamer"], 1.0) / per_streamer[rec["streamer"]]
+            for rec in records for _ in rec["shards"]]
+
+
 # -- stages ------------------------------------------------------------------------------
-def split_by_node(urls: list[str], rank: int, world_size: int) -> list[str]:
+def split_by_node(urls: list[Any], rank: int, world_size: int) -> list[Any]:
     return urls[rank::world_size]
 
 
-def split_by_worker(urls: list[str]) -> list[str]:
+def split_by_worker(urls: list[Any]) -> list[Any]:
     info = torch.utils.data.get_worker_info()
     return urls if info is None else urls[info.id :: info.num_workers]
 
@@ -91,12 +104,12 @@ def worker_id() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
-def resampled(urls: list[str], rng: random.Random) -> Iterator[str]:
+def resampled(urls: list[str], weights: list[float], rng: random.Random) -> Iterator[str]:
     """Shards drawn with replacement, forever: ranks never run dry, so none waits on another."""
     if not urls:
         raise ValueError("no shards to resample from: the selection matched no VOD in the store")
     while True:
-        yield rng.choice(urls)
+        yield rng.choices(urls, weights)[0]
 
 
 def open_with_retries(url: str, tries: int = 4, backoff_s: float = 0.5) -> Any:
@@ -184,9 +197,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         shuffle_shards: bool = True,
         buffer: int = 0,
         skip_errors: bool = False,
+        weights: list[float] | None = None,
     ):
         super().__init__()
         self.urls, self.rank, self.world_size = list(urls), rank, world_size
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.urls)
         self.seed, self.epoch, self.resample = seed, epoch, resample
         self.shuffle_shards, self.buffer = shuffle_shards, buffer
         self.handler = skip_and_warn if skip_errors else reraise
@@ -195,14 +210,15 @@ class ShardStream(torch.utils.data.IterableDataset):
         wid, nworkers = worker_id()
         readers, reader = self.world_size * nworkers, self.rank * nworkers + wid
         rng = random.Random(f"{self.seed}:{self.epoch}:{reader}")
-        urls = list(self.urls)
+        shards = list(zip(self.urls, self.weights))
         if self.shuffle_shards:
             # Same permutation on every reader, so the split below stays a partition.
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(urls)
-        sample_split = len(urls) < readers
+            random.Random(f"{self.seed}:{self.epoch}").shuffle(shards)
+        sample_split = len(shards) < readers
         if not sample_split:
-            urls = split_by_worker(split_by_node(urls, self.rank, self.world_size))
-        stream: Iterable[str] = resampled(urls, rng) if self.resample else urls
+            shards = split_by_worker(split_by_node(shards, self.rank, self.world_size))
+        urls = [u for u, _ in shards]
+        stream: Iterable[str] = resampled(urls, [w for _, w in shards], rng) if self.resample else urls
         raw = group_by_keys(tar_file_expander(open_shards(stream, self.handler), handler=self.handler))
         samples: Iterable[Sample] = decode(raw, self.handler)
         if sample_split:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.reader import Selection, ShardStream, read_store, select_records, shard_urls, split_of
+from shards.reader import Selection, ShardStream, read_store, select_records, shard_urls, shard_weights, split_of
 from shards.schema import Sample, SchemaError, decode_sample, encode_sample, sample_key
 from shards.store import Store, StoreError
 
@@ -156,3 +156,20 @@ def test_splits_are_by_vod_and_stable():
     assert {"train", "val", "test"} == set(splits)
     assert 0.1 < splits.count("test") / 500 < 0.3
     assert splits == [split_of("s", str(v), sel) for v in range(500)]
+
+
+def test_streamer_weights_balance_a_huge_channel(tmp_path: Path):
+    store = Store(str(tmp_path / "store"))
+    add_vod(store, "huge", "1", shards=6, per=1)
+    add_vod(store, "huge", "2", shards=6, per=1)
+    add_vod(store, "small", "3", shards=1, per=1)
+    recs = select_records(store, Selection())
+    urls = shard_urls(store, recs)
+
+    def share_small(weights) -> float:
+        it = iter(ShardStream(urls, seed=0, resample=True, weights=weights))
+        keys = [next(it).key for _ in range(600)]
+        return sum(k.startswith("small") for k in keys) / len(keys)
+
+    assert share_small(None) < 0.15  # by data size: 1 shard in 13
+    assert 0.4 < share_small(shard_weights(recs, {"huge": 1.0, "small": 1.0})) < 0.6

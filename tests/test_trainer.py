@@ -167,9 +167,6 @@ def test_mixed_precision_choice():
 
 
 def test_bf16_on_cpu_trains(store_dir: Path, tmp_path: Path):
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()  # one process, several runs: the precision is per run
     out = main(cfg_for(store_dir, tmp_path / "bf16", "train.steps=6", "train.mixed_precision=bf16", "train.num_samples=0"))
     assert np.isfinite(out["train/loss"])
 

@@ -12,6 +12,8 @@ class DataConfig:
     store: str = "./store"
     streamers: list[str] = field(default_factory=list)  # empty: every streamer in the store
     vods: list[str] = field(default_factory=list)  # "vod_id" or "streamer/vod_id"; empty: all
+    # Sampling share per streamer in training (unlisted: 1); empty: in proportion to data size.
+    streamer_weights: dict[str, float] = field(default_factory=dict)
     val_vods: list[str] = field(default_factory=list)  # named held-out VODs (turn the hash split off)
     test_vods: list[str] = field(default_factory=list)
     val_fraction: float = 0.1  # held-out splits are by VOD (hash of its id), never by message

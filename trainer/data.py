@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from shards.reader import Selection, ShardStream, select_records, shard_urls, shuffle
+from shards.reader import Selection, ShardStream, select_records, shard_urls, shard_weights, shuffle
 from shards.schema import Sample
 from shards.store import Store
 from trainer.config import DataConfig
@@ -127,13 +127,14 @@ def selection(cfg: DataConfig, split: str) -> Selection:
                      test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
 
-def split_urls(cfg: DataConfig, split: str) -> list[str]:
+def split_shards(cfg: DataConfig, split: str) -> tuple[list[str], list[float] | None]:
     store = Store(cfg.store)
-    urls = shard_urls(store, select_records(store, selection(cfg, split)))
+    records = select_records(store, selection(cfg, split))
+    urls = shard_urls(store, records)
     if not urls:
         raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
                          f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
-    return urls
+    return urls, shard_weights(records, cfg.streamer_weights)
 
 
 def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: int, rank: int, world_size: int,
@@ -141,8 +142,9 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
     """Training: an endless resampled stream per rank (ranks never wait on each other).
     Evaluation: one pass, each example on exactly one rank. The split happens here, once:
     do not pass this loader through accelerator.prepare, which would split it again."""
-    samples = ShardStream(split_urls(cfg, split), rank=rank, world_size=world_size, seed=seed, resample=train,
-                          shuffle_shards=train, buffer=0, skip_errors=cfg.skip_errors)
+    urls, weights = split_shards(cfg, split)
+    samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=train, shuffle_shards=train,
+                          buffer=0, skip_errors=cfg.skip_errors, weights=weights if train else None)
     ds = ExampleStream(samples, tok, cfg, buffer=cfg.shuffle_buffer if train else 0, seed=seed)
     return torch.utils.data.DataLoader(ds, batch_size=micro_batch, num_workers=cfg.num_workers,
                                        collate_fn=lambda b: collate(b, tok.pad_id),
@@ -154,6 +156,6 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
 def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:
     """Chat texts of a split, for training the tokenizer (context-only messages are skipped:
     they are also some other segment's messages)."""
-    for s in ShardStream(split_urls(cfg, split), shuffle_shards=False, skip_errors=cfg.skip_errors):
+    for s in ShardStream(split_shards(cfg, split)[0], shuffle_shards=False, skip_errors=cfg.skip_errors):
         for m in s.chat["messages"]:
             yield m["text"]

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # `python trainer/main.py` / `accelerate launch t
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
@@ -182,6 +183,9 @@ def log_samples(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     tc, run_dir = cfg.train, Path(cfg.train.run_dir)
+    # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
+    # The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a GPU-less machine: otherwise Accelerate ignores torchrun's ranks and runs them as one process each.
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(tc.mixed_precision),
                       log_with="tensorboard", project_dir=str(run_dir))

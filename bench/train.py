@@ -1,0 +1,391 @@
+"""Training throughput, side by side in one run on this machine.
+
+    .venv/bin/python bench/train.py                      # CPU, d_model 256, ~2 minutes on 2 cores
+    .venv/bin/python bench/train.py --device cuda --batch 64 --steps 50 --mixed-precision bf16
+
+(a) The data path: the real train step (trainer.main.train_step under an Accelerator) fed by
+    trainer.data.make_loader streaming from a shard store on disk, against the very same
+    batches pre-collected in memory. Their ratio is what the loader costs.
+(b) The model: vod2chat's VodChatModel (full A/V sequences, causal decoder over chat context
+    + message, BPE) against the prototype's model (bench/prototype.py: one averaged A/V vector,
+    nn.Transformer without a causal mask, word vocabulary) at the same width, forward+backward
+    on the same examples.
+
+The store is written here with the ingest layout (30 s segments, 20 s look-back, 1 fps video,
+0.96 s audio windows, 8 context messages, 120 segments per shard) and random features of the
+real shapes; chat is Zipf-distributed pseudo-words, so the word vocabulary is as long-tailed
+as real chat's. Every figure printed is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from bench.prototype import PrototypeConfig, PrototypeModel, WordVocab, prototype_batch, prototype_loss
+from ingest import align
+from shards.schema import Sample, sample_key
+from shards.store import Store, shard_info_dict
+from trainer.config import DataConfig, TrainConfig
+from trainer.data import iter_texts, make_loader
+from trainer.main import build_optimizer, to_device, token_loss, train_step
+from trainer.model import ModelConfig, VodChatModel
+from trainer.tokenizer import ChatTokenizer
+
+FP = {"video": {"model": "bench-random", "fps": 1.0}, "audio": {"model": "bench-random"}}
+
+
+# -- a store with the ingest layout and realistic shapes ------------------------------------
+@dataclass
+class Msg:
+    t: float
+    user: str
+    text: str
+
+
+def pseudo_words(rng: np.random.Generator, n: int) -> list[str]:
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"))
+    return ["".join(rng.choice(letters, size=rng.integers(2, 10))) for _ in range(n)]
+
+
+def chat_messages(rng: np.random.Generator, duration: float, rate: float, words: list[str]) -> list[Msg]:
+    """Poisson arrivals; 1-12 words per message drawn from a Zipf law (chat's long tail)."""
+    n = rng.poisson(rate * duration)
+    ts = np.sort(rng.uniform(0, duration, size=n))
+    out = []
+    for t in ts:
+        idx = (rng.zipf(1.3, size=rng.integers(1, 13)) - 1) % len(words)
+        out.append(Msg(float(t), f"user{rng.integers(0, 500)}", " ".join(words[i] for i in idx)))
+    return out
+
+
+def build_store(root: Path, vods: int, duration: float, rate: float, seed: int = 0, segment_s: float = 30.0,
+                lookback_s: float = 20.0, fps: float = 1.0, context: int = 8, per_shard: int = 120) -> Store:
+    rng = np.random.default_rng(seed)
+    store = Store(str(root))
+    words = pseudo_words(rng, 20000)
+    for v in range(vods):
+        vod = str(2000 + v)
+        msgs = chat_messages(rng, duration, rate, words)
+        times = [m.t for m in msgs]
+        segs = align.plan_segments(duration, segment_s, lookback_s, fps)
+        video = rng.standard_normal((align.n_video_rows(duration, fps), 2048)).astype(np.float16)
+        audio = rng.standard_normal((align.n_audio_rows(duration), 128)).astype(np.float16)
+        shards = []
+        for k, part in enumerate(align.plan_parts(segs, per_shard)):
+            samples = [Sample(
+                key=sample_key("bench", vod, s.index), video=video[s.v0:s.v1], audio=audio[s.a0:s.a1],
+                chat=align.chat_for_segment(times, msgs, s, s.index == len(segs) - 1, context),
+                meta={"streamer": "bench", "vod_id": vod, "segment": s.index, "start": s.start, "end": s.end,
+                      "lookback": lookback_s, "video_t0": s.v0 / fps, "fps": fps,
+                      "audio_t0": s.a0 * align.AUDIO_HOP, "audio_hop": align.AUDIO_HOP,
+                      "audio_win": align.AUDIO_HOP, "fingerprints": {}},
+            ) for s in part]
+            shards.append(store.write_shard(store.shard_rel("bench", vod, k), samples))
+        store.commit_record({"streamer": "bench", "vod_id": vod, "duration": duration, "segments": len(segs),
+                             "messages": sum(s.messages for s in shards), "fingerprints": FP,
+                             "shards": [shard_info_dict(s) for s in shards]})
+    return store
+
+
+# -- timing helpers -----------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+
+
+@dataclass
+class Rate:
+    examples_s: float
+    tokens_s: float
+    peak_mib: float | None = None
+
+
+def timed(step: Callable[[int], tuple[int, int]], warmup: int, steps: int, device: torch.device) -> Rate:
+    """Runs step(i) for warmup + steps iterations; times the last `steps`. step returns
+    (examples, loss tokens)."""
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    reset_peak(device)
+    n_ex = n_tok = 0
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        e, k = step(i)
+        n_ex, n_tok = n_ex + e, n_tok + k
+    sync(device)
+    dt = time.perf_counter() - t0
+    return Rate(n_ex / dt, n_tok / dt, peak_mib(device))
+
+
+def median_rate(rates: list[Rate]) -> Rate:
+    peaks = [r.peak_mib for r in rates if r.peak_mib is not None]
+    return Rate(statistics.median(r.examples_s for r in rates), statistics.median(r.tokens_s for r in rates),
+                max(peaks) if peaks else None)
+
+
+def autocast(device: torch.device, mp: str):
+    if mp == "no":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+
+
+# -- (a) streamed from the store vs in memory, the real train step ------------------------
+class TrainRig:
+    """The trainer's pieces (model, optimizer, scheduler under an Accelerator), rebuilt from
+    the same initial weights for every measurement so each one starts from the same state."""
+
+    def __init__(self, args: argparse.Namespace, mcfg: ModelConfig, acc: Any):
+        torch.manual_seed(0)
+        self.init = VodChatModel(mcfg).state_dict()
+        self.mcfg, self.acc = mcfg, acc
+        self.tc = TrainConfig(steps=10_000, warmup_steps=1, micro_batch=args.batch, global_batch=args.batch)
+
+    def fresh(self):
+        model = VodChatModel(self.mcfg)
+        model.load_state_dict(self.init)
+        opt, sched = build_optimizer(model, self.tc)
+        return self.acc.prepare(model, opt, sched)
+
+    def step_fn(self, next_batch: Callable[[int], dict[str, Any]], seen: list[list[str]] | None = None):
+        model, opt, sched = self.fresh()
+
+        def step(i: int) -> tuple[int, int]:
+            b = to_device(next_batch(i), self.acc.device)
+            if seen is not None:
+                seen.append(b["keys"])
+            out = train_step(model, opt, sched, [b], self.acc, self.tc.grad_clip)
+            return out["examples"], out["tokens"]
+        return step
+
+
+def bench_loader(args, dcfg: DataConfig, tok: ChatTokenizer, rig: TrainRig, device: torch.device) -> dict[str, Any]:
+    n = args.warmup + args.steps
+    new_loader = lambda: make_loader(dcfg, tok, "train", args.batch, 0, 1, args.seed, True)  # noqa: E731
+    memory = [to_device(b, device) for b in itertools.islice(iter(new_loader()), n)]
+    streamed, in_memory, loader_only, same = [], [], [], True
+    for _ in range(args.rounds):
+        it, keys = iter(new_loader()), []
+        streamed.append(timed(rig.step_fn(lambda i: next(it), keys), args.warmup, args.steps, device))
+        same &= keys == [b["keys"] for b in memory]
+        in_memory.append(timed(rig.step_fn(lambda i: memory[i]), args.warmup, args.steps, device))
+        it2 = iter(new_loader())
+        loader_only.append(timed(lambda i: (len(to_device(next(it2), device)["keys"]), 0), args.warmup, args.steps,
+                                 device))
+    return {"streamed": median_rate(streamed), "memory": median_rate(in_memory),
+            "loader": median_rate(loader_only), "same": same, "batches": memory}
+
+
+# -- (b) vod2chat's model vs the prototype's, forward + backward --------------------------
+def bench_models(args, mcfg: ModelConfig, batches: list[dict[str, Any]], vocab: WordVocab,
+                 device: torch.device) -> dict[str, Any]:
+    torch.manual_seed(0)
+    ours = VodChatModel(mcfg).to(device)
+    pcfg = PrototypeConfig(vocab_size=len(vocab), d_model=mcfg.d_model, n_heads=mcfg.n_heads,
+                           n_enc_layers=mcfg.n_enc_layers, n_dec_layers=mcfg.n_dec_layers, d_ff=mcfg.d_ff,
+                           dropout=mcfg.dropout, max_len=args.max_message_tokens + 2, use_audio=args.proto_audio)
+    proto = PrototypeModel(pcfg).to(device)
+    # Word ids come from the prototype's own files: converting is not part of its step.
+    pbatches = [prototype_batch(b, vocab, pcfg.max_len) for b in batches]
+
+    def ours_step(i: int) -> tuple[int, int]:
+        b = batches[i]
+        with autocast(device, args.mixed_precision):
+            loss_sum, n_tok = token_loss(ours, b)
+        (loss_sum / n_tok.clamp(min=1)).backward()
+        ours.zero_grad(set_to_none=True)
+        return len(b["keys"]), int(n_tok)
+
+    def proto_step(i: int) -> tuple[int, int]:
+        b = pbatches[i]
+        with autocast(device, args.mixed_precision):
+            loss, n_tok = prototype_loss(proto, b)
+        loss.backward()
+        proto.zero_grad(set_to_none=True)
+        return len(b["tokens"]), n_tok
+
+    ours.train(), proto.train()
+    r_ours, r_proto = [], []
+    for _ in range(args.rounds):
+        r_ours.append(timed(ours_step, args.warmup, args.steps, device))
+        r_proto.append(timed(proto_step, args.warmup, args.steps, device))
+    sl = slice(args.warmup, args.warmup + args.steps)
+    return {
+        "ours": median_rate(r_ours), "proto": median_rate(r_proto),
+        "ours_params": ours.num_params(), "proto_params": proto.num_params(),
+        "ours_mem_rows": np.mean([float(b["video_mask"].sum(1).add(b["audio_mask"].sum(1)).float().mean()) + 1
+                                  for b in batches[sl]]),
+        "ours_len": np.mean([b["tokens"].shape[1] for b in batches[sl]]),
+        "proto_len": np.mean([b["tokens"].shape[1] - 1 for b in pbatches[sl]]),
+        "ours_vocab": mcfg.vocab_size, "proto_vocab": len(vocab), "proto_audio": args.proto_audio,
+    }
+
+
+# -- report -------------------------------------------------------------------------------
+def fmt(x: float | None, nd: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{nd}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def report_loader(r: dict[str, Any], args, device: torch.device) -> str:
+    s, m, lo = r["streamed"], r["memory"], r["loader"]
+    overhead = 1 - s.examples_s / m.examples_s
+    rows = [
+        "| what | vod2chat (streamed from store) | in-memory (same batches) | ratio |",
+        "|---|---|---|---|",
+        f"| train step examples/s (B={args.batch}, d_model={args.d_model}) | {fmt(s.examples_s)} | "
+        f"{fmt(m.examples_s)} | {ratio(s.examples_s, m.examples_s)} |",
+    ]
+    if device.type == "cuda":
+        rows.append(f"| loss tokens/s | {fmt(s.tokens_s)} | {fmt(m.tokens_s)} | {ratio(s.tokens_s, m.tokens_s)} |")
+        rows.append(f"| peak GPU memory MiB | {fmt(s.peak_mib)} | {fmt(m.peak_mib)} | {ratio(s.peak_mib, m.peak_mib)} |")
+    rows.append(f"| loader alone examples/s (no training) | {fmt(lo.examples_s)} | - | - |")
+    verdict = "OK (< 10%)" if overhead < 0.10 else "OVER the 10% budget"
+    rows.append("")
+    rows.append(f"loader overhead: {100 * overhead:.1f}% of in-memory throughput -> {verdict}; "
+                f"identical batch order in both runs: {'yes' if r['same'] else 'NO'}; "
+                f"DataLoader num_workers={args.num_workers}")
+    return "\n".join(rows)
+
+
+def report_models(r: dict[str, Any], args, device: torch.device) -> str:
+    o, p = r["ours"], r["proto"]
+    rows = [
+        "| what | vod2chat | prototype | ratio (vod2chat / prototype) |",
+        "|---|---|---|---|",
+        f"| fwd+bwd examples/s (B={args.batch}) | {fmt(o.examples_s)} | {fmt(p.examples_s)} | "
+        f"{ratio(o.examples_s, p.examples_s)} |",
+        f"| predicted tokens/s | {fmt(o.tokens_s)} | {fmt(p.tokens_s)} | {ratio(o.tokens_s, p.tokens_s)} |",
+    ]
+    if device.type == "cuda":
+        rows.append(f"| peak GPU memory MiB | {fmt(o.peak_mib)} | {fmt(p.peak_mib)} | {ratio(o.peak_mib, p.peak_mib)} |")
+    rows += [
+        f"| parameters | {r['ours_params']:,} | {r['proto_params']:,} | {ratio(r['ours_params'], r['proto_params'])} |",
+        f"| vocabulary | {r['ours_vocab']:,} (BPE) | {r['proto_vocab']:,} (words) | "
+        f"{ratio(r['ours_vocab'], r['proto_vocab'])} |",
+        f"| A/V memory rows per example | {r['ours_mem_rows']:.1f} (null + frames + audio windows) | "
+        f"1 (average{' of video+audio' if r['proto_audio'] else ' of video'}) | {r['ours_mem_rows']:.1f}x |",
+        f"| decoder input length (padded, mean) | {r['ours_len']:.1f} (context + message) | "
+        f"{r['proto_len']:.1f} (message only) | {ratio(r['ours_len'], r['proto_len'])} |",
+        f"| causal decoder mask | yes | no | - |",
+    ]
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
+    p.add_argument("--rounds", type=int, default=2, help="alternating repetitions; the median is reported")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--n-heads", type=int, default=4)
+    p.add_argument("--enc-layers", type=int, default=2)
+    p.add_argument("--dec-layers", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=0, help="0: 4 x d_model")
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--window-s", type=float, default=20.0, help="data.window_s: A/V seconds before each message")
+    p.add_argument("--context-messages", type=int, default=4)
+    p.add_argument("--max-context-tokens", type=int, default=48)
+    p.add_argument("--max-message-tokens", type=int, default=32)
+    p.add_argument("--vocab-size", type=int, default=4000, help="BPE vocabulary (tokenizer.vocab_size)")
+    p.add_argument("--num-workers", type=int, default=0, help="data.num_workers (DataLoader processes)")
+    p.add_argument("--shuffle-buffer", type=int, default=512)
+    p.add_argument("--vods", type=int, default=4)
+    p.add_argument("--vod-minutes", type=float, default=20.0)
+    p.add_argument("--chat-rate", type=float, default=0.5, help="messages per second of VOD")
+    p.add_argument("--proto-audio", action="store_true",
+                   help="let the prototype average audio into its vector too (the original had no audio)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--store", default="", help="reuse/keep the bench store here (default: a temporary directory)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here; use --device cpu")
+    if args.mixed_precision == "fp16" and args.device != "cuda":
+        raise SystemExit("--mixed-precision fp16 needs a GPU")
+    tmp = tempfile.TemporaryDirectory(prefix="vod2chat-bench-") if not args.store else None
+    root = Path(args.store or tmp.name) / "store"
+    t0 = time.perf_counter()
+    if not (root / "vods").exists():
+        build_store(root, args.vods, args.vod_minutes * 60, args.chat_rate, args.seed)
+    store = Store(str(root))
+    summ = store.summary()["bench"]
+    dcfg = DataConfig(store=str(root), val_fraction=0.0, test_fraction=0.0, window_s=args.window_s,
+                      context_messages=args.context_messages, max_context_tokens=args.max_context_tokens,
+                      max_message_tokens=args.max_message_tokens, shuffle_buffer=args.shuffle_buffer,
+                      num_workers=args.num_workers)
+    texts = list(iter_texts(dcfg, "train"))
+    tok = ChatTokenizer.train(texts, args.vocab_size, 2)
+    vocab = WordVocab.build(texts)
+    mcfg = ModelConfig(vocab_size=tok.vocab_size, d_model=args.d_model, n_heads=args.n_heads,
+                       n_enc_layers=args.enc_layers, n_dec_layers=args.dec_layers, d_ff=args.d_ff or 4 * args.d_model,
+                       dropout=args.dropout, max_len=args.max_context_tokens + args.max_message_tokens + 3,
+                       max_time_s=max(64.0, args.window_s))
+    acc = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
+    device = acc.device
+    print(f"# vod2chat training bench: device={device} ({torch.get_num_threads()} CPU threads), "
+          f"torch {torch.__version__}, mixed precision={args.mixed_precision}")
+    print(f"store: {summ['vods']:.0f} VODs, {summ['hours'] * 60:.0f} min, {summ['segments']:.0f} segments of 30 s "
+          f"(20 s look-back), {summ['messages']:.0f} messages, {summ['bytes'] / 2**20:.1f} MiB in "
+          f"{summ['shards']:.0f} shards; built + tokenizers trained in {time.perf_counter() - t0:.1f}s")
+    print(f"model: d_model={mcfg.d_model} heads={mcfg.n_heads} enc={mcfg.n_enc_layers} dec={mcfg.n_dec_layers} "
+          f"d_ff={mcfg.d_ff}; {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up), medians\n")
+
+    t1 = time.perf_counter()
+    loader = bench_loader(args, dcfg, tok, TrainRig(args, mcfg, acc), device)
+    print("## (a) data path: trainer.main.train_step fed by make_loader vs the same batches in memory\n")
+    print(report_loader(loader, args, device))
+    print(f"\n({time.perf_counter() - t1:.0f}s)\n")
+
+    t1 = time.perf_counter()
+    models = bench_models(args, mcfg, loader["batches"], vocab, device)
+    print("## (b) model: forward+backward on the same examples, same width and depth\n")
+    print(report_models(models, args, device))
+    print(f"\n({time.perf_counter() - t1:.0f}s; total {time.perf_counter() - t0:.0f}s)")
+    print("\nNotes: the prototype decodes only the message (it had no chat context) over one averaged vector, so "
+          "it does less work per example by design; vod2chat's extra cost buys full temporal A/V sequences, "
+          "context and a causal (valid) training objective.")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

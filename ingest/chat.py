@@ -1,0 +1,433 @@
+"""Chat logs in the formats people actually have, read into one shape: Message(t, user, text).
+
+t is seconds from VOD start. One entry point, `parse_chat`, detects the format from the file's
+content (gzip by magic bytes, JSON by structure, text by what its lines look like), runs that
+format's reader and applies one policy to every format:
+
+- a malformed line/record is skipped and recorded as Skip(path, line, reason); `line` is the
+  1-based line number for text files and the 0-based index into the record list for JSON;
+- non-message events (IRC CLEARCHAT/USERNOTICE/..., chat-downloader bans) are not messages
+  and not malformed: they are only counted (ChatLog.events);
+- if more than `max_bad_fraction` of the candidate lines are malformed, or nothing parses,
+  ChatFormatError names the file, the format and the first bad line;
+- text is stripped of surrounding whitespace (so write_irc -> parse_chat round-trips), and
+  an action (IRC \\x01ACTION, v5 is_action) becomes "/me " + text in every format, as the
+  chatter typed it; a tcd-irc line "/me waves" is kept verbatim, so it means the same;
+- t is rounded to the millisecond, Twitch's own resolution;
+- messages are sorted by t, stably (raw IRC logs are not in time order).
+
+Formats (the names ChatLog.format and `fmt=` use):
+  tcd-irc          `[H:MM:SS] <user> text`, `[H:MM:SS.ff] <user> text` (tcd, vodus, write_irc)
+  irc-tags         raw Twitch IRC with IRCv3 tags, as lines or {"messages": [...]} (recent-messages);
+                   t = tmi-sent-ts - stream_start (unix seconds; default: the earliest message)
+  ass              tcd .ass/.ssa subtitles: `Dialogue: ...,{\\c&H..&}user{\\c&HFFFFFF&}: text`
+  v5-rechat        Twitch v5 / TwitchDownloader {"comments": [{content_offset_seconds, ...}]}
+  twitch-dl        twitch-dl `chat json`: GraphQL comment nodes (contentOffsetSeconds, fragments)
+  chat-downloader  chat-downloader JSON list [{author, message, time_in_seconds}, ...]
+stream_start only matters for irc-tags: every other format already stores VOD offsets.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+CHAT_SUFFIXES: tuple[str, ...] = (".txt", ".irc", ".log", ".json", ".gz", ".ass", ".ssa")
+
+
+@dataclass(frozen=True)
+class Message:
+    t: float  # seconds from VOD start
+    user: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    path: str
+    line: int  # 1-based line (text formats) or 0-based record index (JSON formats)
+    reason: str
+
+
+@dataclass
+class ChatLog:
+    messages: list[Message]
+    format: str
+    path: str
+    skipped: list[Skip] = field(default_factory=list)
+    events: int = 0  # non-message records (CLEARCHAT, USERNOTICE, ...), ignored on purpose
+
+    def summary(self) -> str:
+        s = f"{self.format}: {len(self.messages)} messages, {len(self.skipped)} skipped"
+        if self.skipped:
+            shown = ", ".join(f"{Path(k.path).name}:{k.line} {k.reason}" for k in self.skipped[:3])
+            s += f" ({shown}{', ...' if len(self.skipped) > 3 else ''})"
+        if self.events:
+            s += f", {self.events} non-message events ignored"
+        return s
+
+
+class ChatFormatError(ValueError):
+    pass
+
+
+# A reader turns the loaded file (str for text, decoded JSON otherwise) into (location, item)
+# pairs, item being a Message, a str (why the record is malformed) or None (a non-message event).
+Item = tuple[int, "Message | str | None"]
+Reader = Callable[[Any, "float | None"], Iterator[Item]]
+
+
+def _clip(s: str, n: int = 60) -> str:
+    return repr(s if len(s) <= n else s[:n] + "...")
+
+
+def _lines(text: str) -> list[tuple[int, str]]:
+    """Non-empty (1-based number, line). Split on \\n only: str.splitlines would also split
+    on U+2028 and friends inside a message and shift every later line number."""
+    return [(no, ln.rstrip("\r")) for no, ln in enumerate(text.split("\n"), 1) if ln.strip()]
+
+
+def _clean(text: str) -> str:
+    return text.replace("\U000e0000", "").strip()  # chatterino/7tv anti-duplicate suffix
+
+
+# -- tcd irc text ----------------------------------------------------------------------
+_TCD = re.compile(r"\[([^\]]*)\] <([^>]*)> ?(.*)")
+_TIME = re.compile(r"(\d+):(\d{1,2}):(\d{1,2})(?:\.(\d+))?")
+
+
+def _hms(stamp: str) -> float | None:
+    """H:MM:SS(.frac) -> seconds, via one decimal string so the float equals the JSON-parsed one."""
+    m = _TIME.fullmatch(stamp.strip())
+    if not m or int(m[2]) >= 60 or int(m[3]) >= 60:
+        return None
+    return float(f"{int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3])}.{m[4] or 0}")
+
+
+def _read_tcd(text: str, stream_start: float | None) -> Iterator[Item]:
+    for no, line in _lines(text):
+        m = _TCD.fullmatch(line.strip())
+        if not m:
+            yield no, f"not '[H:MM:SS] <user> text': {_clip(line)}"
+            continue
+        t, user, body = _hms(m[1]), m[2].strip(), _clean(m[3])
+        if t is None:
+            yield no, f"bad timestamp '[{m[1]}]'"
+        elif not user or not body:
+            yield no, "empty user or text"
+        else:
+            yield no, Message(t, user, body)
+
+
+# -- raw Twitch IRC with IRCv3 tags -------------------------------------------------------
+_TAG_ESCAPES = {":": ";", "s": " ", "\\": "\\", "r": "\r", "n": "\n"}
+
+
+def _unescape_tag(v: str) -> str:
+    # IRCv3: \: \s \\ \r \n; any other escaped char is itself; a lone trailing \ is dropped.
+    return re.sub(r"\\(.?)", lambda m: _TAG_ESCAPES.get(m[1], m[1]), v)
+
+
+def _parse_irc(line: str) -> tuple[dict[str, str], str, str, str]:
+    """One IRC line -> (tags, prefix, COMMAND, the rest after the command)."""
+    tags: dict[str, str] = {}
+    if line.startswith("@"):
+        raw, _, line = line[1:].partition(" ")
+        for kv in raw.split(";"):
+            k, _, v = kv.partition("=")
+            tags[k] = _unescape_tag(v)
+    line = line.lstrip(" ")
+    prefix = ""
+    if line.startswith(":"):
+        prefix, _, line = line[1:].partition(" ")
+    command, _, rest = line.lstrip(" ").partition(" ")
+    return tags, prefix, command.upper(), rest
+
+
+def _irc_privmsg(line: str) -> tuple[float, str, str] | str | None:
+    """-> (unix seconds, user, text), a malformed reason, or None for a non-PRIVMSG event."""
+    tags, prefix, command, rest = _parse_irc(line.rstrip("\r\n"))
+    if not command:
+        return f"no IRC command: {_clip(line)}"
+    if command != "PRIVMSG":
+        return None
+    # The text is everything after the channel; a one-word text may come without its ':'.
+    _chan, _, text = rest.partition(" ")
+    text = text[1:] if text.startswith(":") else text
+    ts = tags.get("tmi-sent-ts", "")
+    if not ts.isdigit():
+        return "PRIVMSG without a tmi-sent-ts tag (offsets come from it)"
+    user = tags.get("display-name", "").strip() or prefix.split("!", 1)[0]
+    if text.startswith("\x01ACTION"):
+        text = "/me " + text[len("\x01ACTION"):].replace("\x01", "").strip()
+    if not user or not _clean(text):
+        return "PRIVMSG with empty user or text"
+    return int(ts) / 1000, user, _clean(text)
+
+
+def _read_irc_tags(payload: Any, stream_start: float | None) -> Iterator[Item]:
+    if isinstance(payload, str):
+        lines = _lines(payload)
+    else:
+        recs = payload["messages"] if isinstance(payload, dict) else payload
+        lines = list(enumerate(recs))
+    parsed = [(no, _irc_privmsg(ln) if isinstance(ln, str) else "not a string") for no, ln in lines]
+    stamps = [p[0] for _, p in parsed if isinstance(p, tuple)]
+    start = stream_start if stream_start is not None else min(stamps, default=0.0)
+    for no, p in parsed:
+        if isinstance(p, tuple):
+            yield no, Message(p[0] - start, p[1], p[2])
+        else:
+            yield no, p
+
+
+# -- .ass subtitles -----------------------------------------------------------------------
+_ASS_FIELDS = ["layer", "start", "end", "style", "name", "marginl", "marginr", "marginv", "effect", "text"]
+
+
+def _read_ass(text: str, stream_start: float | None) -> Iterator[Item]:
+    fields = _ASS_FIELDS
+    for no, line in _lines(text):
+        key, sep, rest = line.partition(":")
+        key = key.strip().lower()
+        if key == "format" and "text" in rest.lower():  # the [Events] Format line sets the order
+            fields = [f.strip().lower() for f in rest.split(",")]
+            continue
+        if key != "dialogue" or not sep:
+            continue  # headers, styles, Comment: lines
+        row = dict(zip(fields, (v.strip() for v in rest.split(",", len(fields) - 1))))
+        if "text" not in row:
+            yield no, f"Dialogue with fewer than {len(fields)} fields: {_clip(line)}"
+            continue
+        t = _hms(row["start"])
+        if t is None:
+            yield no, f"bad start time {row['start']!r}"
+            continue
+        body = re.sub(r"\{[^}]*\}", "", row["text"])
+        body = re.sub(r"\\[Nnh]", " ", body)
+        user = row.get("name", "")
+        if not user:
+            user, sep, body = body.partition(": ")
+            if not sep:
+                yield no, f"no 'user: text' in {_clip(row['text'])}"
+                continue
+        if not user.strip() or not _clean(body):
+            yield no, "empty user or text"
+            continue
+        yield no, Message(t, user.strip(), _clean(body))
+
+
+# -- JSON formats ---------------------------------------------------------------------------
+def _comments(payload: Any) -> list:
+    return payload["comments"] if isinstance(payload, dict) else payload
+
+
+def _read_v5(payload: Any, stream_start: float | None) -> Iterator[Item]:
+    for i, c in enumerate(_comments(payload)):
+        try:
+            t = float(c["content_offset_seconds"])
+            who = c.get("commenter") or {}
+            user = who.get("display_name") or who.get("name") or ""
+            msg = c["message"]
+            body = msg.get("body")
+            if body is None:
+                body = "".join(f.get("text") or "" for f in msg.get("fragments") or [])
+            if msg.get("is_action"):
+                body = "/me " + body
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            yield i, f"bad v5 comment ({type(e).__name__}: {e})"
+            continue
+        yield i, Message(t, user, _clean(body)) if user and _clean(body) else "empty user or text"
+
+
+def _read_twitch_dl(payload: Any, stream_start: float | None) -> Iterator[Item]:
+    for i, c in enumerate(_comments(payload)):
+        c = c.get("node", c) if isinstance(c, dict) else c  # raw GraphQL edges carry {"node": ...}
+        try:
+            t = float(c["contentOffsetSeconds"])
+            # Deleted accounts come back with commenter null: the message is still real chat.
+            who = c.get("commenter") or {}
+            user = who.get("displayName") or who.get("login") or "unknown"
+            body = "".join(f.get("text") or "" for f in c["message"]["fragments"] or [])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            yield i, f"bad twitch-dl comment ({type(e).__name__}: {e})"
+            continue
+        yield i, Message(t, user, _clean(body)) if _clean(body) else "empty text"
+
+
+def _read_chat_downloader(payload: Any, stream_start: float | None) -> Iterator[Item]:
+    for i, c in enumerate(payload):
+        if not isinstance(c, dict):
+            yield i, "not a JSON object"
+            continue
+        if "message" not in c:
+            yield i, None  # bans, deletions, viewer counts: events without text
+            continue
+        a = c.get("author")
+        user = str(a if isinstance(a, str) else (a or {}).get("display_name") or (a or {}).get("name") or "")
+        try:
+            t = float(c["time_in_seconds"])
+        except (KeyError, TypeError, ValueError):
+            yield i, "no numeric time_in_seconds (a live log without VOD offsets?)"
+            continue
+        text = _clean(str(c.get("message") or ""))
+        yield i, Message(t, user.strip(), text) if user.strip() and text else "empty author or message"
+
+
+READERS: dict[str, Reader] = {
+    "tcd-irc": _read_tcd,
+    "irc-tags": _read_irc_tags,
+    "ass": _read_ass,
+    "v5-rechat": _read_v5,
+    "twitch-dl": _read_twitch_dl,
+    "chat-downloader": _read_chat_downloader,
+}
+TEXT_FORMATS = ("tcd-irc", "irc-tags", "ass")
+
+
+# -- loading and detection -----------------------------------------------------------------
+def _load(path: Path) -> Any:
+    """File -> str (text) or decoded JSON. gzip is found by magic bytes, whatever the suffix."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise ChatFormatError(f"{path}: gzip data is corrupt ({e}); re-download the chat log") from e
+    # One bad byte should not cost a whole VOD's chat: undecodable bytes become U+FFFD.
+    text = raw.decode("utf-8-sig", errors="replace")
+    if text.lstrip()[:1] not in ("{", "["):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if _vote(text)[0]:
+            return text  # tcd-irc and .ass text start with '[' too
+        raise ChatFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def _first(seq: Any) -> Any:
+    return next((x for x in seq if x is not None), None) if isinstance(seq, list) else None
+
+
+def _detect(payload: Any, path: Path) -> str:
+    if isinstance(payload, str):
+        return _detect_text(payload, path)
+    if isinstance(payload, dict) and isinstance(payload.get("messages"), list):
+        return "irc-tags"
+    first = _first(payload.get("comments") if isinstance(payload, dict) else payload)
+    if isinstance(first, dict):
+        node = first.get("node", first)
+        if "content_offset_seconds" in first:
+            return "v5-rechat"
+        if isinstance(node, dict) and "contentOffsetSeconds" in node:
+            return "twitch-dl"
+        if "time_in_seconds" in first or {"author", "message"} <= first.keys():
+            return "chat-downloader"
+    if isinstance(first, str) and " PRIVMSG " in first:
+        return "irc-tags"
+    raise ChatFormatError(
+        f"{path}: JSON is not a known chat layout (tried v5-rechat {{comments:[{{content_offset_seconds}}]}}, "
+        f"twitch-dl {{comments:[{{contentOffsetSeconds}}]}}, chat-downloader [{{author, message, "
+        f"time_in_seconds}}], irc-tags {{messages:[...]}}); an empty comment list has no chat to read"
+    )
+
+
+def _vote(text: str) -> tuple[str | None, list[tuple[int, str]]]:
+    """Vote over the first 200 non-empty lines: a few odd lines must not flip the format."""
+    votes = dict.fromkeys(TEXT_FORMATS, 0)
+    lines = _lines(text)[:200]
+    for _, ln in lines:
+        s = ln.strip()
+        m = _TCD.fullmatch(s)
+        if m and _hms(m[1]) is not None:
+            votes["tcd-irc"] += 1
+        elif " PRIVMSG " in s and s[0] in "@:":
+            votes["irc-tags"] += 1
+        elif s.lower().startswith(("dialogue:", "[script info]", "[events]")):
+            votes["ass"] += 1
+    best = max(votes, key=votes.__getitem__)
+    return (best if votes[best] else None), lines
+
+
+def _detect_text(text: str, path: Path) -> str:
+    best, lines = _vote(text)
+    if best:
+        return best
+    no, ln = lines[0] if lines else (0, "")
+    raise ChatFormatError(
+        f"{path}: not a chat log: tried {', '.join(TEXT_FORMATS)} and no line matches "
+        f"(first bad line {no}: {_clip(ln)}); expected e.g. '[0:01:02] <user> text'"
+    )
+
+
+def detect_format(path: str | Path) -> str:
+    """The format name parse_chat would use for this file (reads the file)."""
+    path = Path(path)
+    return _detect(_load(path), path)
+
+
+# -- entry points ---------------------------------------------------------------------------
+def parse_chat(
+    path: str | Path, fmt: str | None = None, stream_start: float | None = None, max_bad_fraction: float = 0.5
+) -> ChatLog:
+    """Read a chat log of any supported format; see the module docstring for the policy."""
+    path = Path(path)
+    if fmt is not None and fmt not in READERS:
+        raise ValueError(f"unknown chat format {fmt!r}; choose one of {', '.join(READERS)}")
+    payload = _load(path)
+    fmt = fmt or _detect(payload, path)
+    if isinstance(payload, str) != (fmt in TEXT_FORMATS) and fmt != "irc-tags":
+        raise ChatFormatError(f"{path}: is {'text' if isinstance(payload, str) else 'JSON'}, not {fmt}")
+    unit = "line" if isinstance(payload, str) else "record"
+    messages: list[Message] = []
+    skipped: list[Skip] = []
+    events = 0
+    try:
+        for loc, item in READERS[fmt](payload, stream_start):
+            if isinstance(item, Message):
+                # Millisecond resolution (Twitch's own) for every format: no float noise such
+                # as 5.5969999999999995, and write_irc round-trips exactly.
+                messages.append(Message(round(item.t, 3), item.user, item.text))
+            elif item is None:
+                events += 1
+            else:
+                skipped.append(Skip(str(path), loc, item))
+    except (KeyError, TypeError, AttributeError) as e:  # a JSON top level of the wrong shape
+        raise ChatFormatError(f"{path}: not a {fmt} chat log ({type(e).__name__}: {e})") from e
+    candidates = len(messages) + len(skipped)
+    if not messages or len(skipped) > max_bad_fraction * candidates:
+        first = f"first bad {unit} {skipped[0].line}: {skipped[0].reason}" if skipped else "no messages at all"
+        raise ChatFormatError(
+            f"{path}: read as {fmt}, {len(skipped)} of {candidates} {unit}s malformed "
+            f"(limit {max_bad_fraction:.0%}); {first}. Check the file, or pass fmt= (one of {', '.join(READERS)})"
+        )
+    messages.sort(key=lambda m: m.t)  # list.sort is stable: equal times keep file order
+    return ChatLog(messages, fmt, str(path), skipped, events)
+
+
+def _stamp(t: float) -> str:
+    ms = round(t * 1000)
+    s, frac = divmod(ms, 1000)
+    base = f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    if not frac:
+        return base
+    return f"{base}.{frac:03d}" if frac % 10 else f"{base}.{frac // 10:02d}"  # tcd writes .50
+
+
+def write_irc(messages: Iterable[Message], path: str | Path) -> None:
+    """Write tcd irc text; t is kept to the millisecond ([0:00:01.50], [0:02:07.467]).
+
+    Newlines in text become spaces (one message per line); surrounding whitespace is dropped,
+    as parse_chat drops it, so parse_chat(write_irc(ms)) == ms for stripped, ms-precision input.
+    """
+    lines = []
+    for m in messages:
+        text = re.sub(r"[\r\n]+", " ", m.text).strip()
+        if m.t < 0 or not m.user.strip() or re.search(r"[>\r\n]", m.user) or not text:
+            raise ValueError(f"cannot write {m} as tcd irc text: needs t >= 0, text, and a user without '>'")
+        lines.append(f"[{_stamp(m.t)}] <{m.user}> {text}\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
