@@ -111,3 +111,33 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, schedu
     if rng.exists():
         set_rng_state(torch.load(rng, weights_only=False))
     return read_meta(ckpt)
+
+
+def resolve(run_dir_or_ckpt: str | Path) -> Path:
+    """A checkpoint directory, or a run directory's latest checkpoint."""
+    p = Path(run_dir_or_ckpt)
+    if (p / "meta.json").exists() and (p / "model.pt").exists():
+        return p
+    ckpt = latest(p)
+    if ckpt is None:
+        raise FileNotFoundError(f"{p} is neither a checkpoint nor a run with checkpoints (expected "
+                                f"{ckpt_root(p)}/{PREFIX}*/meta.json): train first, or pass --run <run_dir>")
+    return ckpt
+
+
+def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(model in eval mode on `device`, tokenizer, the run's Config, meta) of a checkpoint, or of
+    a run's latest one. meta gains "checkpoint": the directory loaded."""
+    from launch.config import load_config
+    from trainer.config import Config
+    from trainer.model import VodChatModel
+    from trainer.tokenizer import ChatTokenizer
+
+    ckpt = resolve(run_dir_or_ckpt)
+    cfg = load_config(Config, ckpt / "config.toml")
+    tok = ChatTokenizer.load(ckpt / "tokenizer.json")
+    cfg.model.vocab_size = tok.vocab_size
+    model = VodChatModel(cfg.model)
+    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    model.to(device).eval()
+    return model, tok, cfg, {**read_meta(ckpt), "checkpoint": str(ckpt)}
