@@ -198,10 +198,9 @@ def prototype_ingest(video_path: str | Path, messages: Sequence[Any], out_dir: s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    last = max(feats) if feats else 0
     for i, m in enumerate(messages):
-        k = min(int(m.t // chunk_s), last)
-        if k not in feats:
+        k = int(m.t // chunk_s)
+        if k not in feats:  # a message outside the video: the prototype had nothing to pair it with
             continue
         path = out / f"{i:08d}.pt"
         torch.save({"video": feats[k].clone(), "t": float(m.t), "user": m.user, "text": m.text}, path)

@@ -20,9 +20,8 @@ as real chat's. Every figure printed is measured in this run.
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -108,43 +107,62 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-
-
 @dataclass
 class Rate:
-    examples_s: float
+    examples_s: float  # per wall-second
     tokens_s: float
+    examples_cpu_s: float  # per CPU-second of this process: less sensitive to other processes' load
     peak_mib: float | None = None
 
 
-def timed(step: Callable[[int], tuple[int, int]], warmup: int, steps: int, device: torch.device) -> Rate:
-    """Runs step(i) for warmup + steps iterations; times the last `steps`. step returns
-    (examples, loss tokens)."""
-    for i in range(warmup):
-        step(i)
-    sync(device)
-    reset_peak(device)
-    n_ex = n_tok = 0
-    t0 = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        e, k = step(i)
-        n_ex, n_tok = n_ex + e, n_tok + k
-    sync(device)
-    dt = time.perf_counter() - t0
-    return Rate(n_ex / dt, n_tok / dt, peak_mib(device))
+Step = Callable[[int], tuple[int, int]]  # step(i) -> (examples, loss tokens)
 
 
-def median_rate(rates: list[Rate]) -> Rate:
-    peaks = [r.peak_mib for r in rates if r.peak_mib is not None]
-    return Rate(statistics.median(r.examples_s for r in rates), statistics.median(r.tokens_s for r in rates),
-                max(peaks) if peaks else None)
+def interleaved(steps_fns: dict[str, Step], warmup: int, steps: int, block: int, device: torch.device
+                ) -> dict[str, Rate]:
+    """Runs the step functions in alternating blocks of `block` steps and times each block.
+    Alternating means a burst of load from other processes on a shared machine hits every
+    contender alike instead of whichever happened to run during it."""
+    for fn in steps_fns.values():
+        for i in range(warmup):
+            fn(i)
+    sync(device)
+    secs = {k: [0.0, 0.0] for k in steps_fns}  # wall, CPU
+    counts = {k: [0, 0] for k in steps_fns}
+    for start in range(warmup, warmup + steps, block):
+        for name, fn in steps_fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            for i in range(start, min(start + block, warmup + steps)):
+                e, k = fn(i)
+                counts[name][0] += e
+                counts[name][1] += k
+            sync(device)
+            secs[name][0] += time.perf_counter() - t0
+            secs[name][1] += time.process_time() - c0
+    return {k: Rate(counts[k][0] / secs[k][0], counts[k][1] / secs[k][0], counts[k][0] / secs[k][1])
+            for k in steps_fns}
+
+
+def peak_memory(make: Callable[[], Step], steps: int, device: torch.device) -> float | None:
+    """GPU memory a contender adds on top of what is already resident (model, optimizer state,
+    activations), measured alone."""
+    if device.type != "cuda":
+        return None
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn = make()
+    for i in range(steps):
+        fn(i)
+    sync(device)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    del fn
+    gc.collect()
+    return peak
 
 
 def autocast(device: torch.device, mp: str):
@@ -185,58 +203,66 @@ class TrainRig:
 def bench_loader(args, dcfg: DataConfig, tok: ChatTokenizer, rig: TrainRig, device: torch.device) -> dict[str, Any]:
     n = args.warmup + args.steps
     new_loader = lambda: make_loader(dcfg, tok, "train", args.batch, 0, 1, args.seed, True)  # noqa: E731
+    # The same seed gives the same stream: these are exactly the batches the streamed run sees.
     memory = [to_device(b, device) for b in itertools.islice(iter(new_loader()), n)]
-    streamed, in_memory, loader_only, same = [], [], [], True
-    for _ in range(args.rounds):
-        it, keys = iter(new_loader()), []
-        streamed.append(timed(rig.step_fn(lambda i: next(it), keys), args.warmup, args.steps, device))
-        same &= keys == [b["keys"] for b in memory]
-        in_memory.append(timed(rig.step_fn(lambda i: memory[i]), args.warmup, args.steps, device))
-        it2 = iter(new_loader())
-        loader_only.append(timed(lambda i: (len(to_device(next(it2), device)["keys"]), 0), args.warmup, args.steps,
-                                 device))
-    return {"streamed": median_rate(streamed), "memory": median_rate(in_memory),
-            "loader": median_rate(loader_only), "same": same, "batches": memory}
+    it, it2, keys = iter(new_loader()), iter(new_loader()), []
+    rates = interleaved({
+        "streamed": rig.step_fn(lambda i: next(it), keys),
+        "memory": rig.step_fn(lambda i: memory[i]),
+        "loader": lambda i: (len(to_device(next(it2), device)["keys"]), 0),
+    }, args.warmup, args.steps, args.block, device)
+    if device.type == "cuda":
+        it3 = iter(new_loader())
+        rates["streamed"].peak_mib = peak_memory(lambda: rig.step_fn(lambda i: next(it3)), args.warmup, device)
+        rates["memory"].peak_mib = peak_memory(lambda: rig.step_fn(lambda i: memory[i]), args.warmup, device)
+    return {**rates, "same": keys == [b["keys"] for b in memory], "batches": memory}
 
 
 # -- (b) vod2chat's model vs the prototype's, forward + backward --------------------------
 def bench_models(args, mcfg: ModelConfig, batches: list[dict[str, Any]], vocab: WordVocab,
                  device: torch.device) -> dict[str, Any]:
-    torch.manual_seed(0)
-    ours = VodChatModel(mcfg).to(device)
     pcfg = PrototypeConfig(vocab_size=len(vocab), d_model=mcfg.d_model, n_heads=mcfg.n_heads,
                            n_enc_layers=mcfg.n_enc_layers, n_dec_layers=mcfg.n_dec_layers, d_ff=mcfg.d_ff,
                            dropout=mcfg.dropout, max_len=args.max_message_tokens + 2, use_audio=args.proto_audio)
-    proto = PrototypeModel(pcfg).to(device)
     # Word ids come from the prototype's own files: converting is not part of its step.
     pbatches = [prototype_batch(b, vocab, pcfg.max_len) for b in batches]
 
-    def ours_step(i: int) -> tuple[int, int]:
-        b = batches[i]
-        with autocast(device, args.mixed_precision):
-            loss_sum, n_tok = token_loss(ours, b)
-        (loss_sum / n_tok.clamp(min=1)).backward()
-        ours.zero_grad(set_to_none=True)
-        return len(b["keys"]), int(n_tok)
+    def ours_fn() -> tuple[Step, int]:
+        torch.manual_seed(0)
+        model = VodChatModel(mcfg).to(device).train()
 
-    def proto_step(i: int) -> tuple[int, int]:
-        b = pbatches[i]
-        with autocast(device, args.mixed_precision):
-            loss, n_tok = prototype_loss(proto, b)
-        loss.backward()
-        proto.zero_grad(set_to_none=True)
-        return len(b["tokens"]), n_tok
+        def step(i: int) -> tuple[int, int]:
+            b = batches[i]
+            with autocast(device, args.mixed_precision):
+                loss_sum, n_tok = token_loss(model, b)
+            (loss_sum / n_tok.clamp(min=1)).backward()
+            model.zero_grad(set_to_none=True)
+            return len(b["keys"]), int(n_tok)
+        return step, model.num_params()
 
-    ours.train(), proto.train()
-    r_ours, r_proto = [], []
-    for _ in range(args.rounds):
-        r_ours.append(timed(ours_step, args.warmup, args.steps, device))
-        r_proto.append(timed(proto_step, args.warmup, args.steps, device))
+    def proto_fn() -> tuple[Step, int]:
+        torch.manual_seed(0)
+        model = PrototypeModel(pcfg).to(device).train()
+
+        def step(i: int) -> tuple[int, int]:
+            b = pbatches[i]
+            with autocast(device, args.mixed_precision):
+                loss, n_tok = prototype_loss(model, b)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            return len(b["tokens"]), n_tok
+        return step, model.num_params()
+
+    (ours, n_ours), (proto, n_proto) = ours_fn(), proto_fn()
+    rates = interleaved({"ours": ours, "proto": proto}, args.warmup, args.steps, args.block, device)
+    del ours, proto
+    if device.type == "cuda":
+        rates["ours"].peak_mib = peak_memory(lambda: ours_fn()[0], args.warmup, device)
+        rates["proto"].peak_mib = peak_memory(lambda: proto_fn()[0], args.warmup, device)
     sl = slice(args.warmup, args.warmup + args.steps)
     return {
-        "ours": median_rate(r_ours), "proto": median_rate(r_proto),
-        "ours_params": ours.num_params(), "proto_params": proto.num_params(),
-        "ours_mem_rows": np.mean([float(b["video_mask"].sum(1).add(b["audio_mask"].sum(1)).float().mean()) + 1
+        **rates, "ours_params": n_ours, "proto_params": n_proto,
+        "ours_mem_rows": np.mean([float((b["video_mask"].sum(1) + b["audio_mask"].sum(1)).float().mean()) + 1
                                   for b in batches[sl]]),
         "ours_len": np.mean([b["tokens"].shape[1] for b in batches[sl]]),
         "proto_len": np.mean([b["tokens"].shape[1] - 1 for b in pbatches[sl]]),
@@ -263,14 +289,18 @@ def report_loader(r: dict[str, Any], args, device: torch.device) -> str:
         "|---|---|---|---|",
         f"| train step examples/s (B={args.batch}, d_model={args.d_model}) | {fmt(s.examples_s)} | "
         f"{fmt(m.examples_s)} | {ratio(s.examples_s, m.examples_s)} |",
+        f"| train step examples per CPU-second | {fmt(s.examples_cpu_s)} | {fmt(m.examples_cpu_s)} | "
+        f"{ratio(s.examples_cpu_s, m.examples_cpu_s)} |",
     ]
     if device.type == "cuda":
         rows.append(f"| loss tokens/s | {fmt(s.tokens_s)} | {fmt(m.tokens_s)} | {ratio(s.tokens_s, m.tokens_s)} |")
         rows.append(f"| peak GPU memory MiB | {fmt(s.peak_mib)} | {fmt(m.peak_mib)} | {ratio(s.peak_mib, m.peak_mib)} |")
     rows.append(f"| loader alone examples/s (no training) | {fmt(lo.examples_s)} | - | - |")
     verdict = "OK (< 10%)" if overhead < 0.10 else "OVER the 10% budget"
+    cpu_overhead = 1 - s.examples_cpu_s / m.examples_cpu_s
     rows.append("")
-    rows.append(f"loader overhead: {100 * overhead:.1f}% of in-memory throughput -> {verdict}; "
+    rows.append(f"loader overhead: {100 * overhead:.1f}% of in-memory throughput (wall) -> {verdict}; "
+                f"{100 * cpu_overhead:.1f}% by CPU time{' of the main process (workers not counted)' if args.num_workers else ''}; "
                 f"identical batch order in both runs: {'yes' if r['same'] else 'NO'}; "
                 f"DataLoader num_workers={args.num_workers}")
     return "\n".join(rows)
@@ -283,6 +313,8 @@ def report_models(r: dict[str, Any], args, device: torch.device) -> str:
         "|---|---|---|---|",
         f"| fwd+bwd examples/s (B={args.batch}) | {fmt(o.examples_s)} | {fmt(p.examples_s)} | "
         f"{ratio(o.examples_s, p.examples_s)} |",
+        f"| fwd+bwd examples per CPU-second | {fmt(o.examples_cpu_s)} | {fmt(p.examples_cpu_s)} | "
+        f"{ratio(o.examples_cpu_s, p.examples_cpu_s)} |",
         f"| predicted tokens/s | {fmt(o.tokens_s)} | {fmt(p.tokens_s)} | {ratio(o.tokens_s, p.tokens_s)} |",
     ]
     if device.type == "cuda":
@@ -302,9 +334,10 @@ def report_models(r: dict[str, Any], args, device: torch.device) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each measurement")
-    p.add_argument("--rounds", type=int, default=2, help="alternating repetitions; the median is reported")
+    p.add_argument("--block", type=int, default=0,
+                   help="contenders alternate every this many steps (0: 1 on CPU, --steps on GPU)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--n-heads", type=int, default=4)
@@ -361,13 +394,15 @@ def main(argv: list[str] | None = None) -> None:
                        max_time_s=max(64.0, args.window_s))
     acc = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
     device = acc.device
+    args.block = args.block or (1 if device.type == "cpu" else args.steps)
     print(f"# vod2chat training bench: device={device} ({torch.get_num_threads()} CPU threads), "
           f"torch {torch.__version__}, mixed precision={args.mixed_precision}")
     print(f"store: {summ['vods']:.0f} VODs, {summ['hours'] * 60:.0f} min, {summ['segments']:.0f} segments of 30 s "
           f"(20 s look-back), {summ['messages']:.0f} messages, {summ['bytes'] / 2**20:.1f} MiB in "
           f"{summ['shards']:.0f} shards; built + tokenizers trained in {time.perf_counter() - t0:.1f}s")
     print(f"model: d_model={mcfg.d_model} heads={mcfg.n_heads} enc={mcfg.n_enc_layers} dec={mcfg.n_dec_layers} "
-          f"d_ff={mcfg.d_ff}; {args.rounds} rounds x {args.steps} timed steps (+{args.warmup} warm-up), medians\n")
+          f"d_ff={mcfg.d_ff}; {args.steps} timed steps each (+{args.warmup} warm-up), contenders alternating every "
+          f"{args.block} step(s); load average before: {os.getloadavg()[0]:.2f}\n")
 
     t1 = time.perf_counter()
     loader = bench_loader(args, dcfg, tok, TrainRig(args, mcfg, acc), device)
@@ -379,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     models = bench_models(args, mcfg, loader["batches"], vocab, device)
     print("## (b) model: forward+backward on the same examples, same width and depth\n")
     print(report_models(models, args, device))
-    print(f"\n({time.perf_counter() - t1:.0f}s; total {time.perf_counter() - t0:.0f}s)")
+    print(f"\n({time.perf_counter() - t1:.0f}s; total {time.perf_counter() - t0:.0f}s; "
+          f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
     print("\nNotes: the prototype decodes only the message (it had no chat context) over one averaged vector, so "
           "it does less work per example by design; vod2chat's extra cost buys full temporal A/V sequences, "
           "context and a causal (valid) training objective.")

@@ -108,6 +108,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return demo_main(Path(a.out), quick=a.quick)
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    from trainer.evaluate import config_from_args
+    from trainer.evaluate import main as eval_main
+
+    eval_main(config_from_args(a))
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from trainer.generate import config_from_args
+    from trainer.generate import main as generate_main
+
+    generate_main(config_from_args(a))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vod2chat", description="Learn what a stream's chat says from what it shows and sounds like.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -160,6 +176,58 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="where the store and outputs go")
     d.add_argument("--quick", action="store_true", help="smaller and faster (tests)")
     d.set_defaults(fn=cmd_demo)
+
+    e = sub.add_parser("eval", help="perplexity, LiveBot ranking, A/V ablations and diversity on held-out VODs",
+                       description="Evaluate a run on a split of its store (held out by VOD). Candidate sets are "
+                                   "saved in {store}/eval/ and reused, so every model is ranked on the same sets.")
+    e.add_argument("--run", required=True, help="run directory (its latest checkpoint) or a checkpoint directory")
+    e.add_argument("--store", default="", help="store (default: the run's data.store)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--candidates", type=int, default=100, help="candidates per moment, the real message included")
+    e.add_argument("--n-popular", type=int, default=20, help="most popular training messages among the candidates")
+    e.add_argument("--n-tfidf", type=int, default=20, help="training messages nearest to the context (TF-IDF)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-moments", type=int, default=1000, help="a seeded subset of the split's messages (0: all)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--out", default="", help="JSON report (default {run}/eval-{split}.json)")
+    e.add_argument("--candidates-file", default="", help="default {store}/eval/candidates-{split}-seed{seed}-{id}.json")
+    e.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only", help="comma-separated")
+    e.add_argument("--num-diversity-samples", type=int, default=200, help="messages sampled for distinct-n (0: skip)")
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--top-k", type=int, default=0)
+    e.add_argument("--top-p", type=float, default=0.9)
+    e.add_argument("--repetition-penalty", type=float, default=1.0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--no-progress", dest="progress", action="store_false")
+    e.set_defaults(fn=cmd_eval)
+
+    g = sub.add_parser("generate", help="timestamped chat for a VOD: JSON, irc text, .ass subtitles, HTML replay",
+                       description="Features are computed on the fly with the encoders the run's store was made "
+                                   "with (their fingerprints must match the checkpoint's).")
+    g.add_argument("--run", required=True, help="run directory (its latest checkpoint) or a checkpoint directory")
+    g.add_argument("--vod", required=True, help="the video file")
+    g.add_argument("--start", default="0", help="seconds or [H:]MM:SS (default 0)")
+    g.add_argument("--end", default="", help="seconds or [H:]MM:SS (default: the end of the video)")
+    g.add_argument("--out", default="", help="JSON [{t, user, text}] (default <vod>.chat.json)")
+    g.add_argument("--irc", default="", help="also write tcd irc text here")
+    g.add_argument("--ass", default="", help="also write .ass subtitles here (load as a subtitle track)")
+    g.add_argument("--html", default="", help="also write a self-contained HTML replay page here")
+    g.add_argument("--rate", type=float, default=0.0, help="messages per minute (default: the training chat's)")
+    g.add_argument("--streamer", default="", help="rate and usernames of this streamer's training VODs only")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=0.9)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--max-new-tokens", type=int, default=0, help="0: the run's data.max_message_tokens")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--weights", help="'random' for both encoders (only if the run's store used random encoders)")
+    g.add_argument("--video-weights", help="ResNet-50 state_dict path (default: torch hub cache)")
+    g.add_argument("--audio-weights", help="VGGish state_dict path (default: torch hub cache)")
+    g.add_argument("--audio-pca", help="VGGish PCA params path")
+    g.add_argument("--device", default="auto")
+    g.add_argument("--batch", type=int, default=32, help="stretches of the range decoded side by side")
+    g.add_argument("--embed-video-mb", type=float, default=16.0, help="embed the video in the HTML page up to this size")
+    g.set_defaults(fn=cmd_generate)
     return p
 
 

@@ -73,7 +73,7 @@ def test_every_real_video_ingests_and_reingest_changes_nothing(real_data: Path, 
     # Features: one row per second of video, one per 0.96 s of audio, times consistent.
     samples = {s.key: s for s in read_store(store)}
     s0 = samples["test__900__000001"]  # nasa, 10-13.1 s, 5 s look-back
-    assert s0.video.shape == (8, 2048) and s0.video.dtype == np.float16
+    assert s0.video.shape == (9, 2048) and s0.video.dtype == np.float16
     assert s0.meta["video_t0"] == 5.0 and s0.audio.shape[1] == 128
     assert np.isfinite(s0.video.astype(np.float32)).all()
     assert all(5.0 <= t < 13.5 for t in s0.video_times())

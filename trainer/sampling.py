@@ -69,7 +69,8 @@ def generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tenso
         nxt = torch.where(generating & ~done, nxt, torch.where(generating, torch.full_like(nxt, eos_id), seq[:, i]))
         seq[:, i] = nxt
         seen[torch.arange(B, device=device)[generating], nxt[generating]] = True
-        done |= generating & (nxt == eos_id)
+        # Rows with shorter prefixes start earlier: each stops after its own max_new_tokens.
+        done |= generating & ((nxt == eos_id) | (i + 1 - lens >= sc.max_new_tokens))
         if bool(done.all()) or i == total - 1:
             break
         if use_cache:

@@ -1,0 +1,541 @@
+"""Evaluate a run on held-out VODs: perplexity, LiveBot-style ranking, ablations, diversity.
+
+    vod2chat eval --run runs/exp1 --split test
+    python -m trainer.evaluate --run runs/exp1 --split test --max-moments 500
+
+A *moment* is one example of the split: a real message at time t, its chat context and the
+A/V before t. Metrics, each for every ablation of the A/V input:
+
+- perplexity of the real messages: the training loss (trainer.main.token_loss) on them;
+- ranking (Ma et al., "LiveBot", AAAI 2019; lancopku/livebot): each moment gets up to 100
+  candidate messages, the real one + the 20 most popular messages of the TRAINING split + the
+  20 nearest to the moment's context chat by TF-IDF cosine + random training messages, all
+  distinct. The model scores each by its log-likelihood given the same context and A/V;
+  the real message's rank counts with the most likely candidate FIRST (the reference code
+  sorts ascending, i.e. the least likely first: not copied) and ties count against it, so a
+  model that scores everything alike gets the worst rank, not the best. Recall@1/5/10,
+  mean rank and MRR, with summed and with per-token (length-normalised) scores.
+- ablations, in the same run and on the same candidates: full; A/V shuffled across moments
+  (every moment gets another moment's video and audio); audio only; video only; chat only.
+  Masked modalities are cut with video_mask/audio_mask = False, so only the model's null
+  memory slot stays;
+- diversity: distinct-1/2 (over words and over tokens) of sampled messages, next to the real
+  chat's of the same moments.
+
+Candidate sets are built once per (store selection, split, seed) and saved as JSON
+({store}/eval/candidates-{split}-seed{seed}-{id}.json, written atomically), then reused, so
+every model is ranked on the same sets. Sets are seeded per moment, so growing max_moments
+adds sets without changing the existing ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import heapq
+import json
+import logging
+import math
+import posixpath
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+if __package__ in (None, ""):  # `python trainer/evaluate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
+from shards.store import Store
+from trainer import checkpoint
+from trainer.config import DataConfig
+from trainer.data import Example, collate, sample_examples, selection
+from trainer.main import AV_KEYS, token_loss, to_device
+from trainer.model import DecodeCache, VodChatModel
+from trainer.sampling import SamplingConfig, generate
+from trainer.tokenizer import ChatTokenizer
+
+log = logging.getLogger(__name__)
+
+ABLATIONS = ("full", "av_shuffled", "audio_only", "video_only", "chat_only")
+KS = (1, 5, 10)
+CANDIDATES_VERSION = 1
+
+
+@dataclass
+class EvalConfig:
+    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
+    store: str = ""  # default: the run's data.store
+    split: str = "test"
+    candidates: int = 100  # per moment, the real message included
+    n_popular: int = 20
+    n_tfidf: int = 20
+    seed: int = 0  # candidate sets, the moment subset, the A/V shuffle and sampling
+    max_moments: int = 1000  # moments evaluated (a seeded subset of the split); 0: all
+    batch_size: int = 16  # moments encoded together
+    out: str = ""  # JSON report; default {run}/eval-{split}.json
+    candidates_file: str = ""  # default {store}/eval/candidates-{split}-seed{seed}-{id}.json
+    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
+    num_diversity_samples: int = 200  # moments to sample a message for (0: skip diversity)
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    device: str = "auto"
+    progress: bool = True
+
+
+# -- metrics ---------------------------------------------------------------------------
+def rank_of_real(scores: Sequence[float], real: int = 0) -> int:
+    """1-based rank of candidate `real` when the HIGHEST score comes first. Ties count
+    against it: a model that scores every candidate alike gets the worst rank."""
+    s = np.asarray(scores, dtype=np.float64)
+    others = np.delete(s, real)
+    return 1 + int((others >= s[real]).sum())
+
+
+def ranking_metrics(ranks: Sequence[int], ks: Sequence[int] = KS) -> dict[str, float]:
+    r = np.asarray(ranks, dtype=np.float64)
+    if len(r) == 0:
+        return {**{f"R@{k}": float("nan") for k in ks}, "MR": float("nan"), "MRR": float("nan")}
+    return {**{f"R@{k}": float((r <= k).mean()) for k in ks}, "MR": float(r.mean()), "MRR": float((1 / r).mean())}
+
+
+def distinct_n(seqs: Iterable[Sequence[Any]], n: int) -> float:
+    """Distinct n-grams over all n-grams of all sequences (Li et al., 2016); 0 when none."""
+    grams = [tuple(s[i : i + n]) for s in seqs for i in range(len(s) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def diversity(texts: list[str], tok: ChatTokenizer) -> dict[str, float]:
+    words = [t.split() for t in texts]
+    toks = [tok.encode(t) for t in texts]
+    return {"distinct1_words": distinct_n(words, 1), "distinct2_words": distinct_n(words, 2),
+            "distinct1_tokens": distinct_n(toks, 1), "distinct2_tokens": distinct_n(toks, 2),
+            "mean_words": float(np.mean([len(w) for w in words])) if words else 0.0,
+            "unique_messages": len(set(texts)) / len(texts) if texts else 0.0}
+
+
+# -- TF-IDF ----------------------------------------------------------------------------
+def words_of(text: str) -> list[str]:
+    return text.lower().split()
+
+
+class TfidfIndex:
+    """TF-IDF (raw counts x smoothed idf, rows L2-normalised) with an inverted index: a query
+    only touches the postings of its own words, so millions of training messages stay cheap."""
+
+    def __init__(self, docs: Sequence[str]):
+        self.vocab: dict[str, int] = {}
+        rows, cols, tf = [], [], []
+        for d, text in enumerate(docs):
+            for w, c in Counter(words_of(text)).items():
+                rows.append(d)
+                cols.append(self.vocab.setdefault(w, len(self.vocab)))
+                tf.append(c)
+        self.n_docs = len(docs)
+        rows_a, cols_a = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+        df = np.bincount(cols_a, minlength=len(self.vocab))
+        self.idf = np.log((1 + self.n_docs) / (1 + df)) + 1.0
+        w = np.asarray(tf, np.float64) * self.idf[cols_a]
+        norms = np.sqrt(np.bincount(rows_a, w**2, minlength=self.n_docs))
+        w = w / np.where(norms > 0, norms, 1)[rows_a]
+        order = np.argsort(cols_a, kind="stable")  # postings grouped by word
+        self.post_docs, self.post_w = rows_a[order], w[order]
+        self.indptr = np.concatenate([[0], np.cumsum(df)])
+
+    def query(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        counts = Counter(w for w in words_of(text) if w in self.vocab)
+        ids = np.asarray([self.vocab[w] for w in counts], np.int64)
+        q = np.asarray(list(counts.values()), np.float64) * self.idf[ids] if len(ids) else np.zeros(0)
+        n = np.sqrt((q**2).sum())
+        return ids, q / n if n > 0 else q
+
+    def scores(self, text: str) -> np.ndarray:
+        """Cosine similarity of `text` with every document."""
+        out = np.zeros(self.n_docs)
+        for t, qw in zip(*self.query(text)):
+            lo, hi = self.indptr[t], self.indptr[t + 1]
+            out[self.post_docs[lo:hi]] += qw * self.post_w[lo:hi]  # a word's postings are distinct docs
+        return out
+
+    def nearest(self, text: str, k: int) -> list[int]:
+        """Up to k most similar documents (similarity > 0), most similar first; ties by index."""
+        s = self.scores(text)
+        hits = np.flatnonzero(s > 0)
+        if len(hits) > k:
+            hits = hits[np.argpartition(-s[hits], k - 1)[:k]]
+        return sorted(hits.tolist(), key=lambda d: (-s[d], d))
+
+
+# -- candidate sets ----------------------------------------------------------------------
+@dataclass
+class TextPool:
+    """The training split's messages: distinct texts with counts, most frequent first."""
+
+    texts: list[str]
+    counts: np.ndarray
+    tfidf: TfidfIndex
+
+    @functools.cached_property
+    def cdf(self) -> np.ndarray:
+        return np.cumsum(self.counts)
+
+    def draw(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Random training messages (so frequent texts are drawn more often, as in LiveBot)."""
+        cdf = self.cdf
+        return np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right").clip(max=len(self.texts) - 1)
+
+    @classmethod
+    def build(cls, texts: Iterable[str]) -> "TextPool":
+        c = Counter(t.strip() for t in texts if t.strip())
+        ranked = sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))  # stable for equal counts
+        if not ranked:
+            raise ValueError("the training split has no chat messages to draw candidates from")
+        texts_ = [t for t, _ in ranked]
+        return cls(texts_, np.asarray([n for _, n in ranked], np.float64), TfidfIndex(texts_))
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big")
+
+
+def build_candidates(real: str, context: Sequence[str], pool: TextPool, n: int, n_popular: int, n_tfidf: int,
+                     rng: np.random.Generator) -> list[str]:
+    """[real, popular..., tf-idf nearest to the context..., random...], all distinct, at most n.
+    Each group takes the next texts of its ranking that are not in the set yet."""
+    out, seen = [real], {real}
+
+    def take(indices: Iterable[int], quota: int) -> None:
+        added = 0
+        for i in indices:
+            if added >= quota or len(out) >= n:
+                return
+            t = pool.texts[i]
+            if t not in seen:
+                seen.add(t)
+                out.append(t)
+                added += 1
+
+    take(range(len(pool.texts)), n_popular)
+    query = " ".join(context)
+    if query.strip():
+        # A few extra hits make up for those already in the set.
+        take(pool.tfidf.nearest(query, n_tfidf + n_popular + 1), n_tfidf)
+    for _ in range(20):  # bounded: a pool with few distinct texts runs dry
+        if len(out) >= n:
+            break
+        take(pool.draw(rng, 2 * (n - len(out))), n)
+    if len(out) < n:  # a small pool: take what is left, in a seeded order
+        take(rng.permutation(len(pool.texts)), n)
+    return out
+
+
+def iter_chat(urls: list[str]) -> Iterator[dict[str, Any]]:
+    """chat.json of every sample, without decoding the feature arrays."""
+    raw = tar_file_expander(open_shards(urls, reraise), handler=reraise, select_files=lambda f: f.endswith(".chat.json"))
+    for sample in group_by_keys(raw):
+        if "chat.json" in sample:
+            yield json.loads(sample["chat.json"])
+
+
+def training_pool(store: Store, data: DataConfig) -> TextPool:
+    urls = shard_urls(store, select_records(store, selection(data, "train")))
+    if not urls:
+        raise ValueError(f"store {store.url} has no training VODs to draw candidates from (split settings: "
+                         f"val_vods={data.val_vods} test_vods={data.test_vods}, fractions {data.val_fraction}/"
+                         f"{data.test_fraction})")
+    return TextPool.build(m["text"] for chat in iter_chat(urls) for m in chat["messages"])
+
+
+def split_vods(store: Store, data: DataConfig, split: str) -> list[str]:
+    return [f"{r['streamer']}/{r['vod_id']}" for r in select_records(store, selection(data, split))]
+
+
+def candidates_id(store: Store, data: DataConfig, split: str, ec: EvalConfig) -> dict[str, Any]:
+    """What a candidate file depends on: the training VODs (popular, TF-IDF, random) and the
+    protocol. Another store selection is another file, never a silently different one."""
+    return {"version": CANDIDATES_VERSION, "split": split, "seed": ec.seed, "candidates": ec.candidates,
+            "n_popular": ec.n_popular, "n_tfidf": ec.n_tfidf, "train_vods": split_vods(store, data, "train"),
+            "split_vods": split_vods(store, data, split)}
+
+
+def default_candidates_path(store: Store, ident: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+    return store.full_url(f"eval/candidates-{ident['split']}-seed{ident['seed']}-{h}.json")
+
+
+def read_json(url: str) -> dict[str, Any] | None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return json.load(f)
+
+
+def write_json_atomic(url: str, obj: Any) -> None:
+    """Readers never see half a file: a local file is renamed into place; an object store's
+    PUT is already atomic."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    data = json.dumps(obj, ensure_ascii=False, indent=0).encode("utf-8")
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if not local:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex[:8]}-{posixpath.basename(path)}")
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def load_candidates(moments: list[Example], path: str, ident: dict[str, Any],
+                    make_pool: Any) -> dict[str, list[str]]:
+    """Candidate sets for `moments` from the file at `path`, building (and saving) only the
+    missing ones. `make_pool()` gives the TextPool; it is only called when something is missing."""
+    saved = read_json(path)
+    if saved is not None and saved.get("ident") != ident:
+        raise ValueError(f"{path} was built for another selection or protocol:\n  {json.dumps(saved.get('ident'))[:400]}"
+                         f"\nnot\n  {json.dumps(ident)[:400]}\nremove it or pass another candidates_file")
+    sets: dict[str, dict[str, Any]] = saved["moments"] if saved else {}
+    for m in moments:
+        if m.key in sets and sets[m.key]["text"] != m.text:
+            raise ValueError(f"{path}: moment {m.key} is {sets[m.key]['text']!r} there but {m.text!r} in the store: "
+                             "the store changed under the candidate file; remove it to rebuild")
+    missing = [m for m in moments if m.key not in sets]
+    if missing:
+        pool = make_pool()
+        for m in missing:
+            rng = np.random.default_rng(_stable_seed(ident["seed"], m.key))
+            sets[m.key] = {"text": m.text, "candidates": build_candidates(
+                m.text, m.context, pool, ident["candidates"], ident["n_popular"], ident["n_tfidf"], rng)}
+        try:
+            write_json_atomic(path, {"ident": ident, "moments": sets})
+        except OSError as e:  # a read-only store still evaluates; only reuse is lost
+            log.warning("could not save candidate sets to %s (%s): pass candidates_file to keep them", path, e)
+    return {m.key: sets[m.key]["candidates"] for m in moments}
+
+
+# -- moments -------------------------------------------------------------------------------
+def select_moments(data: DataConfig, store: Store, split: str, tok: ChatTokenizer, max_moments: int,
+                   seed: int) -> list[Example]:
+    """The split's examples, or a seeded subset of max_moments of them: the moments whose
+    hash(seed, key) is smallest, so the subset is spread over every VOD and does not depend
+    on reading order. Returned in store order."""
+    urls = shard_urls(store, select_records(store, selection(data, split)))
+    if not urls:
+        raise ValueError(f"store {store.url} has no VOD in split {split!r} (val_vods={data.val_vods} "
+                         f"test_vods={data.test_vods}, fractions {data.val_fraction}/{data.test_fraction})")
+    keep: list[tuple[int, int, Example]] = []  # max-heap on the hash via negation
+    stream = ShardStream(urls, shuffle_shards=False, skip_errors=data.skip_errors)
+    examples = (e for s in stream for e in sample_examples(s, tok, data))
+    for i, e in enumerate(examples):
+        h = -_stable_seed(seed, e.key)
+        if not max_moments or len(keep) < max_moments:
+            heapq.heappush(keep, (h, i, e))
+        elif h > keep[0][0]:
+            heapq.heapreplace(keep, (h, i, e))
+    return [e for _, _, e in sorted(keep, key=lambda x: x[1])]
+
+
+def donors(n: int, seed: int) -> np.ndarray:
+    """A seeded derangement for the A/V-shuffled ablation: moment i gets moment donors[i]'s
+    A/V. A random order shifted by half its length: never itself (n > 1), and rarely a
+    neighbour, whose A/V window would overlap its own."""
+    if n < 2:
+        raise ValueError("the A/V-shuffled ablation needs at least 2 moments")
+    order = np.random.default_rng(_stable_seed(seed, "donors")).permutation(n)
+    out = np.empty(n, np.int64)
+    out[order] = order[(np.arange(n) + n // 2) % n]
+    return out
+
+
+def ablated(moments: list[Example], name: str, donor: np.ndarray | None) -> list[Example]:
+    if name == "av_shuffled":
+        return [dataclasses.replace(e, video=moments[d].video, video_time=moments[d].video_time,
+                                    audio=moments[d].audio, audio_time=moments[d].audio_time)
+                for e, d in zip(moments, donor)]
+    return moments
+
+
+def mask_batch(batch: dict[str, Any], name: str) -> dict[str, Any]:
+    """Masked modalities: no row valid, so only the null memory slot remains."""
+    drop = {"audio_only": ("video_mask",), "video_only": ("audio_mask",),
+            "chat_only": ("video_mask", "audio_mask")}.get(name, ())
+    return {**batch, **{k: torch.zeros_like(batch[k]) for k in drop}}
+
+
+# -- scoring -------------------------------------------------------------------------------
+def expand_cache(cache: DecodeCache, n: int) -> DecodeCache:
+    """One row's cache as n identical rows (views: nothing is copied)."""
+    ex = lambda kv: (kv[0].expand(n, -1, -1, -1), kv[1].expand(n, -1, -1, -1))  # noqa: E731
+    return DecodeCache([ex(kv) for kv in cache.self_kv], [ex(kv) for kv in cache.cross_kv], cache.length)
+
+
+@torch.no_grad()
+def score_candidates(model: VodChatModel, memory: torch.Tensor, memory_mask: torch.Tensor, prefix: list[int],
+                     candidates: list[list[int]], max_logits: int = 2**24) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood of each candidate (its tokens, <eos> included) after `prefix`, for ONE
+    moment: memory [1, S, D]. The prefix is decoded once and its cache shared by all
+    candidates. Returns (summed log-probs [C], scored tokens [C])."""
+    device = memory.device
+    logits, cache = model.decode(torch.tensor([prefix], device=device), memory, memory_mask)
+    first = logits[0, -1].float().log_softmax(-1)  # predicts every candidate's first token
+    lens = np.asarray([len(c) for c in candidates])
+    sums = np.zeros(len(candidates))
+    V = logits.shape[-1]
+    step = max(1, max_logits // max(1, V * int(lens.max())))  # bounds the [C, L, V] logits
+    for lo in range(0, len(candidates), step):
+        chunk = candidates[lo : lo + step]
+        L = max(len(c) for c in chunk)
+        toks = torch.zeros(len(chunk), L, dtype=torch.long, device=device)
+        for i, c in enumerate(chunk):
+            toks[i, : len(c)] = torch.tensor(c, device=device)
+        lp = first[toks[:, 0]]
+        if L > 1:
+            n = len(chunk)
+            out, _ = model.decode(toks[:, :-1], memory.expand(n, -1, -1), memory_mask.expand(n, -1),
+                                  expand_cache(cache, n))
+            tok_lp = out.float().log_softmax(-1).gather(-1, toks[:, 1:, None]).squeeze(-1)
+            valid = torch.arange(L - 1, device=device)[None] < torch.tensor(lens[lo : lo + step] - 1, device=device)[:, None]
+            lp = lp + (tok_lp * valid).sum(1)
+        sums[lo : lo + len(chunk)] = lp.cpu().numpy()
+    return sums, lens.astype(np.float64)
+
+
+def candidate_tokens(texts: list[str], tok: ChatTokenizer, data: DataConfig) -> list[list[int]]:
+    """Each candidate as the model would see it as the message: truncated like build_tokens."""
+    return [tok.encode(t)[: data.max_message_tokens] + [tok.eos_id] for t in texts]
+
+
+@torch.no_grad()
+def eval_ablation(model: VodChatModel, moments: list[Example], cands: dict[str, list[list[int]]], name: str,
+                  donor: np.ndarray | None, tok: ChatTokenizer, batch_size: int, device: torch.device,
+                  progress: bool) -> dict[str, Any]:
+    loss, n_tok = 0.0, 0
+    ranks_sum, ranks_norm = [], []
+    inputs = ablated(moments, name, donor)
+    for lo in range(0, len(inputs), batch_size):
+        group = inputs[lo : lo + batch_size]
+        batch = mask_batch(to_device(collate(group, tok.pad_id), device), name)
+        l, n = token_loss(model, batch)
+        loss, n_tok = loss + float(l), n_tok + int(n)
+        memory, memory_mask = model.encode(*(batch[k] for k in AV_KEYS))
+        for b, e in enumerate(group):
+            sums, lens = score_candidates(model, memory[b : b + 1], memory_mask[b : b + 1], e.tokens[: e.n_prefix],
+                                          cands[e.key])
+            ranks_sum.append(rank_of_real(sums))
+            ranks_norm.append(rank_of_real(sums / lens))
+        if progress:
+            print(f"\r  {name}: {min(lo + batch_size, len(inputs))}/{len(inputs)} moments", end="", file=sys.stderr)
+    if progress:
+        print(file=sys.stderr)
+    mean = loss / max(1, n_tok)
+    return {"loss": mean, "ppl": math.exp(min(mean, 50)), "tokens": n_tok,
+            "summed": ranking_metrics(ranks_sum), "normalized": ranking_metrics(ranks_norm),
+            "ranks_summed": ranks_sum}
+
+
+@torch.no_grad()
+def sample_messages(model: VodChatModel, moments: list[Example], tok: ChatTokenizer, sc: SamplingConfig,
+                    batch_size: int, device: torch.device, seed: int) -> list[str]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for lo in range(0, len(moments), batch_size):
+        group = moments[lo : lo + batch_size]
+        batch = to_device(collate(group, tok.pad_id), device)
+        memory, memory_mask = model.encode(*(batch[k] for k in AV_KEYS))
+        new = generate(model, [e.tokens[: e.n_prefix] for e in group], memory, memory_mask, tok.eos_id, sc, gen=gen)
+        out += [tok.decode(ids[: sc.max_new_tokens]).strip() for ids in new]
+    return out
+
+
+# -- main ----------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def main(cfg: EvalConfig) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    bad = [a for a in cfg.ablations if a not in ABLATIONS]
+    if bad:
+        raise ValueError(f"unknown ablations {bad}: choose from {list(ABLATIONS)}")
+    model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
+    data: DataConfig = dataclasses.replace(run_cfg.data, store=cfg.store or run_cfg.data.store)
+    store = Store(data.store)
+    checkpoint.check_fingerprints(meta, store.fingerprints(), data.store)
+
+    moments = select_moments(data, store, cfg.split, tok, cfg.max_moments, cfg.seed)
+    ident = candidates_id(store, data, cfg.split, cfg)
+    cpath = cfg.candidates_file or default_candidates_path(store, ident)
+    sets = load_candidates(moments, cpath, ident, lambda: training_pool(store, data))
+    cand_tokens = {k: candidate_tokens(v, tok, data) for k, v in sets.items()}
+    donor = donors(len(moments), cfg.seed) if "av_shuffled" in cfg.ablations else None
+
+    results = {name: eval_ablation(model, moments, cand_tokens, name, donor, tok, cfg.batch_size, device, cfg.progress)
+               for name in cfg.ablations}
+    report: dict[str, Any] = {
+        "run": cfg.run, "checkpoint": meta["checkpoint"], "step": meta.get("step"), "store": data.store,
+        "split": cfg.split, "moments": len(moments), "vods": len({e.key.split("__")[1] for e in moments}),
+        "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
+        "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
+    }
+    if cfg.num_diversity_samples:
+        sub = moments[: cfg.num_diversity_samples]
+        sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, data.max_message_tokens)
+        fake = sample_messages(model, sub, tok, sc, cfg.batch_size, device, cfg.seed)
+        report["diversity"] = {"generated": diversity(fake, tok), "real": diversity([e.text for e in sub], tok),
+                               "examples": [{"real": e.text, "generated": g} for e, g in zip(sub[:10], fake)]}
+    out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"eval-{cfg.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    report["out"] = str(out)
+    print(format_report(report))
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"{r['split']}: {r['moments']} moments from {r['vods']} VOD(s), {r['mean_candidates']:.1f} candidates "
+             f"each ({r['candidates_file']}); checkpoint {r['checkpoint']}", ""]
+    head = f"{'':<13}{'ppl':>9} |{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MR':>7}{'MRR':>7} |" \
+           f"{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MR':>7}{'MRR':>7}"
+    lines += [f"{'':<23}|{'summed log-likelihood':^35}|{'per-token log-likelihood':^35}", head, "-" * len(head)]
+    for name, a in r["ablations"].items():
+        row = f"{name:<13}{a['ppl']:>9.2f} |"
+        for kind in ("summed", "normalized"):
+            m = a[kind]
+            row += "".join(f"{m[f'R@{k}']:>7.3f}" for k in KS) + f"{m['MR']:>7.2f}{m['MRR']:>7.3f} |"
+        lines.append(row)
+    if "diversity" in r:
+        lines += ["", f"{'diversity':<13}{'dist-1 w':>10}{'dist-2 w':>10}{'dist-1 t':>10}{'dist-2 t':>10}"
+                      f"{'words':>8}{'unique':>8}"]
+        for who in ("generated", "real"):
+            d = r["diversity"][who]
+            lines.append(f"{who:<13}{d['distinct1_words']:>10.3f}{d['distinct2_words']:>10.3f}{d['distinct1_tokens']:>10.3f}"
+                         f"{d['distinct2_tokens']:>10.3f}{d['mean_words']:>8.2f}{d['unique_messages']:>8.2f}")
+    return "\n".join(lines)
+
+
+def config_from_args(a: argparse.Namespace) -> EvalConfig:
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(a, f.name)}
+    kw["ablations"] = [x for x in str(a.ablations).split(",") if x]
+    return EvalConfig(**kw)
+
+
+if __name__ == "__main__":  # the same flags as `vod2chat eval`
+    from launch.cli import build_parser
+
+    main(config_from_args(build_parser().parse_args(["eval", *sys.argv[1:]])))

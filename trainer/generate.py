@@ -1,0 +1,322 @@
+"""Generate timestamped chat for (a range of) any VOD with a trained run.
+
+    vod2chat generate --run runs/exp1 --vod 2424877187.mkv --start 1:00:00 --end 1:10:00 \\
+                      --out chat.json --irc chat.irc --ass chat.ass --html replay.html
+
+1. The run's latest checkpoint, its tokenizer and config (trainer.checkpoint.load_run).
+2. Features of the range, computed now with the encoders the run's store was made with: the
+   same weights (--video-weights/--audio-weights, "random" allowed) and the fps recorded in the
+   fingerprint. The encoders' fingerprints must equal the checkpoint's, or this stops, naming
+   both: features of other encoders are another feature space.
+3. Message times: a Poisson process at `rate` messages per minute (default: the training chat's
+   own rate, messages / duration over the run's training VODs).
+4. Each message sees only the video and audio before its time (trainer.data.av_window, as in
+   training) and the previous generated messages as chat context. Messages are decoded in
+   batches with the KV cache: the range is cut into `batch` consecutive stretches decoded side
+   by side, each strictly in order, so every message but the first of a stretch sees exactly
+   the messages before it (stretches are at least MIN_STRETCH messages long).
+5. Users are drawn from the training chat's usernames (by how often they chat), or viewer{n}.
+6. Outputs: JSON [{t, user, text}], tcd irc text (ingest.chat.write_irc), .ass subtitles and a
+   self-contained HTML replay page (trainer/replay.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import re
+import sys
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python trainer/generate.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from shards.schema import Sample
+from trainer import checkpoint
+from trainer.config import DataConfig
+from trainer.data import Example, av_window, build_tokens, collate
+from trainer.main import AV_KEYS, to_device
+from trainer.sampling import SamplingConfig, generate
+
+log = logging.getLogger(__name__)
+
+MIN_STRETCH = 16  # messages: shorter stretches would start without context too often
+USER_SHARDS = 32  # shards of training chat read for usernames (bounded: a store can be huge)
+
+
+@dataclass
+class GenerateConfig:
+    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
+    vod: str = ""  # the video file
+    start: str = "0"  # seconds or [H:]MM:SS
+    end: str = ""  # default: the end of the video
+    out: str = ""  # JSON; default {vod stem}.chat.json next to the video
+    irc: str = ""  # tcd irc text (optional)
+    ass: str = ""  # .ass subtitles (optional)
+    html: str = ""  # replay page (optional)
+    rate: float = 0.0  # messages per minute; 0: the training chat's rate
+    streamer: str = ""  # rate and usernames from this streamer's training VODs only
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 0  # 0: the run's data.max_message_tokens
+    seed: int = 0
+    video_weights: str | None = None  # path, "random", or None: the torch hub cache
+    audio_weights: str | None = None
+    audio_pca: str | None = None
+    device: str = "auto"
+    batch: int = 32  # stretches decoded side by side
+    embed_video_mb: float = 16.0  # the HTML page embeds the video when it is at most this big
+
+
+# -- small pieces ----------------------------------------------------------------------------
+_HMS = re.compile(r"^(?:(\d+):)?(\d{1,2}):(\d{1,2}(?:\.\d*)?)$")
+
+
+def parse_time(s: str | float | int) -> float:
+    """'3725', '3725.5', '1:02:05', '62:05' -> seconds."""
+    if isinstance(s, (int, float)):
+        return float(s)
+    s = s.strip()
+    m = _HMS.match(s)
+    if m:
+        h, mm, ss = m.groups()
+        if int(mm) >= 60 and h is not None or float(ss) >= 60:
+            raise ValueError(f"bad time {s!r}: minutes and seconds must be < 60")
+        return int(h or 0) * 3600 + int(mm) * 60 + float(ss)
+    try:
+        return float(s)
+    except ValueError:
+        raise ValueError(f"bad time {s!r}: use seconds (90, 90.5) or [H:]MM:SS (1:30, 1:02:05)") from None
+
+
+def poisson_times(start: float, end: float, per_minute: float, rng: np.random.Generator) -> list[float]:
+    """Arrival times of a Poisson process on (start, end], to the centisecond."""
+    if per_minute <= 0 or end <= start:
+        return []
+    lam = per_minute / 60.0
+    n_max = int((end - start) * lam + 10 * math.sqrt((end - start) * lam + 1) + 10)
+    t = start + np.cumsum(rng.exponential(1 / lam, size=n_max))
+    t = np.round(t[t <= end], 2)
+    return [float(x) for x in t if start < x <= end]
+
+
+def stretches(n: int, batch: int, min_len: int = MIN_STRETCH) -> list[range]:
+    """n messages cut into at most `batch` consecutive stretches of at least min_len (bar one)."""
+    k = max(1, min(batch, n // max(1, min_len)))
+    bounds = np.linspace(0, n, k + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def training_records(data: DataConfig, streamer: str) -> list[dict[str, Any]]:
+    from shards.reader import select_records
+    from shards.store import Store
+    from trainer.data import selection
+
+    sel = selection(data, "train")
+    if streamer:
+        sel.streamers = [streamer]
+    return select_records(Store(data.store), sel)
+
+
+def chat_rate(records: list[dict[str, Any]]) -> float:
+    """Messages per minute over the records' VODs."""
+    dur = sum(float(r.get("duration", 0)) for r in records)
+    return 60.0 * sum(int(r.get("messages", 0)) for r in records) / dur if dur > 0 else 0.0
+
+
+def training_users(data: DataConfig, records: list[dict[str, Any]]) -> Counter:
+    from shards.reader import shard_urls
+    from shards.store import Store
+    from trainer.evaluate import iter_chat
+
+    urls = shard_urls(Store(data.store), records)[:USER_SHARDS]
+    return Counter(m["user"] for chat in iter_chat(urls) for m in chat["messages"] if m.get("user"))
+
+
+def draw_users(n: int, users: Counter, rng: np.random.Generator) -> list[str]:
+    if not users:
+        return [f"viewer{i}" for i in rng.integers(1, 1000, size=n)]
+    names = sorted(users)
+    p = np.asarray([users[u] for u in names], np.float64)
+    return [names[i] for i in rng.choice(len(names), size=n, p=p / p.sum())]
+
+
+# -- features ----------------------------------------------------------------------------------
+def same_json(x: Any) -> Any:
+    """Fingerprints as stored (JSON): tuples become lists, so live ones compare equal."""
+    return json.loads(json.dumps(x, sort_keys=True))
+
+
+def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
+    """The ingest encoders at the fps the run's features were made at; refuses other weights."""
+    from ingest.config import IngestConfig
+    from ingest.worker import Encoders
+
+    want = meta.get("fingerprints")
+    fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
+                        fps=fps, device=device)
+    enc = Encoders(icfg)
+    have = same_json(enc.fingerprints())
+    try:
+        checkpoint.check_fingerprints(meta, have, f"(the encoders for {cfg.vod}: video_weights="
+                                                  f"{cfg.video_weights}, audio_weights={cfg.audio_weights})")
+    except ValueError as e:
+        raise ValueError(f"{e}\nFor generate: pass the encoder weights the run's store was ingested with "
+                         "(--video-weights/--audio-weights, or --weights random if it used random encoders).") from e
+    return enc, icfg
+
+
+def compute_features(media: Any, start: float, end: float, window_s: float, enc: Any, icfg: Any) -> Sample:
+    """Feature rows on the store's global grids that a message in [start, end] can see:
+    video row k at k / fps, audio row j over [j * hop, (j + 1) * hop), from start - window."""
+    from ingest import align
+    from ingest.worker import embed_audio, embed_video
+
+    fps, hop = icfg.fps, align.AUDIO_HOP
+    lo = max(0.0, start - window_s)
+    nv, na = align.n_video_rows(media.duration, fps), align.n_audio_rows(media.duration)
+    v0 = min(nv, math.ceil(lo * fps - 1e-9))
+    v1 = min(nv, math.floor(end * fps + 1e-9) + 1)
+    a0 = min(na, math.floor(lo / hop))
+    a1 = min(na, math.floor(end / hop + 1e-9))
+    video = embed_video(media, range(v0, max(v0, v1)), fps, enc.video, icfg.decode_backend) \
+        if media.video_stream is not None else np.zeros((0, enc.video.dim), np.float16)
+    audio = embed_audio(media, range(a0, max(a0, a1)), enc.audio, None) \
+        if media.audio_stream is not None else np.zeros((0, enc.audio.dim), np.float16)
+    meta = {"video_t0": v0 / fps, "fps": fps, "audio_t0": a0 * hop, "audio_hop": hop, "audio_win": hop,
+            "start": start, "end": end}
+    return Sample("generate__range__000000", video, audio, {"context": [], "messages": []}, meta)
+
+
+# -- decoding ----------------------------------------------------------------------------------
+def clean_text(s: str) -> str:
+    """One line of printable text: no control characters (chat has none; a byte-level model can
+    write them, and they break subtitles and terminals) and no U+FFFD from split UTF-8."""
+    return " ".join("".join(c for c in s if c != "\ufffd" and unicodedata.category(c) != "Cc").split())
+
+
+@torch.no_grad()
+def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times: list[float], sc: SamplingConfig,
+                   batch: int, device: torch.device, gen: torch.Generator) -> list[str]:
+    """One text per time; each sees the A/V before its time and its stretch's earlier messages."""
+    texts: list[str | None] = [None] * len(times)
+    parts = stretches(len(times), batch)
+    for step in itertools.count():
+        rows = [p[step] for p in parts if step < len(p)]
+        if not rows:
+            break
+        examples = []
+        for i in rows:
+            part = next(p for p in parts if i in p)
+            ctx = [t for t in texts[part.start : i] if t][-data.context_messages :] if data.context_messages else []
+            prefix, n_prefix = build_tokens(ctx, None, tok, data)
+            v, vt, a, at = av_window(sample, times[i], data.window_s)
+            examples.append(Example(f"gen/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
+        b = to_device(collate(examples, tok.pad_id), device)
+        memory, memory_mask = model.encode(*(b[k] for k in AV_KEYS))
+        new = generate(model, [e.tokens for e in examples], memory, memory_mask, tok.eos_id, sc, gen=gen)
+        for i, ids in zip(rows, new):
+            # [:max_new_tokens]: sampling.generate lets short prefixes run on in a ragged batch.
+            texts[i] = clean_text(tok.decode(ids[: sc.max_new_tokens]))
+    return [t or "" for t in texts]
+
+
+# -- main ----------------------------------------------------------------------------------
+def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
+    from ingest.chat import Message, write_irc
+    from ingest.media import probe
+    from trainer.evaluate import resolve_device
+    from trainer.replay import write_ass, write_html
+
+    if not cfg.run or not cfg.vod:
+        raise ValueError("generate needs --run (a trained run) and --vod (a video file)")
+    t_begin = time.perf_counter()
+    device = resolve_device(cfg.device)
+    model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
+    data = run_cfg.data
+    enc, icfg = build_encoders(cfg, meta, str(device))
+
+    media = probe(cfg.vod)
+    start = max(0.0, parse_time(cfg.start or "0"))
+    end = min(media.duration, parse_time(cfg.end)) if cfg.end else media.duration
+    if end <= start:
+        raise ValueError(f"{cfg.vod}: empty range [{start:.2f}, {end:.2f}] s (the video lasts {media.duration:.2f} s)")
+
+    records: list[dict[str, Any]] = []
+    if not cfg.rate:
+        try:
+            records = training_records(data, cfg.streamer)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the training chat's rate from store {data.store} ({e}): pass --rate") from e
+    rate = cfg.rate or chat_rate(records)
+    if rate <= 0:
+        raise ValueError(f"no message rate: store {data.store} has no training chat for streamer "
+                         f"{cfg.streamer or '(any)'}; pass --rate (messages per minute)")
+    try:
+        users = training_users(data, records or training_records(data, cfg.streamer))
+    except (OSError, ValueError) as e:  # the store need not be reachable from here
+        log.warning("no usernames from store %s (%s): using viewer{n}", data.store, e)
+        users = Counter()
+
+    t_feat = time.perf_counter()
+    sample = compute_features(media, start, end, data.window_s, enc, icfg)
+    t_feat = time.perf_counter() - t_feat
+    rng = np.random.default_rng(cfg.seed)
+    times = poisson_times(start, end, rate, rng)
+    names = draw_users(len(times), users, rng)
+    sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
+                        cfg.max_new_tokens or data.max_message_tokens)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    t_dec = time.perf_counter()
+    texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen)
+    t_dec = time.perf_counter() - t_dec
+    msgs = [Message(t, u, x) for t, u, x in zip(times, names, texts) if x]
+
+    out = Path(cfg.out) if cfg.out else Path(cfg.vod).with_suffix(".chat.json")
+    # One message per line: diffable, greppable, still one JSON document.
+    out.write_text("[\n" + ",\n".join(json.dumps(dataclasses.asdict(m), ensure_ascii=False) for m in msgs) + "\n]\n",
+                   encoding="utf-8")
+    written = [out]
+    if cfg.irc:
+        write_irc(msgs, cfg.irc)
+        written.append(Path(cfg.irc))
+    if cfg.ass:
+        write_ass(msgs, cfg.ass, title=f"{Path(cfg.vod).name} (vod2chat)")
+        written.append(Path(cfg.ass))
+    if cfg.html:
+        write_html(msgs, cfg.html, cfg.vod, start=start, embed_max_bytes=int(cfg.embed_video_mb * (1 << 20)))
+        written.append(Path(cfg.html))
+    print(f"{len(msgs)} messages for {cfg.vod} [{start:.1f}, {end:.1f}] s at {rate:.1f}/min "
+          f"({len(times) - len(msgs)} empty dropped); features {t_feat:.1f} s, decoding {t_dec:.1f} s "
+          f"({len(times) / max(t_dec, 1e-9):.1f} messages/s), total {time.perf_counter() - t_begin:.1f} s")
+    for p in written:
+        print(f"  wrote {p}")
+    return [dataclasses.asdict(m) for m in msgs]
+
+
+def config_from_args(a: argparse.Namespace) -> GenerateConfig:
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(GenerateConfig) if hasattr(a, f.name)}
+    if getattr(a, "weights", None):
+        kw["video_weights"] = kw["audio_weights"] = a.weights
+    return GenerateConfig(**kw)
+
+
+if __name__ == "__main__":  # the same flags as `vod2chat generate`
+    from launch.cli import build_parser
+
+    main(config_from_args(build_parser().parse_args(["generate", *sys.argv[1:]])))
