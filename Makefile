@@ -22,6 +22,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
+	$(PY) bench/train.py
+	$(PY) bench/generate.py
 
 clean:
 	rm -rf demo_out store runs synth bench_out

@@ -27,6 +27,9 @@ class IngestConfig:
     audio_stream: int | None = None
     decode_backend: str = "auto"  # auto | decord | pyav
     stream_start: float | None = None  # unix seconds, for raw IRC logs
+    # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
+    input_cache: str = "~/.cache/vod2chat/inputs"
+    input_cache_gb: float = 100.0
     replace: bool = False  # re-ingest a VOD whose record has other settings
     # Ray fan-out.
     address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to

@@ -8,6 +8,7 @@ rewrite the same shard name without ever duplicating data. The record is written
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ from ingest import align
 from ingest.chat import CHAT_SUFFIXES, Message, parse_chat
 from ingest.config import IngestConfig
 from ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from ingest.inputs import list_files, localize
 from ingest.media import MediaInfo, probe, read_audio, read_frames
 from shards.schema import SCHEMA_VERSION, Sample, check_name, sample_key
 from shards.store import ShardInfo, Store, StoreError, shard_info_dict
@@ -84,21 +86,15 @@ def vod_id_of(path: str | Path) -> str:
 
 
 def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
-    """Pair videos with chat logs by VOD id. Directories are searched recursively."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise FileNotFoundError(f"input {item} does not exist")
-    videos = {vod_id_of(f): f for f in files if f.suffix.lower() in VIDEO_SUFFIXES}
+    """Pair videos with chat logs by VOD id. Directories (and s3:// or gs:// prefixes) are
+    searched recursively."""
+    files = [f for item in inputs for f in list_files(item)]
+    videos = {vod_id_of(f): f for f in files if Path(f).suffix.lower() in VIDEO_SUFFIXES}
     chats = {
         vod_id_of(f): f
         for f in files
-        if f.suffix.lower() not in VIDEO_SUFFIXES and "".join(f.suffixes[-2:]).lower().endswith(CHAT_SUFFIXES)
+        if Path(f).suffix.lower() not in VIDEO_SUFFIXES
+        and "".join(Path(f).suffixes[-2:]).lower().endswith(CHAT_SUFFIXES)
     }
     missing = sorted(set(videos) - set(chats))
     if missing:
@@ -126,7 +122,16 @@ def quick_hash(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def ingest_settings(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], media: MediaInfo) -> dict[str, Any]:
+def local_job(job: VodJob, cfg: IngestConfig) -> VodJob:
+    """The job with local paths: object-store inputs are fetched into this node's cache."""
+    def loc(p: str | None) -> str | None:
+        return localize(p, cfg.input_cache, cfg.input_cache_gb) if p else None
+
+    return VodJob(job.streamer, job.vod_id, loc(job.video), loc(job.chat), loc(job.audio))
+
+
+def ingest_settings(job: VodJob, local: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any],
+                    media: MediaInfo) -> dict[str, Any]:
     return {
         "segment_s": cfg.segment_s,
         "lookback_s": cfg.lookback_s,
@@ -135,10 +140,10 @@ def ingest_settings(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any]
         "segments_per_shard": cfg.segments_per_shard,
         "fingerprint_ids": {k: fingerprint_id(v) for k, v in fingerprints.items()},
         "sources": {
-            "video": {"path": job.video, "hash": quick_hash(job.video), "video_stream": media.video_stream,
+            "video": {"path": job.video, "hash": quick_hash(local.video), "video_stream": media.video_stream,
                       "audio_stream": media.audio_stream},
-            "chat": {"path": job.chat, "hash": quick_hash(job.chat)},
-            **({"audio": {"path": job.audio, "hash": quick_hash(job.audio)}} if job.audio else {}),
+            "chat": {"path": job.chat, "hash": quick_hash(local.chat)},
+            **({"audio": {"path": job.audio, "hash": quick_hash(local.audio)}} if job.audio else {}),
         },
     }
 
@@ -153,8 +158,9 @@ def settings_id(settings: dict[str, Any]) -> str:
 
 def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store: Store) -> VodPlan | None:
     """Probe and parse one VOD. None if the store already holds it with the same settings."""
-    media = probe(job.video, video_stream=cfg.video_stream, audio_stream=cfg.audio_stream)
-    settings = ingest_settings(job, cfg, fingerprints, media)
+    local = local_job(job, cfg)
+    media = probe(local.video, video_stream=cfg.video_stream, audio_stream=cfg.audio_stream)
+    settings = ingest_settings(job, local, cfg, fingerprints, media)
     sid = settings_id(settings)
     old = store.read_record(job.streamer, job.vod_id)
     shard_base = 0
@@ -167,7 +173,7 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
             )
         shard_base = 1 + max((int(re.findall(r"-(\d+)\.tar$", s["path"])[0]) for s in old["shards"]), default=-1)
-    chat = parse_chat(job.chat, stream_start=cfg.stream_start)
+    chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
     segments = align.plan_segments(media.duration, cfg.segment_s, cfg.lookback_s, cfg.fps)
     return VodPlan(
@@ -203,8 +209,10 @@ def embed_audio(media: MediaInfo, rows: range, enc: AudioEncoder, audio_path: st
 def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> list[Sample]:
     segs = plan.parts[part]
     v0, a0 = segs[0].v0, segs[0].a0
-    video = embed_video(plan.media, range(v0, segs[-1].v1), cfg.fps, enc.video, cfg.decode_backend)
-    audio = embed_audio(plan.media, range(a0, segs[-1].a1), enc.audio, plan.job.audio)
+    local = local_job(plan.job, cfg)  # the plan may have been made on another node
+    media = dataclasses.replace(plan.media, path=local.video)
+    video = embed_video(media, range(v0, segs[-1].v1), cfg.fps, enc.video, cfg.decode_backend)
+    audio = embed_audio(media, range(a0, segs[-1].a1), enc.audio, local.audio)
     fps = enc.fingerprints()
     last = len(plan.segments) - 1
     samples = []

@@ -102,6 +102,20 @@ def cmd_download(a: argparse.Namespace) -> int:
     return 1 if report["failed"] else 0
 
 
+def cmd_tokenizer(a: argparse.Namespace) -> int:
+    from trainer.config import Config
+    from trainer.data import iter_texts
+    from trainer.tokenizer import ChatTokenizer
+
+    overrides = list(a.overrides) + ([f"data.store={a.store}"] if a.store else [])
+    cfg = load_config(Config, a.config, overrides)
+    tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    tok.save(a.out)
+    print(f"{tok!r} -> {a.out}  (use it with tokenizer.path={a.out})")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from launch.demo import main as demo_main
 
@@ -171,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--quality", default="480p", help="twitch-dl quality (default 480p: frames are embedded at 224x224)")
     w.add_argument("--chat-tool", default="twitch-dl", choices=["twitch-dl", "chat-downloader"])
     w.set_defaults(fn=cmd_download)
+
+    t = sub.add_parser("tokenizer", help="train the chat tokenizer on a store's train split",
+                       description="Byte-level BPE on the chat of the train split that a training config selects "
+                                   "(held-out VODs never contribute). `train` builds one itself when "
+                                   "tokenizer.path is empty; this makes one to share across runs.")
+    t.add_argument("--store", default="", help="the store (overrides data.store)")
+    t.add_argument("--config", default=str(Path(__file__).with_name("base.toml")), help="training config (TOML)")
+    t.add_argument("--out", required=True, help="where tokenizer.json goes")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. tokenizer.vocab_size=8000 data.streamers=[\"x\"]")
+    t.set_defaults(fn=cmd_tokenizer)
 
     d = sub.add_parser("demo", help="the whole chain on a synthetic stream, on a local Ray and CPU")
     d.add_argument("--out", default="demo_out", help="where the store and outputs go")

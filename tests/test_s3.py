@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,56 @@ def test_growing_store_never_breaks_a_reader(s3):
     rest = list(stream)
     assert 1 + len(rest) == 8 and first.key not in {s.key for s in rest}
     assert len(select_records(Store("s3://vod2chat-test/store2"), Selection())) == 3  # new readers see it
+
+
+def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
+    """`vod2chat ingest` on a local Ray, writing to s3:// exactly as to a directory; a rerun is a no-op."""
+    from ingest.synth import synthesize
+
+    synthesize(tmp_path / "vods", seed=3, duration=12.0, vod_id="4242")
+    cmd = [sys.executable, "-m", "launch.cli", "ingest", "--config", str(REPO / "launch/ingest_debug.toml"),
+           "--store", "s3://vod2chat-test/ingested", "--streamer", "s3test", "--num-actors", "1",
+           "--set", "progress=false", str(tmp_path / "vods")]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert first.returncode == 0 and "1 done, 0 skipped" in first.stdout, first.stdout + first.stderr
+    store = Store("s3://vod2chat-test/ingested")
+    rep = store.verify()
+    assert rep.ok and rep.vods == 1 and not rep.orphans
+    objects = {p: store.fs.info(p)["ETag"] for p in store.fs.find("vod2chat-test/ingested")}
+    second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert second.returncode == 0 and "0 done, 1 skipped" in second.stdout, second.stdout + second.stderr
+    assert {p: store.fs.info(p)["ETag"] for p in store.fs.find("vod2chat-test/ingested")} == objects
+
+
+def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
+    """VODs in a bucket (what a cluster's GPU nodes can all reach) pair and ingest like local files."""
+    from ingest.inputs import localize
+    from ingest.synth import synthesize
+    from ingest.worker import Encoders, ingest_vod, pair_inputs
+    from test_ingest import debug_cfg
+
+    synthesize(tmp_path / "vods", seed=4, duration=12.0, vod_id="5151")
+    store = Store("s3://vod2chat-test/fromurls")
+    store.fs.put(str(tmp_path / "vods"), "vod2chat-test/vods", recursive=True)
+    cfg = debug_cfg("s3://vod2chat-test/fromurls", input_cache=str(tmp_path / "cache"))
+    [job] = pair_inputs(["s3://vod2chat-test/vods"], "urls")
+    assert job.video == "s3://vod2chat-test/vods/5151.mkv" and job.chat == "s3://vod2chat-test/vods/5151.irc"
+    enc = Encoders(cfg)
+    out = ingest_vod(job, store, enc, cfg)
+    assert out.status == "done" and store.verify().ok
+    assert out.record["sources"]["video"]["path"] == job.video  # the URL, not a node's cache path
+    cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("5151.*")}
+    assert sorted(cached) == ["5151.irc", "5151.mkv"]
+    assert ingest_vod(job, store, enc, cfg).status == "skipped"
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("5151.*")}.keys() == cached.keys()
+    # The cache is bounded: fetching past its size evicts the least recently used input.
+    size_gb = (tmp_path / "vods/5151.mkv").stat().st_size / 2**30
+    store.fs.copy("vod2chat-test/vods/5151.mkv", "vod2chat-test/more/6161.mkv")
+    localize("s3://vod2chat-test/more/6161.mkv", str(tmp_path / "cache"), cache_gb=size_gb * 1.5)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.*")) == ["5151.irc", "6161.mkv"]
+    with pytest.raises(FileNotFoundError, match="s3://vod2chat-test/nothing"):
+        pair_inputs(["s3://vod2chat-test/nothing"], "urls")
 
 
 def test_trainer_streams_from_s3(s3, tmp_path: Path):

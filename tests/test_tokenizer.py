@@ -135,3 +135,23 @@ def test_real_chat(real_data):
     assert all(tok.decode(i) == t for i, t in zip(ids, texts))
     n_bytes = sum(len(t.encode()) for t in texts)
     assert sum(map(len, ids)) < n_bytes / 2.5, "BPE should compress chat well below one token per byte"
+
+
+def test_tokenizer_command_trains_on_the_train_split_of_a_store(tmp_path: Path):
+    from launch.cli import main as cli
+    from launch.config import load_config
+    from store_factory import make_store
+    from trainer.config import Config
+    from trainer.data import iter_texts
+
+    make_store(tmp_path / "store", vods=4, segments=2)
+    out = tmp_path / "tok" / "tok.json"
+    debug = REPO / "launch/debug.toml"
+    assert cli(["tokenizer", "--store", str(tmp_path / "store"), "--config", str(debug), "--out", str(out)]) == 0
+    tok = ChatTokenizer.load(out)
+    cfg = load_config(Config, debug, [f"data.store={tmp_path / 'store'}"])
+    texts = list(iter_texts(cfg.data, "train"))
+    assert 0 < len(texts) < 4 * 2 * 4  # the held-out VOD's chat is not in it
+    direct = ChatTokenizer.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    assert [tok.id_to_token(i) for i in range(tok.vocab_size)] == [direct.id_to_token(i) for i in range(direct.vocab_size)]
+    assert len(tok.encode("wow")) == 1
