@@ -81,8 +81,8 @@ def init_ray(address: str | None) -> None:
         ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 
 
-def _actor_options(cfg: IngestConfig, gpus: float) -> dict[str, Any]:
-    return {"num_gpus": 1, "num_cpus": cfg.cpus_per_actor} if gpus else {"num_cpus": cfg.cpus_per_actor}
+def _actor_options(cfg: IngestConfig, use_gpu: bool) -> dict[str, Any]:
+    return {"num_gpus": 1, "num_cpus": cfg.cpus_per_actor} if use_gpu else {"num_cpus": cfg.cpus_per_actor}
 
 
 class _Pool:
@@ -91,8 +91,14 @@ class _Pool:
     def __init__(self, cfg: IngestConfig):
         gpus = ray.cluster_resources().get("GPU", 0) if cfg.device != "cpu" else 0
         cpus = ray.cluster_resources().get("CPU", 1)
-        n = cfg.num_actors or (int(gpus) if gpus else max(1, int(cpus // max(cfg.cpus_per_actor, 1) // 2) or 1))
-        self.cfg, self.opts = cfg, _actor_options(cfg, gpus)
+        # device=cuda asks for GPU actors even before any GPU node is up: an autoscaling cluster
+        # starts GPU workers for them, where `auto` would settle for CPU actors on the GPU nodes.
+        use_gpu = cfg.device == "cuda" or bool(gpus)
+        if use_gpu and not (cfg.num_actors or gpus):
+            raise ValueError("device=cuda but the cluster has no GPUs yet: pass --num-actors N to have the "
+                             "autoscaler start N GPU workers")
+        n = cfg.num_actors or (int(gpus) if use_gpu else max(1, int(cpus // max(cfg.cpus_per_actor, 1) // 2)))
+        self.cfg, self.opts = cfg, _actor_options(cfg, use_gpu)
         self.actors = [self._new(i) for i in range(n)]
 
     def _new(self, slot: int) -> Any:

@@ -9,6 +9,7 @@ Token layout:  <bos> ctx_1 <eos> ctx_2 <eos> ... <sep> message <eos>   (loss on 
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
@@ -145,7 +146,9 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
     urls, weights = split_shards(cfg, split)
     samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=train, shuffle_shards=train,
                           buffer=0, skip_errors=cfg.skip_errors, weights=weights if train else None)
-    ds = ExampleStream(samples, tok, cfg, buffer=cfg.shuffle_buffer if train else 0, seed=seed)
+    # Evaluation shuffles too (the same seeded order every time): a batch then mixes moments, so
+    # the first eval_batches are not one segment and the A/V-shuffled ablation swaps real content.
+    ds = ExampleStream(samples, tok, cfg, buffer=cfg.shuffle_buffer, seed=seed)
     return torch.utils.data.DataLoader(ds, batch_size=micro_batch, num_workers=cfg.num_workers,
                                        collate_fn=lambda b: collate(b, tok.pad_id),
                                        # Its own generator: iter(loader) must not draw from the global
@@ -159,3 +162,25 @@ def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:
     for s in ShardStream(split_shards(cfg, split)[0], shuffle_shards=False, skip_errors=cfg.skip_errors):
         for m in s.chat["messages"]:
             yield m["text"]
+
+
+def feature_stats(cfg: DataConfig, max_shards: int = 64, per_shard: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-channel mean and std of the video and audio rows of the train split, from the first
+    samples of up to max_shards shards spread evenly over it (a cheap, deterministic estimate
+    that does not come from one VOD only)."""
+    urls = split_shards(cfg, "train")[0]
+    picked = [urls[round(i * (len(urls) - 1) / max(1, min(max_shards, len(urls)) - 1))]
+              for i in range(min(max_shards, len(urls)))]
+    acc: dict[str, list] = {}
+    for url in dict.fromkeys(picked):
+        for s in itertools.islice(ShardStream([url], shuffle_shards=False, skip_errors=cfg.skip_errors), per_shard):
+            for name, rows in (("video", s.video), ("audio", s.audio)):
+                x = torch.from_numpy(rows.astype(np.float64))
+                n, s1, s2 = acc.setdefault(name, [0, 0.0, 0.0])
+                acc[name] = [n + len(x), s1 + x.sum(0), s2 + (x * x).sum(0)]
+    out = {}
+    for name, (n, s1, s2) in acc.items():
+        if n:
+            mean = s1 / n
+            out[name] = (mean.float(), (s2 / n - mean * mean).clamp_min(0).sqrt().float())
+    return out

@@ -43,7 +43,7 @@ from launch.config import load_config, save_config, to_dict
 from shards.store import Store
 from trainer import checkpoint
 from trainer.config import Config, TrainConfig
-from trainer.data import iter_texts, make_loader
+from trainer.data import feature_stats, iter_texts, make_loader
 from trainer.model import VodChatModel
 from trainer.sampling import generate_batch
 from trainer.tokenizer import ChatTokenizer
@@ -99,8 +99,10 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def shuffle_av(batch: dict[str, Any]) -> dict[str, Any]:
-    """Ablation: each example gets another example's video and audio (rolled across the batch)."""
-    return {**batch, **{k: batch[k].roll(1, dims=0) for k in AV_KEYS}}
+    """Ablation: each example gets another example's video and audio (rolled by half the batch;
+    the validation stream is shuffled, so that is another moment, usually of another segment)."""
+    n = batch["tokens"].shape[0]
+    return {**batch, **{k: batch[k].roll(max(1, n // 2), dims=0) for k in AV_KEYS}}
 
 
 def token_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +198,7 @@ def main(cfg: Config) -> dict[str, float]:
     cfg.model.vocab_size = tok.vocab_size
     store_fps = Store(cfg.data.store).fingerprints()
     model = VodChatModel(cfg.model)
+    model.set_feature_stats(feature_stats(cfg.data))  # a resumed run loads its own from the checkpoint
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     start = load(acc, cfg, model, optimizer, scheduler, store_fps)

@@ -6,7 +6,7 @@
     logits = model(tokens, video, video_time, video_mask, audio, audio_time, audio_mask)
 
 Encoder: every video row (a frame, 2048-d) and audio row (a 0.96 s VGGish window, 128-d) is
-LayerNorm + Linear projected to d_model, plus a modality embedding and an embedding of its
+standardised per channel with the training data's statistics and Linear projected to d_model, plus a modality embedding and an embedding of its
 age (seconds before the message time t). The full sequence [null slot, video rows, audio
 rows] goes through a pre-LN transformer encoder with key padding masks: no pooling, so the
 decoder can attend to the moment that matters.
@@ -146,17 +146,33 @@ class TimeEmbedding(nn.Module):
 
 
 class ModalityInput(nn.Module):
-    """Feature rows of one modality -> d_model: what it is, plus which modality it is."""
+    """Feature rows of one modality -> d_model: what it is, plus which modality it is.
+
+    Rows are standardised per channel with statistics of the training data (buffers, so they
+    travel with every checkpoint). Pooled CNN features are non-negative with channels of very
+    different scales, and scenes differ mostly in a few channels and in overall magnitude; a
+    per-row LayerNorm divides that magnitude out and leaves differences of ~1% per channel,
+    which a freshly initialised model ignores in favour of the chat context.
+    """
 
     def __init__(self, in_dim: int, d_model: int):
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("inv_std", torch.ones(in_dim))
         self.proj = nn.Linear(in_dim, d_model)
         self.type_emb = nn.Parameter(torch.zeros(d_model))
 
+    @torch.no_grad()
+    def set_stats(self, mean: Tensor, std: Tensor) -> None:
+        # Near-constant channels (dead ReLUs) would otherwise be amplified into noise.
+        floor = 0.1 * std.median().clamp_min(1e-6)
+        self.mean.copy_(mean)
+        self.inv_std.copy_(1.0 / std.clamp_min(floor))
+
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = torch.where(mask[..., None], x, 0)  # padding content (even NaN) never enters the model
-        return self.proj(self.norm(x.to(self.proj.weight.dtype))) + self.type_emb
+        x = ((x.float() - self.mean) * self.inv_std).clamp(-10, 10)  # an outlier frame cannot blow up
+        return self.proj(x.to(self.proj.weight.dtype)) + self.type_emb
 
 
 class VodChatModel(nn.Module):
@@ -197,6 +213,12 @@ class VodChatModel(nn.Module):
             elif isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
         nn.init.normal_(self.null_memory, std=0.02)
+
+    def set_feature_stats(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Per-channel (mean, std) of the training data's "video" and "audio" rows."""
+        for name, layer in (("video", self.video_in), ("audio", self.audio_in)):
+            if layer is not None and name in stats:
+                layer.set_stats(*stats[name])
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied head counts once
