@@ -138,6 +138,13 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0: off")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling; 1: off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style, on tokens already generated")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vod2chat", description="Learn what a stream's chat says from what it shows and sounds like.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -217,10 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--candidates-file", default="", help="default {store}/eval/candidates-{split}-seed{seed}-{id}.json")
     e.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only", help="comma-separated")
     e.add_argument("--num-diversity-samples", type=int, default=200, help="messages sampled for distinct-n (0: skip)")
-    e.add_argument("--temperature", type=float, default=1.0)
-    e.add_argument("--top-k", type=int, default=0)
-    e.add_argument("--top-p", type=float, default=0.9)
-    e.add_argument("--repetition-penalty", type=float, default=1.0)
+    add_sampling_args(e)
     e.add_argument("--device", default="auto")
     e.add_argument("--no-progress", dest="progress", action="store_false")
     e.set_defaults(fn=cmd_eval)
@@ -238,10 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--html", default="", help="also write a self-contained HTML replay page here")
     g.add_argument("--rate", type=float, default=0.0, help="messages per minute (default: the training chat's)")
     g.add_argument("--streamer", default="", help="rate and usernames of this streamer's training VODs only")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=0.9)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    add_sampling_args(g)
     g.add_argument("--max-new-tokens", type=int, default=0, help="0: the run's data.max_message_tokens")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--weights", help="'random' for both encoders (only if the run's store used random encoders)")

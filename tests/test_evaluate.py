@@ -28,13 +28,7 @@ DEBUG = REPO / "launch/debug.toml"
 SPLIT = ['data.val_vods=["1003"]', 'data.test_vods=["1002"]']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only add overhead (and stall badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: see conftest
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ TINY = ModelConfig(vocab_size=61, d_model=32, n_heads=4, n_enc_layers=1, n_dec_l
 EOS = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: threads only add overhead (and stall badly on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: see conftest
 
 
 def tiny_model_and_memory(B: int, seed: int = 0):

@@ -1,0 +1,24 @@
+"""`vod2chat demo --quick`: the whole chain (synth -> Ray ingest -> train -> eval -> generate) end
+to end on a tiny stream, every output written. (`make demo` is the same code at full size.)"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from launch.cli import main as cli
+
+
+def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    out = tmp_path / "demo"
+    assert cli(["demo", "--out", str(out), "--quick"]) == 0
+    printed = capsys.readouterr().out
+    assert "Recall@1" in printed and "replay page" in printed
+    report = json.loads((out / "run/eval-test.json").read_text())
+    assert set(report["ablations"]) == {"full", "av_shuffled", "audio_only", "video_only", "chat_only"}
+    chat = json.loads((out / "chat.json").read_text())
+    assert chat and all({"t", "user", "text"} <= set(m) for m in chat)
+    assert "[Events]" in (out / "chat.ass").read_text() and "<video" in (out / "replay.html").read_text()
+    assert (out / "chat.irc").read_text().startswith("[")
