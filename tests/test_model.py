@@ -221,3 +221,22 @@ def test_param_count_and_tied_head():
 def test_bad_head_count_is_rejected():
     with pytest.raises(ValueError, match="n_heads"):
         ModelConfig(d_model=30, n_heads=4)
+
+
+def test_feature_statistics_standardise_rows_and_travel_in_the_state_dict():
+    model, b = make_model(), make_batch()
+    g = torch.Generator().manual_seed(1)
+    scale, shift = torch.rand(TINY.video_dim, generator=g) * 4 + 1, torch.randn(TINY.video_dim, generator=g) * 20
+    # Stats that match the (shifted, scaled) data give back the logits of the plain data.
+    plain = logits_of(model, b)
+    model.set_feature_stats({"video": (shift, scale)})
+    moved = {**b, "video": b["video"] * scale + shift}
+    assert torch.allclose(logits_of(model, moved), plain, atol=1e-4)
+    # Dead channels are not amplified without bound: the std floor is a tenth of the live median.
+    model.set_feature_stats({"video": (shift, torch.zeros(TINY.video_dim).index_fill(0, torch.tensor([0]), 1.0))})
+    assert model.video_in.inv_std.max() == pytest.approx(10.0)
+    model.set_feature_stats({"video": (shift, scale)})
+    fresh = make_model(seed=5)
+    fresh.load_state_dict(model.state_dict())  # checkpoints carry the statistics
+    assert torch.equal(fresh.video_in.inv_std, model.video_in.inv_std)
+    assert torch.allclose(logits_of(fresh, moved), plain, atol=1e-4)

@@ -6,8 +6,8 @@
     logits = model(tokens, video, video_time, video_mask, audio, audio_time, audio_mask)
 
 Encoder: every video row (a frame, 2048-d) and audio row (a 0.96 s VGGish window, 128-d) is
-standardised per channel with the training data's statistics and Linear projected to d_model, plus a modality embedding and an embedding of its
-age (seconds before the message time t). The full sequence [null slot, video rows, audio
+standardised per channel with the training data's statistics and Linear projected to d_model,
+plus a modality embedding and an embedding of its age (seconds before the message time t). The full sequence [null slot, video rows, audio
 rows] goes through a pre-LN transformer encoder with key padding masks: no pooling, so the
 decoder can attend to the moment that matters.
 
@@ -164,8 +164,10 @@ class ModalityInput(nn.Module):
 
     @torch.no_grad()
     def set_stats(self, mean: Tensor, std: Tensor) -> None:
-        # Near-constant channels (dead ReLUs) would otherwise be amplified into noise.
-        floor = 0.1 * std.median().clamp_min(1e-6)
+        # Near-constant channels (dead ReLUs, often most of them) would otherwise be amplified
+        # into noise: none gets more than 10x the gain of a typical live channel.
+        live = std[std > 0]
+        floor = 0.1 * (live.median() if len(live) else torch.tensor(1.0))
         self.mean.copy_(mean)
         self.inv_std.copy_(1.0 / std.clamp_min(floor))
 
