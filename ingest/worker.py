@@ -12,13 +12,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import torch
 
@@ -110,16 +110,21 @@ def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
 
 # -- planning --------------------------------------------------------------------------
 def quick_hash(path: str) -> str:
-    """Identity of a (possibly huge) source file without reading all of it."""
-    h = hashlib.sha256()
-    size = os.path.getsize(path)
-    h.update(str(size).encode())
-    with open(path, "rb") as f:
+    """Identity of a (possibly huge) source file without reading all of it: its size and first and
+    last MiB. URLs take two ranged reads, so a rerun can skip a VOD without fetching it."""
+    fs, p = fsspec.core.url_to_fs(path)
+    size = fs.size(p)
+    h = hashlib.sha256(str(size).encode())
+    with fs.open(p, "rb") as f:
         h.update(f.read(1 << 20))
         if size > 2 << 20:
-            f.seek(-(1 << 20), os.SEEK_END)
+            f.seek(size - (1 << 20))
             h.update(f.read(1 << 20))
     return h.hexdigest()[:16]
+
+
+def source_hashes(job: VodJob) -> dict[str, str]:
+    return {k: quick_hash(p) for k, p in (("video", job.video), ("chat", job.chat), ("audio", job.audio)) if p}
 
 
 def local_job(job: VodJob, cfg: IngestConfig) -> VodJob:
@@ -130,8 +135,11 @@ def local_job(job: VodJob, cfg: IngestConfig) -> VodJob:
     return VodJob(job.streamer, job.vod_id, loc(job.video), loc(job.chat), loc(job.audio))
 
 
-def ingest_settings(job: VodJob, local: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any],
-                    media: MediaInfo) -> dict[str, Any]:
+def ingest_settings(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], hashes: dict[str, str],
+                    streams: tuple[int | None, int | None]) -> dict[str, Any]:
+    """What makes a VOD's shards what they are. `streams` are the chosen (probed) stream indices;
+    the requested ones are part of the identity too, so the same request on the same bytes
+    always chooses the same streams."""
     return {
         "segment_s": cfg.segment_s,
         "lookback_s": cfg.lookback_s,
@@ -139,11 +147,11 @@ def ingest_settings(job: VodJob, local: VodJob, cfg: IngestConfig, fingerprints:
         "context_messages": cfg.context_messages,
         "segments_per_shard": cfg.segments_per_shard,
         "fingerprint_ids": {k: fingerprint_id(v) for k, v in fingerprints.items()},
+        "streams_requested": [cfg.video_stream, cfg.audio_stream],
         "sources": {
-            "video": {"path": job.video, "hash": quick_hash(local.video), "video_stream": media.video_stream,
-                      "audio_stream": media.audio_stream},
-            "chat": {"path": job.chat, "hash": quick_hash(local.chat)},
-            **({"audio": {"path": job.audio, "hash": quick_hash(local.audio)}} if job.audio else {}),
+            "video": {"path": job.video, "hash": hashes["video"], "video_stream": streams[0], "audio_stream": streams[1]},
+            "chat": {"path": job.chat, "hash": hashes["chat"]},
+            **({"audio": {"path": job.audio, "hash": hashes["audio"]}} if job.audio else {}),
         },
     }
 
@@ -158,15 +166,21 @@ def settings_id(settings: dict[str, Any]) -> str:
 
 def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store: Store) -> VodPlan | None:
     """Probe and parse one VOD. None if the store already holds it with the same settings."""
+    hashes = source_hashes(job)
+    old = store.read_record(job.streamer, job.vod_id)
+    if old is not None:
+        # The same request on the same bytes probes to the same streams: a rerun checks its
+        # settings against the record's streams and skips without fetching or probing anything.
+        was = old.get("sources", {}).get("video", {})
+        same = ingest_settings(job, cfg, fingerprints, hashes, (was.get("video_stream"), was.get("audio_stream")))
+        if settings_id(same) == old.get("settings_id"):
+            return None
     local = local_job(job, cfg)
     media = probe(local.video, video_stream=cfg.video_stream, audio_stream=cfg.audio_stream)
-    settings = ingest_settings(job, local, cfg, fingerprints, media)
+    settings = ingest_settings(job, cfg, fingerprints, hashes, (media.video_stream, media.audio_stream))
     sid = settings_id(settings)
-    old = store.read_record(job.streamer, job.vod_id)
     shard_base = 0
     if old is not None:
-        if old.get("settings_id") == sid:
-            return None
         if not cfg.replace:
             raise StoreError(
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "

@@ -46,7 +46,8 @@ def main(out: Path, quick: bool = False) -> int:
 
     print("[2/5] ingesting on a local Ray (random-initialised encoders, recorded in the store)")
     icfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
-                       [f"store={out / 'store'}", f"streamer={STREAMER}", f"progress={str(not quick).lower()}"])
+                       [f"store={out / 'store'}", f"streamer={STREAMER}", "replace=true",  # the demo owns its store
+                        f"progress={str(not quick).lower()}"])
     icfg.inputs = [str(out / "vods")]
     summary = ingest_main(icfg)
     print(summary.table())

@@ -97,6 +97,10 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     assert sorted(cached) == ["5151.irc", "5151.mkv"]
     assert ingest_vod(job, store, enc, cfg).status == "skipped"
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("5151.*")}.keys() == cached.keys()
+    # A rerun on a node that never saw the VOD skips it without fetching it (ranged reads only).
+    elsewhere = debug_cfg("s3://vod2chat-test/fromurls", input_cache=str(tmp_path / "cache-elsewhere"))
+    assert ingest_vod(job, store, enc, elsewhere).status == "skipped"
+    assert not list((tmp_path / "cache-elsewhere").rglob("5151.*"))
     # The cache is bounded: fetching past its size evicts the least recently used input.
     size_gb = (tmp_path / "vods/5151.mkv").stat().st_size / 2**30
     store.fs.copy("vod2chat-test/vods/5151.mkv", "vod2chat-test/more/6161.mkv")

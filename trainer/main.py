@@ -198,10 +198,11 @@ def main(cfg: Config) -> dict[str, float]:
     cfg.model.vocab_size = tok.vocab_size
     store_fps = Store(cfg.data.store).fingerprints()
     model = VodChatModel(cfg.model)
-    model.set_feature_stats(feature_stats(cfg.data))  # a resumed run loads its own from the checkpoint
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     start = load(acc, cfg, model, optimizer, scheduler, store_fps)
+    if start == 0:  # a resumed run has its own statistics, from the checkpoint
+        acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data))
     if acc.is_main_process:
         save_config(cfg, run_dir / "config.toml")
         acc.init_trackers("tb", config=_flat(to_dict(cfg)))
