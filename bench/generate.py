@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from launch.config import load_config
-from trainer.config import Config
-from trainer.model import VodChatModel
-from trainer.sampling import SamplingConfig, generate
+from vod2chat.config import load_config
+from vod2chat.trainer.config import Config
+from vod2chat.trainer.model import VodChatModel
+from vod2chat.trainer.sampling import SamplingConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 

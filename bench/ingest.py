@@ -37,11 +37,11 @@ sys.path.insert(0, str(REPO))
 import torch
 
 from bench.prototype import PrototypeIngestStats, prototype_ingest, resnet50_trunk
-from ingest import worker
-from ingest.chat import parse_chat
-from ingest.config import IngestConfig
-from ingest.encoders import state_dict_sha256
-from shards.store import Store
+from vod2chat.ingest import worker
+from vod2chat.ingest.chat import parse_chat
+from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.encoders import state_dict_sha256
+from vod2chat.shards.store import Store
 
 STAGES = ("probe+chat", "decode video", "ResNet-50", "decode audio", "VGGish", "write")
 
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit("--video needs --chat (the VOD's chat log)")
         video, chat = Path(args.video).resolve(), Path(args.chat).resolve()
     else:
-        from ingest.synth import synthesize
+        from vod2chat.ingest.synth import synthesize
 
         w, h = (int(x) for x in args.size.split("x"))
         video, chat = synthesize(work / "synth", seed=args.seed, duration=args.duration, fps=args.fps, size=(w, h))

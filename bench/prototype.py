@@ -137,7 +137,7 @@ def resnet50_trunk(state_dict_path: str | None = None, seed: int = 0) -> nn.Modu
     torch.manual_seed(seed)
     net = torchvision.models.resnet50(weights=None)
     if state_dict_path:
-        net.load_state_dict(torch.load(state_dict_path, map_location="cpu"))
+        net.load_state_dict(torch.load(state_dict_path, map_location="cpu", weights_only=True))
     net.fc = nn.Identity()
     return net.eval()
 

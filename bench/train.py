@@ -3,7 +3,7 @@
     .venv/bin/python bench/train.py                      # CPU, d_model 256, ~2 minutes on 2 cores
     .venv/bin/python bench/train.py --device cuda --batch 64 --steps 50 --mixed-precision bf16
 
-(a) The data path: the real train step (trainer.main.train_step under an Accelerator) fed by
+(a) The data path: the real train step (trainer.steps.train_step under an Accelerator) fed by
     trainer.data.make_loader streaming from a shard store on disk, against the very same
     batches pre-collected in memory. Their ratio is what the loader costs.
 (b) The model: vod2chat's VodChatModel (full A/V sequences, causal decoder over chat context
@@ -36,14 +36,14 @@ import numpy as np
 import torch
 
 from bench.prototype import PrototypeConfig, PrototypeModel, WordVocab, prototype_batch, prototype_loss
-from ingest import align
-from shards.schema import Sample, sample_key
-from shards.store import Store, shard_info_dict
-from trainer.config import DataConfig, TrainConfig
-from trainer.data import iter_texts, make_loader
-from trainer.main import build_optimizer, to_device, token_loss, train_step
-from trainer.model import ModelConfig, VodChatModel
-from trainer.tokenizer import ChatTokenizer
+from vod2chat.ingest import align
+from vod2chat.shards.schema import Sample, sample_key
+from vod2chat.shards.store import Store, shard_info_dict
+from vod2chat.trainer.config import DataConfig, TrainConfig
+from vod2chat.trainer.data import iter_texts, make_loader
+from vod2chat.trainer.steps import build_optimizer, to_device, token_loss, train_step
+from vod2chat.trainer.model import ModelConfig, VodChatModel
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 FP = {"video": {"model": "bench-random", "fps": 1.0}, "audio": {"model": "bench-random"}}
 
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
 
     t1 = time.perf_counter()
     loader = bench_loader(args, dcfg, tok, TrainRig(args, mcfg, acc), device)
-    print("## (a) data path: trainer.main.train_step fed by make_loader vs the same batches in memory\n")
+    print("## (a) data path: trainer.steps.train_step fed by make_loader vs the same batches in memory\n")
     print(report_loader(loader, args, device))
     print(f"\n({time.perf_counter() - t1:.0f}s)\n")
 

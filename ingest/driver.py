@@ -19,9 +19,9 @@ import ray
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
-from ingest.config import IngestConfig
-from ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
-from shards.store import ShardInfo, Store
+from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
+from vod2chat.shards.store import ShardInfo, Store
 
 log = logging.getLogger(__name__)
 ACTOR_PREFIX = "vod2chat-ingest-"

@@ -21,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ingest.chat import Message, write_irc
+from vod2chat.ingest.chat import Message, write_irc
 
 AUDIO_RATE = 16000
 SCENE_S = (3.0, 8.0)  # scene length range

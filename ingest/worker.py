@@ -22,14 +22,14 @@ import fsspec
 import numpy as np
 import torch
 
-from ingest import align
-from ingest.chat import CHAT_SUFFIXES, Message, parse_chat
-from ingest.config import IngestConfig
-from ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
-from ingest.inputs import list_files, localize
-from ingest.media import MediaInfo, probe, read_audio, read_frames
-from shards.schema import SCHEMA_VERSION, Sample, check_name, sample_key
-from shards.store import ShardInfo, Store, StoreError, shard_info_dict
+from vod2chat.ingest import align
+from vod2chat.ingest.chat import CHAT_SUFFIXES, Message, parse_chat
+from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from vod2chat.ingest.inputs import list_files, localize
+from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
+from vod2chat.shards.schema import SCHEMA_VERSION, Sample, check_name, sample_key
+from vod2chat.shards.store import ShardInfo, Store, StoreError, shard_info_dict
 
 log = logging.getLogger(__name__)
 

@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from launch.config import ConfigError, load_config
+from vod2chat.config import ConfigError, load_config
+from vod2chat.launch.tables import store_table
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
-def store_table(url: str) -> str:
-    from shards.store import Store
-
-    rows = Store(url).summary()
-    head = f"{'streamer':<20} {'vods':>5} {'hours':>8} {'messages':>9} {'segments':>9} {'shards':>6} {'bytes':>10}"
-    lines = [head, "-" * len(head)]
-    tot = {"vods": 0, "hours": 0.0, "messages": 0, "segments": 0, "shards": 0, "bytes": 0}
-    for name, r in rows.items():
-        lines.append(f"{name:<20} {r['vods']:>5.0f} {r['hours']:>8.3f} {r['messages']:>9.0f} {r['segments']:>9.0f} "
-                     f"{r['shards']:>6.0f} {_human_bytes(r['bytes']):>10}")
-        for k in tot:
-            tot[k] += r[k]
-    lines.append(f"{'total':<20} {tot['vods']:>5.0f} {tot['hours']:>8.3f} {tot['messages']:>9.0f} "
-                 f"{tot['segments']:>9.0f} {tot['shards']:>6.0f} {_human_bytes(tot['bytes']):>10}")
-    return "\n".join(lines)
-
-
 def cmd_ingest(a: argparse.Namespace) -> int:
-    from ingest.config import IngestConfig
-    from ingest.driver import main as ingest_main
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.driver import main as ingest_main
 
     ov = list(a.set)
     for flag, key in (("store", "store"), ("streamer", "streamer"), ("address", "address"), ("device", "device"),
@@ -60,7 +37,7 @@ def cmd_ingest(a: argparse.Namespace) -> int:
 
 
 def cmd_store(a: argparse.Namespace) -> int:
-    from shards.store import Store
+    from vod2chat.shards.store import Store
 
     if a.action == "ls":
         print(store_table(a.store))
@@ -82,7 +59,7 @@ def cmd_store(a: argparse.Namespace) -> int:
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
-    from ingest.synth import synthesize
+    from vod2chat.ingest.synth import synthesize
 
     video, chat = synthesize(a.out, seed=a.seed, duration=a.duration, vod_id=a.vod_id)
     print(f"wrote {video}\nwrote {chat}")
@@ -90,8 +67,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
-    from ingest.download import DownloadConfig
-    from ingest.download import main as download_main
+    from vod2chat.ingest.download import DownloadConfig
+    from vod2chat.ingest.download import main as download_main
 
     cfg = DownloadConfig(out=a.out, streamer=a.streamer or "", last=a.last, vods=a.vods, quality=a.quality,
                          chat_tool=a.chat_tool)
@@ -103,9 +80,9 @@ def cmd_download(a: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer(a: argparse.Namespace) -> int:
-    from trainer.config import Config
-    from trainer.data import iter_texts
-    from trainer.tokenizer import ChatTokenizer
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.data import iter_texts
+    from vod2chat.trainer.tokenizer import ChatTokenizer
 
     overrides = list(a.overrides) + ([f"data.store={a.store}"] if a.store else [])
     cfg = load_config(Config, a.config, overrides)
@@ -117,24 +94,29 @@ def cmd_tokenizer(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from launch.demo import main as demo_main
+    from vod2chat.launch.demo import main as demo_main
 
     return demo_main(Path(a.out), quick=a.quick)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from trainer.evaluate import config_from_args
-    from trainer.evaluate import main as eval_main
+    from vod2chat.inference.evaluate import EvalConfig
+    from vod2chat.inference.evaluate import main as eval_main
 
-    eval_main(config_from_args(a))
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(a, f.name)}
+    kw["ablations"] = [x for x in str(a.ablations).split(",") if x]
+    eval_main(EvalConfig(**kw))
     return 0
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from trainer.generate import config_from_args
-    from trainer.generate import main as generate_main
+    from vod2chat.inference.generate import GenerateConfig
+    from vod2chat.inference.generate import main as generate_main
 
-    generate_main(config_from_args(a))
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(GenerateConfig) if hasattr(a, f.name)}
+    if getattr(a, "weights", None):
+        kw["video_weights"] = kw["audio_weights"] = a.weights
+    generate_main(GenerateConfig(**kw))
     return 0
 
 

@@ -12,14 +12,14 @@ import shutil
 import time
 from pathlib import Path
 
-from launch.config import load_config
+from vod2chat.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER = "synth"
 
 
 def synth_vods(out: Path, n: int, duration: float) -> list[str]:
-    from ingest.synth import synthesize
+    from vod2chat.ingest.synth import synthesize
 
     ids = []
     for i in range(n):
@@ -31,11 +31,11 @@ def synth_vods(out: Path, n: int, duration: float) -> list[str]:
 
 
 def main(out: Path, quick: bool = False) -> int:
-    from ingest.config import IngestConfig
-    from ingest.driver import main as ingest_main
-    from launch.cli import store_table
-    from trainer.config import Config
-    from trainer.main import main as train_main
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.driver import main as ingest_main
+    from vod2chat.launch.tables import store_table
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train_main
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -67,8 +67,8 @@ def main(out: Path, quick: bool = False) -> int:
           f"{metrics['val/loss_av_shuffled']:.3f})")
 
     print("[4/5] evaluating on the held-out VOD")
-    from trainer.evaluate import EvalConfig
-    from trainer.evaluate import main as eval_main
+    from vod2chat.inference.evaluate import EvalConfig
+    from vod2chat.inference.evaluate import main as eval_main
 
     ecfg = EvalConfig(run=str(out / "run"), split="test", max_moments=60 if quick else 0)  # 0: every test moment
     report = eval_main(ecfg)
@@ -77,8 +77,8 @@ def main(out: Path, quick: bool = False) -> int:
           f"across moments; Recall@10 {full['R@10']:.3f} vs {shuffled['R@10']:.3f}")
 
     print("[5/5] generating chat for the held-out VOD")
-    from trainer.generate import GenerateConfig
-    from trainer.generate import main as gen_main
+    from vod2chat.inference.generate import GenerateConfig
+    from vod2chat.inference.generate import main as gen_main
 
     video = out / "vods" / f"{test_vod}.mkv"
     gcfg = GenerateConfig(run=str(out / "run"), vod=str(video), start="0", end=str(min(duration, 120.0)),

@@ -20,8 +20,8 @@ import fsspec
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from shards.schema import Sample, decode_sample
-from shards.store import Store
+from vod2chat.shards.schema import Sample, decode_sample
+from vod2chat.shards.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import fsspec
 import webdataset as wds
 
-from shards.schema import Sample, check_name, encode_sample
+from vod2chat.shards.schema import Sample, check_name, encode_sample
 
 TMP_PREFIX = ".tmp-"
 

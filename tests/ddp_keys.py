@@ -8,10 +8,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accelerate import Accelerator  # noqa: E402
 
-from launch.config import load_config  # noqa: E402
-from trainer.config import Config  # noqa: E402
-from trainer.data import make_loader  # noqa: E402
-from trainer.tokenizer import ChatTokenizer  # noqa: E402
+from vod2chat.config import load_config  # noqa: E402
+from vod2chat.trainer.config import Config  # noqa: E402
+from vod2chat.trainer.data import make_loader  # noqa: E402
+from vod2chat.trainer.tokenizer import ChatTokenizer  # noqa: E402
 
 store, tok_path, out = sys.argv[1:4]
 acc = Accelerator(cpu=True)

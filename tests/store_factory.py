@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shards.schema import Sample, sample_key
-from shards.store import Store
+from vod2chat.shards.schema import Sample, sample_key
+from vod2chat.shards.store import Store
 
 WORDS = ["red", "green", "blue", "loud", "quiet", "pog"]
 FP = {"video": {"model": "fake", "fps": 1.0}, "audio": {"model": "fake"}}

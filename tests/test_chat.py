@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.chat import (
+from vod2chat.ingest.chat import (
     CHAT_SUFFIXES,
     ChatFormatError,
     Message,

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from launch.cli import main as cli
+from vod2chat.launch.cli import main as cli
 
 
 def test_quick_demo_writes_every_output(tmp_path: Path, capsys):

@@ -16,7 +16,7 @@ import torchvision
 from torchvggish import vggish_input
 from torchvggish.torchvggish import VGG, make_layers
 
-from ingest.encoders import (AudioEncoder, VideoEncoder, WeightsNotFound, fingerprint_id, hub_checkpoints_dir)
+from vod2chat.ingest.encoders import (AudioEncoder, VideoEncoder, WeightsNotFound, fingerprint_id, hub_checkpoints_dir)
 
 WIN = 15360  # samples per VGGish row (0.96 s at 16 kHz)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

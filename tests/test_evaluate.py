@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from launch.config import load_config
-from shards.store import Store
+from vod2chat.config import load_config
+from vod2chat.shards.store import Store
 from store_factory import make_store
-from trainer.config import Config
-from trainer.evaluate import (EvalConfig, TextPool, TfidfIndex, build_candidates, candidate_tokens, candidates_id,
+from vod2chat.trainer.config import Config
+from vod2chat.inference.evaluate import (EvalConfig, TextPool, TfidfIndex, build_candidates, candidate_tokens, candidates_id,
                               default_candidates_path, distinct_n, donors, load_candidates, main, rank_of_real,
                               ranking_metrics, score_candidates, select_moments, training_pool)
-from trainer.main import AV_KEYS, token_loss
-from trainer.data import collate
-from trainer.model import VodChatModel
-from trainer.tokenizer import ChatTokenizer
+from vod2chat.trainer.steps import AV_KEYS, token_loss
+from vod2chat.trainer.data import collate
+from vod2chat.trainer.model import VodChatModel
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG = REPO / "launch/debug.toml"
@@ -178,7 +178,7 @@ def test_candidate_scores_equal_the_training_loss(store_dir: Path, tok: ChatToke
 def test_eval_end_to_end_av_matters(store_dir: Path, tmp_path: Path):
     from accelerate.state import AcceleratorState
 
-    from trainer.main import main as train
+    from vod2chat.trainer.main import main as train
 
     AcceleratorState._reset_state()
     run = tmp_path / "run"
@@ -213,7 +213,7 @@ def test_eval_refuses_a_store_with_other_features(store_dir: Path, tmp_path: Pat
 
     from accelerate.state import AcceleratorState
 
-    from trainer.main import main as train
+    from vod2chat.trainer.main import main as train
 
     AcceleratorState._reset_state()
     run = tmp_path / "run"

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.chat import Message, parse_chat
-from launch.config import load_config
+from vod2chat.ingest.chat import Message, parse_chat
+from vod2chat.config import load_config
 from store_factory import make_store
-from trainer.config import Config
-from trainer.generate import GenerateConfig, chat_rate, clean_text, main, parse_time, poisson_times, stretches
-from trainer.model import ModelConfig, VodChatModel
-from trainer.replay import ass_text, write_ass, write_html
-from trainer.sampling import SamplingConfig, generate, pick
+from vod2chat.trainer.config import Config
+from vod2chat.inference.generate import GenerateConfig, chat_rate, clean_text, main, parse_time, poisson_times, stretches
+from vod2chat.trainer.model import ModelConfig, VodChatModel
+from vod2chat.inference.replay import ass_text, write_ass, write_html
+from vod2chat.trainer.sampling import SamplingConfig, generate, pick
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG = REPO / "launch/debug.toml"
@@ -121,10 +121,10 @@ def test_times_rates_and_stretches():
 
 
 def test_each_message_sees_only_the_av_before_its_time():
-    from shards.schema import Sample
-    from trainer.config import DataConfig
-    from trainer.generate import clean_text, generate_texts
-    from trainer.tokenizer import ChatTokenizer
+    from vod2chat.shards.schema import Sample
+    from vod2chat.trainer.config import DataConfig
+    from vod2chat.inference.generate import clean_text, generate_texts
+    from vod2chat.trainer.tokenizer import ChatTokenizer
 
     tok = ChatTokenizer.train(["red green blue loud quiet pog wow"] * 10, 300, 1)
     # A random model soon writes <eos>, other specials or control bytes; this one writes only
@@ -217,9 +217,9 @@ def random_encoder_run(tmp_path_factory) -> Path:
     """A run trained (briefly) on a store whose fingerprints are those of random encoders."""
     from accelerate.state import AcceleratorState
 
-    from ingest.config import IngestConfig
-    from ingest.worker import Encoders
-    from trainer.main import main as train
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.worker import Encoders
+    from vod2chat.trainer.main import main as train
 
     root = tmp_path_factory.mktemp("genrun")
     make_store(root / "store", vods=3, segments=4)
@@ -266,7 +266,7 @@ def test_generate_refuses_encoders_other_than_the_runs(random_encoder_run: Path,
     # A run on the plain fake store ("fake" fingerprints): random encoders are another feature space.
     from accelerate.state import AcceleratorState
 
-    from trainer.main import main as train
+    from vod2chat.trainer.main import main as train
 
     make_store(tmp_path / "store", vods=3, segments=2)
     AcceleratorState._reset_state()

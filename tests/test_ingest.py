@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.config import IngestConfig
-from ingest.worker import Encoders, VodJob, ingest_vod, pair_inputs
-from shards.reader import read_store
-from shards.store import Store, StoreError
+from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod, pair_inputs
+from vod2chat.shards.reader import read_store
+from vod2chat.shards.store import Store, StoreError
 
 # Each real video with a real chat log (the pairing is by file name, so the test links them
 # under a shared VOD id in tmp_path; nothing is copied into the repo).
@@ -137,7 +137,7 @@ def test_pairing_errors_name_the_file(tmp_path: Path):
 # -- Ray --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synth_vods(tmp_path_factory) -> Path:
-    from ingest.synth import synthesize
+    from vod2chat.ingest.synth import synthesize
 
     d = tmp_path_factory.mktemp("synth")
     for i in range(3):
@@ -149,7 +149,7 @@ def synth_vods(tmp_path_factory) -> Path:
 def local_ray():
     import ray
 
-    from ingest.driver import init_ray
+    from vod2chat.ingest.driver import init_ray
 
     init_ray(None)
     yield
@@ -159,7 +159,7 @@ def local_ray():
 def test_ray_ingest_survives_a_killed_actor(synth_vods: Path, tmp_path: Path, local_ray):
     import ray
 
-    from ingest.driver import ACTOR_PREFIX, main
+    from vod2chat.ingest.driver import ACTOR_PREFIX, main
 
     cfg = debug_cfg(tmp_path / "store", inputs=[str(synth_vods)], num_actors=2, max_retries=2, segments_per_shard=1)
     store_dir = tmp_path / "store"
@@ -193,7 +193,7 @@ def test_ray_ingest_survives_a_killed_actor(synth_vods: Path, tmp_path: Path, lo
 
 
 def test_corrupt_video_fails_alone(synth_vods: Path, real_data: Path, tmp_path: Path, local_ray):
-    from ingest.driver import main
+    from vod2chat.ingest.driver import main
 
     vods = tmp_path / "vods"
     vods.mkdir()

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest.config import IngestConfig
-from ingest.synth import synthesize
-from ingest.worker import Encoders, ingest_vod, pair_inputs
-from launch.config import load_config
-from shards.store import Store
-from trainer.config import Config
+from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.synth import synthesize
+from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+from vod2chat.config import load_config
+from vod2chat.shards.store import Store
+from vod2chat.trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 VODS = [f"3000{i}" for i in range(5)]
@@ -36,7 +36,7 @@ def synth_store(tmp_path_factory) -> Path:
 
 
 def test_validation_loss_is_clearly_below_the_av_shuffled_one(synth_store: Path, tmp_path: Path):
-    from trainer.main import main
+    from vod2chat.trainer.main import main
 
     cfg = load_config(Config, REPO / "launch/demo.toml", [
         f"data.store={synth_store}", f"train.run_dir={tmp_path / 'run'}", f'data.val_vods=["{VODS[-1]}"]',

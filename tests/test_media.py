@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ingest.media import MediaError, decord_can_read, probe, read_audio, read_frames
+from vod2chat.ingest.media import MediaError, decord_can_read, probe, read_audio, read_frames
 
 # file -> (duration s, (video idx, width, height, fps), (audio idx, rate), audio is digital silence)
 REAL = {
@@ -108,7 +108,7 @@ def test_decord_and_pyav_agree(real, caplog):
     info = probe(real["in1.mp4"])
     assert decord_can_read(info)
     times = np.arange(0, 7.0, 0.5)
-    with caplog.at_level(logging.WARNING, logger="ingest.media"):
+    with caplog.at_level(logging.WARNING, logger="vod2chat.ingest.media"):
         d = read_frames(info, times, backend="decord")
     assert not caplog.records, "decord fell back to PyAV on a plain mp4"
     p = read_frames(info, times, backend="pyav")
@@ -150,7 +150,7 @@ def test_containers_we_write_decode(tmp_path, fmt, suffix):
 
 def test_decord_timeout_falls_back_to_pyav_and_names_the_file(tmp_path, caplog):
     info = probe(write_video(tmp_path / "slow.mp4", "mp4", audio_rate=None))
-    with caplog.at_level(logging.WARNING, logger="ingest.media"):
+    with caplog.at_level(logging.WARNING, logger="vod2chat.ingest.media"):
         frames = read_frames(info, [0.0, 1.0, 2.0], size=(16, 16), backend="decord", timeout_s=0.0)
     assert frame_ids(frames) == [0, 10, 20]
     assert any("slow.mp4" in r.getMessage() and "decord" in r.getMessage() for r in caplog.records)

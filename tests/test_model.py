@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.model import ModelConfig, VodChatModel
+from vod2chat.trainer.model import ModelConfig, VodChatModel
 
 TINY = ModelConfig(vocab_size=61, d_model=32, n_heads=4, n_enc_layers=1, n_dec_layers=2, d_ff=64,
                    dropout=0.1, max_len=24, video_dim=20, audio_dim=8, max_time_s=16.0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shards.store import Store
+from vod2chat.shards.store import Store
 from test_ingest import debug_cfg
 
 
@@ -29,8 +29,8 @@ def two_node_cluster():
 
 
 def test_ingest_spreads_over_two_nodes(two_node_cluster: str, tmp_path: Path):
-    from ingest.driver import main
-    from ingest.synth import synthesize
+    from vod2chat.ingest.driver import main
+    from vod2chat.ingest.synth import synthesize
 
     vods = tmp_path / "vods"
     for i in range(4):
@@ -47,7 +47,7 @@ def test_device_cuda_asks_for_gpu_actors_before_any_gpu_node_is_up(two_node_clus
     """On an autoscaling cluster the GPU workers exist only once actors ask for GPUs."""
     import ray
 
-    from ingest.driver import _Pool, init_ray
+    from vod2chat.ingest.driver import _Pool, init_ray
 
     init_ray(two_node_cluster)
     with pytest.raises(ValueError, match="--num-actors"):

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from ingest.chat import Message
-from trainer.replay import write_html
+from vod2chat.ingest.chat import Message
+from vod2chat.inference.replay import write_html
 
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
                              shutil.which("google-chrome")) if p), None)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from launch.config import load_config
+from vod2chat.config import load_config
 from s3_server import moto_server
-from shards.reader import Selection, ShardStream, read_store, select_records, shard_urls
-from shards.store import Store
+from vod2chat.shards.reader import Selection, ShardStream, read_store, select_records, shard_urls
+from vod2chat.shards.store import Store
 from store_factory import make_store
-from trainer.config import Config
+from vod2chat.trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_store_on_s3_commit_verify_gc(s3):
     assert store.verify().orphans == ["shards/fake/999-00000.tar"]
     assert store.gc(min_age_s=0) == ["shards/fake/999-00000.tar"]
     assert len(list(read_store(store))) == 8
-    out = subprocess.run([sys.executable, "-m", "launch.cli", "store", "ls", "s3://vod2chat-test/store1"],
+    out = subprocess.run([sys.executable, "-m", "vod2chat.launch.cli", "store", "ls", "s3://vod2chat-test/store1"],
                          capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert "fake" in out and " 2 " in out
 
@@ -58,10 +58,10 @@ def test_growing_store_never_breaks_a_reader(s3):
 
 def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
     """`vod2chat ingest` on a local Ray, writing to s3:// exactly as to a directory; a rerun is a no-op."""
-    from ingest.synth import synthesize
+    from vod2chat.ingest.synth import synthesize
 
     synthesize(tmp_path / "vods", seed=3, duration=12.0, vod_id="4242")
-    cmd = [sys.executable, "-m", "launch.cli", "ingest", "--config", str(REPO / "launch/ingest_debug.toml"),
+    cmd = [sys.executable, "-m", "vod2chat.launch.cli", "ingest", "--config", str(REPO / "launch/ingest_debug.toml"),
            "--store", "s3://vod2chat-test/ingested", "--streamer", "s3test", "--num-actors", "1",
            "--set", "progress=false", str(tmp_path / "vods")]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -78,9 +78,9 @@ def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
 
 def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     """VODs in a bucket (what a cluster's GPU nodes can all reach) pair and ingest like local files."""
-    from ingest.inputs import localize
-    from ingest.synth import synthesize
-    from ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.ingest.inputs import localize
+    from vod2chat.ingest.synth import synthesize
+    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
     from test_ingest import debug_cfg
 
     synthesize(tmp_path / "vods", seed=4, duration=12.0, vod_id="5151")
@@ -111,7 +111,7 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
 
 
 def test_trainer_streams_from_s3(s3, tmp_path: Path):
-    from trainer.main import main
+    from vod2chat.trainer.main import main
 
     make_store("s3://vod2chat-test/store3")
     cfg = load_config(Config, REPO / "launch/debug.toml", [

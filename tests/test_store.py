@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shards.reader import Selection, ShardStream, read_store, select_records, shard_urls, shard_weights, split_of
-from shards.schema import Sample, SchemaError, decode_sample, encode_sample, sample_key
-from shards.store import Store, StoreError
+from vod2chat.shards.reader import Selection, ShardStream, read_store, select_records, shard_urls, shard_weights, split_of
+from vod2chat.shards.schema import Sample, SchemaError, decode_sample, encode_sample, sample_key
+from vod2chat.shards.store import Store, StoreError
 
 FP = {"video": {"model": "resnet50", "weights": "random:seed=0", "fps": 1.0}, "audio": {"model": "vggish"}}
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.chat import parse_chat
-from ingest.media import probe, read_audio, read_frames
-from ingest.synth import (
+from vod2chat.ingest.chat import parse_chat
+from vod2chat.ingest.media import probe, read_audio, read_frames
+from vod2chat.ingest.synth import (
     CHATTER,
     COLOUR_REACTIONS,
     COLOURS,
@@ -41,7 +41,7 @@ def test_writes_an_h264_aac_mkv_that_probes(synth):
 
 
 def test_ingest_pairs_the_video_with_its_chat(synth):
-    from ingest.worker import pair_inputs
+    from vod2chat.ingest.worker import pair_inputs
 
     video, chat = synth
     [job] = pair_inputs([str(video.parent)], "synth")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.tokenizer import SPECIAL_TOKENS, ChatTokenizer
+from vod2chat.trainer.tokenizer import SPECIAL_TOKENS, ChatTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 EMOTES = ["KEKW", "PogChamp", "LUL", "OMEGALUL", ":)", "monkaS", "Kappa", "<3"]
@@ -118,7 +118,7 @@ def test_training_is_deterministic(tok, tmp_path):
     tok.save(first)
     assert again.read_bytes() == first.read_bytes()
     fresh = tmp_path / "fresh.json"
-    code = ("import sys; from tests.test_tokenizer import synthetic_chat; from trainer.tokenizer import ChatTokenizer; "
+    code = ("import sys; from tests.test_tokenizer import synthetic_chat; from vod2chat.trainer.tokenizer import ChatTokenizer; "
             "ChatTokenizer.train(synthetic_chat(), vocab_size=400).save(sys.argv[1])")
     subprocess.run([sys.executable, "-c", code, str(fresh)], cwd=REPO, check=True, env={"PYTHONHASHSEED": "123"})
     assert fresh.read_bytes() == first.read_bytes()
@@ -138,11 +138,11 @@ def test_real_chat(real_data):
 
 
 def test_tokenizer_command_trains_on_the_train_split_of_a_store(tmp_path: Path):
-    from launch.cli import main as cli
-    from launch.config import load_config
+    from vod2chat.launch.cli import main as cli
+    from vod2chat.config import load_config
     from store_factory import make_store
-    from trainer.config import Config
-    from trainer.data import iter_texts
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.data import iter_texts
 
     make_store(tmp_path / "store", vods=4, segments=2)
     out = tmp_path / "tok" / "tok.json"

@@ -16,13 +16,14 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launch.config import load_config
-from shards.schema import Sample
+from vod2chat.config import load_config
+from vod2chat.shards.schema import Sample
 from store_factory import make_store
-from trainer.config import Config, DataConfig
-from trainer.data import av_window, make_loader, sample_examples
-from trainer.main import main, mixed_precision
-from trainer.tokenizer import ChatTokenizer
+from vod2chat.trainer.config import Config, DataConfig
+from vod2chat.trainer.data import av_window, make_loader, sample_examples
+from vod2chat.trainer.main import main
+from vod2chat.trainer.steps import mixed_precision
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG = REPO / "launch/debug.toml"
@@ -172,7 +173,7 @@ def test_bf16_on_cpu_trains(store_dir: Path, tmp_path: Path):
 
 
 def test_every_shipped_config_loads():
-    from ingest.config import IngestConfig
+    from vod2chat.ingest.config import IngestConfig
 
     tomls = sorted((REPO / "launch").glob("*.toml"))
     assert len(tomls) >= 4

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from launch.config import save_config
+from vod2chat.config import save_config
 
 PREFIX = "step_"
 
@@ -41,15 +41,25 @@ def latest(run_dir: str | Path) -> Path | None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as tensors and plain numbers, so that `torch.load(weights_only=True)`
+    reads it back: a run directory is shared storage, and unpickling a planted file runs its code."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["mt"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -109,7 +119,7 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, schedu
         scheduler.load_state_dict(torch.load(ckpt / "sched.pt", map_location="cpu", weights_only=True))
     rng = ckpt / f"rng_rank{rank}.pt"
     if rng.exists():
-        set_rng_state(torch.load(rng, weights_only=False))
+        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
     return read_meta(ckpt)
 
 
@@ -128,10 +138,10 @@ def resolve(run_dir_or_ckpt: str | Path) -> Path:
 def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model in eval mode on `device`, tokenizer, the run's Config, meta) of a checkpoint, or of
     a run's latest one. meta gains "checkpoint": the directory loaded."""
-    from launch.config import load_config
-    from trainer.config import Config
-    from trainer.model import VodChatModel
-    from trainer.tokenizer import ChatTokenizer
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.model import VodChatModel
+    from vod2chat.trainer.tokenizer import ChatTokenizer
 
     ckpt = resolve(run_dir_or_ckpt)
     cfg = load_config(Config, ckpt / "config.toml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainer.model import ModelConfig
+from vod2chat.trainer.model import ModelConfig
 
 
 @dataclass

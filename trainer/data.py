@@ -17,11 +17,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from shards.reader import Selection, ShardStream, select_records, shard_urls, shard_weights, shuffle
-from shards.schema import Sample
-from shards.store import Store
-from trainer.config import DataConfig
-from trainer.tokenizer import ChatTokenizer
+from vod2chat.shards.reader import Selection, ShardStream, select_records, shard_urls, shard_weights, shuffle
+from vod2chat.shards.schema import Sample
+from vod2chat.shards.store import Store
+from vod2chat.trainer.config import DataConfig
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 
 @dataclass

@@ -15,7 +15,7 @@ Decoder: token + learned position embeddings, pre-LN blocks of causal self-atten
 cross-attention to the encoder output and an MLP; the output head is tied to the token
 embedding. Tokens are right-padded: the causal mask alone keeps padding from influencing
 real positions, and the trainer masks padded positions out of the loss, so there is no token
-padding mask. The loss itself lives in the trainer (trainer/main.py: token_loss).
+padding mask. The loss itself lives in the trainer (trainer/steps.py: token_loss).
 
 Masks are bool with True = valid / may attend, the convention of both the data and
 F.scaled_dot_product_attention.

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from trainer.model import VodChatModel
-from trainer.tokenizer import ChatTokenizer
+from vod2chat.trainer.model import VodChatModel
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 
 @dataclass

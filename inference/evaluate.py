@@ -1,12 +1,12 @@
 """Evaluate a run on held-out VODs: perplexity, LiveBot-style ranking, ablations, diversity.
 
     vod2chat eval --run runs/exp1 --split test
-    python -m trainer.evaluate --run runs/exp1 --split test --max-moments 500
+    python -m inference.evaluate --run runs/exp1 --split test --max-moments 500
 
 A *moment* is one example of the split: a real message at time t, its chat context and the
 A/V before t. Metrics, each for every ablation of the A/V input:
 
-- perplexity of the real messages: the training loss (trainer.main.token_loss) on them;
+- perplexity of the real messages: the training loss (trainer.steps.token_loss) on them;
 - ranking (Ma et al., "LiveBot", AAAI 2019; lancopku/livebot): each moment gets up to 100
   candidate messages, the real one + the 20 most popular messages of the TRAINING split + the
   20 nearest to the moment's context chat by TF-IDF cosine + random training messages, all
@@ -30,7 +30,6 @@ adds sets without changing the existing ones.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -46,22 +45,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-if __package__ in (None, ""):  # `python trainer/evaluate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
-from shards.store import Store
-from trainer import checkpoint
-from trainer.config import DataConfig
-from trainer.data import Example, collate, sample_examples, selection
-from trainer.main import AV_KEYS, token_loss, to_device
-from trainer.model import DecodeCache, VodChatModel
-from trainer.sampling import SamplingConfig, generate
-from trainer.tokenizer import ChatTokenizer
+from vod2chat.shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
+from vod2chat.shards.store import Store
+from vod2chat.trainer import checkpoint
+from vod2chat.trainer.config import DataConfig
+from vod2chat.trainer.data import Example, collate, sample_examples, selection
+from vod2chat.trainer.steps import AV_KEYS, token_loss, to_device
+from vod2chat.trainer.model import DecodeCache, VodChatModel
+from vod2chat.trainer.sampling import SamplingConfig, generate
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -527,15 +523,3 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"{who:<13}{d['distinct1_words']:>10.3f}{d['distinct2_words']:>10.3f}{d['distinct1_tokens']:>10.3f}"
                          f"{d['distinct2_tokens']:>10.3f}{d['mean_words']:>8.2f}{d['unique_messages']:>8.2f}")
     return "\n".join(lines)
-
-
-def config_from_args(a: argparse.Namespace) -> EvalConfig:
-    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(a, f.name)}
-    kw["ablations"] = [x for x in str(a.ablations).split(",") if x]
-    return EvalConfig(**kw)
-
-
-if __name__ == "__main__":  # the same flags as `vod2chat eval`
-    from launch.cli import build_parser
-
-    main(config_from_args(build_parser().parse_args(["eval", *sys.argv[1:]])))

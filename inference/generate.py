@@ -22,14 +22,12 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
 import logging
 import math
 import re
-import sys
 import time
 import unicodedata
 from collections import Counter
@@ -37,18 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python trainer/generate.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
-from shards.schema import Sample
-from trainer import checkpoint
-from trainer.config import DataConfig
-from trainer.data import Example, av_window, build_tokens, collate
-from trainer.main import AV_KEYS, to_device
-from trainer.sampling import SamplingConfig, generate
+from vod2chat.shards.schema import Sample
+from vod2chat.trainer import checkpoint
+from vod2chat.trainer.config import DataConfig
+from vod2chat.trainer.data import Example, av_window, build_tokens, collate
+from vod2chat.trainer.steps import AV_KEYS, to_device
+from vod2chat.trainer.sampling import SamplingConfig, generate
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +117,9 @@ def stretches(n: int, batch: int, min_len: int = MIN_STRETCH) -> list[range]:
 
 
 def training_records(data: DataConfig, streamer: str) -> list[dict[str, Any]]:
-    from shards.reader import select_records
-    from shards.store import Store
-    from trainer.data import selection
+    from vod2chat.shards.reader import select_records
+    from vod2chat.shards.store import Store
+    from vod2chat.trainer.data import selection
 
     sel = selection(data, "train")
     if streamer:
@@ -139,9 +134,9 @@ def chat_rate(records: list[dict[str, Any]]) -> float:
 
 
 def training_users(data: DataConfig, records: list[dict[str, Any]]) -> Counter:
-    from shards.reader import shard_urls
-    from shards.store import Store
-    from trainer.evaluate import iter_chat
+    from vod2chat.shards.reader import shard_urls
+    from vod2chat.shards.store import Store
+    from vod2chat.inference.evaluate import iter_chat
 
     urls = shard_urls(Store(data.store), records)[:USER_SHARDS]
     return Counter(m["user"] for chat in iter_chat(urls) for m in chat["messages"] if m.get("user"))
@@ -163,8 +158,8 @@ def same_json(x: Any) -> Any:
 
 def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
     """The ingest encoders at the fps the run's features were made at; refuses other weights."""
-    from ingest.config import IngestConfig
-    from ingest.worker import Encoders
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.worker import Encoders
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
@@ -184,8 +179,8 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 def compute_features(media: Any, start: float, end: float, window_s: float, enc: Any, icfg: Any) -> Sample:
     """Feature rows on the store's global grids that a message in [start, end] can see:
     video row k at k / fps, audio row j over [j * hop, (j + 1) * hop), from start - window."""
-    from ingest import align
-    from ingest.worker import embed_audio, embed_video
+    from vod2chat.ingest import align
+    from vod2chat.ingest.worker import embed_audio, embed_video
 
     fps, hop = icfg.fps, align.AUDIO_HOP
     lo = max(0.0, start - window_s)
@@ -238,10 +233,10 @@ def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times
 
 # -- main ----------------------------------------------------------------------------------
 def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    from ingest.chat import Message, write_irc
-    from ingest.media import probe
-    from trainer.evaluate import resolve_device
-    from trainer.replay import write_ass, write_html
+    from vod2chat.ingest.chat import Message, write_irc
+    from vod2chat.ingest.media import probe
+    from vod2chat.inference.evaluate import resolve_device
+    from vod2chat.inference.replay import write_ass, write_html
 
     if not cfg.run or not cfg.vod:
         raise ValueError("generate needs --run (a trained run) and --vod (a video file)")
@@ -307,16 +302,3 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     for p in written:
         print(f"  wrote {p}")
     return [dataclasses.asdict(m) for m in msgs]
-
-
-def config_from_args(a: argparse.Namespace) -> GenerateConfig:
-    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(GenerateConfig) if hasattr(a, f.name)}
-    if getattr(a, "weights", None):
-        kw["video_weights"] = kw["audio_weights"] = a.weights
-    return GenerateConfig(**kw)
-
-
-if __name__ == "__main__":  # the same flags as `vod2chat generate`
-    from launch.cli import build_parser
-
-    main(config_from_args(build_parser().parse_args(["generate", *sys.argv[1:]])))

@@ -1,0 +1,168 @@
+"""The pieces of a training run: setup, one optimizer step, validation, save and load.
+
+The `accelerate launch` entry point (trainer/main.py) is the loop that calls these; evaluation,
+generation and the benchmarks use `token_loss`/`to_device` from here, never the entry point.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from vod2chat.trainer.sampling import generate_batch
+from vod2chat.trainer import checkpoint
+from vod2chat.trainer.config import Config, TrainConfig
+from vod2chat.trainer.data import iter_texts
+from vod2chat.trainer.model import VodChatModel
+from vod2chat.trainer.tokenizer import ChatTokenizer
+
+AV_KEYS = ("video", "video_time", "video_mask", "audio", "audio_time", "audio_mask")
+
+
+# -- setup -----------------------------------------------------------------------------
+def mixed_precision(requested: str) -> str:
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if requested == "fp16" and not cuda:
+        raise ValueError("train.mixed_precision=fp16 needs a GPU (Accelerate's fp16 silently does nothing on CPU): "
+                         "use 'bf16' or 'no' on CPU")
+    return requested
+
+
+def grad_accum_steps(tc: TrainConfig, world_size: int) -> int:
+    per_step = tc.micro_batch * world_size
+    if tc.global_batch % per_step:
+        raise ValueError(f"train.global_batch={tc.global_batch} is not a multiple of micro_batch x processes "
+                         f"= {tc.micro_batch} x {world_size}")
+    return tc.global_batch // per_step
+
+
+def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator) -> tuple[ChatTokenizer, Path]:
+    path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer.json"
+    if not path.exists() and acc.is_main_process:
+        tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+        tok.save(path)
+    acc.wait_for_everyone()
+    return ChatTokenizer.load(path), path
+
+
+def lr_lambda(tc: TrainConfig):
+    def f(step: int) -> float:
+        if step < tc.warmup_steps:
+            return (step + 1) / tc.warmup_steps
+        progress = min(1.0, (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps))
+        return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def build_optimizer(model: VodChatModel, tc: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    opt = model.configure_optimizer(tc.lr, tc.weight_decay, (tc.beta1, tc.beta2))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc))
+
+
+# -- steps -----------------------------------------------------------------------------
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def shuffle_av(batch: dict[str, Any]) -> dict[str, Any]:
+    """Ablation: each example gets another example's video and audio (rolled by half the batch;
+    the validation stream is shuffled, so that is another moment, usually of another segment)."""
+    n = batch["tokens"].shape[0]
+    return {**batch, **{k: batch[k].roll(max(1, n // 2), dims=0) for k in AV_KEYS}}
+
+
+def token_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy of the message tokens, and how many there were."""
+    logits = model(batch["tokens"], *(batch[k] for k in AV_KEYS))
+    targets = batch["tokens"].roll(-1, dims=1)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+    mask = batch["loss_mask"]
+    return (ce * mask).sum(), mask.sum()
+
+
+def train_step(model, optimizer, scheduler, micro_batches: list[dict[str, Any]], acc: Accelerator,
+               grad_clip: float) -> dict[str, float]:
+    n_tokens = sum(int(b["loss_mask"].sum()) for b in micro_batches)
+    total = 0.0
+    for i, b in enumerate(micro_batches):
+        # Gradients are all-reduced once per optimizer step, on the last micro-batch.
+        sync = acc.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
+        with sync, acc.autocast():
+            loss_sum, _ = token_loss(model, b)
+            loss = loss_sum / max(1, n_tokens)
+        acc.backward(loss)
+        total += loss_sum.item()
+    grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {"loss": total / max(1, n_tokens), "grad_norm": float(grad_norm), "tokens": n_tokens,
+            "examples": sum(len(b["keys"]) for b in micro_batches)}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int) -> dict[str, float]:
+    """Validation loss and perplexity, and the same with video/audio shuffled across examples."""
+    model.eval()
+    sums = torch.zeros(3, device=acc.device)  # loss, loss with A/V shuffled, tokens
+    for b in itertools.islice(loader, max_batches):
+        b = to_device(b, acc.device)
+        with acc.autocast():
+            sums[0] += token_loss(model, b)[0]
+            sums[1] += token_loss(model, shuffle_av(b))[0]
+        sums[2] += b["loss_mask"].sum()
+    sums = acc.reduce(sums, reduction="sum")
+    model.train()
+    loss, shuffled = (sums[:2] / sums[2].clamp(min=1)).tolist()
+    return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
+
+
+def save(acc: Accelerator, cfg: Config, step: int, model, optimizer, scheduler, tok_path: Path,
+         meta: dict[str, Any]) -> None:
+    stage = checkpoint.staging_dir(cfg.train.run_dir, step)
+    acc.wait_for_everyone()
+    checkpoint.write_rank_state(stage, acc.process_index)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        checkpoint.publish(stage, step, acc.unwrap_model(model), optimizer, scheduler, cfg,
+                           {**meta, "data": {"batches_per_rank": step * meta["grad_accum"]}}, tok_path,
+                           cfg.train.keep_last)
+    acc.wait_for_everyone()
+
+
+def load(acc: Accelerator, cfg: Config, model, optimizer, scheduler, store_fps: dict[str, Any] | None) -> int:
+    """Resume from the latest checkpoint: returns the step to continue from (0: fresh run)."""
+    ckpt = checkpoint.latest(cfg.train.run_dir) if cfg.train.resume else None
+    if ckpt is None:
+        return 0
+    checkpoint.check_fingerprints(checkpoint.read_meta(ckpt), store_fps, cfg.data.store)
+    meta = checkpoint.load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
+    return int(meta["step"])
+
+
+def log_samples(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config, step: int) -> None:
+    b = to_device(next(iter(loader)), acc.device)
+    n = min(cfg.train.num_samples, len(b["keys"]))
+    real, fake = generate_batch(acc.unwrap_model(model), b, tok, n, max_new_tokens=cfg.data.max_message_tokens)
+    table = "| real | generated |\n|---|---|\n" + "\n".join(f"| {r} | {g} |" for r, g in zip(real, fake))
+    acc.get_tracker("tensorboard").writer.add_text("samples", table, step)
+
+
+def flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """TensorBoard hparams take scalars and strings only."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
