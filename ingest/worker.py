@@ -95,6 +95,7 @@ def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
         for f in files
         if Path(f).suffix.lower() not in VIDEO_SUFFIXES
         and "".join(Path(f).suffixes[-2:]).lower().endswith(CHAT_SUFFIXES)
+        and not f.lower().endswith(".truth.json")  # `vod2chat synth --kind events` ground truth, not chat
     }
     missing = sorted(set(videos) - set(chats))
     if missing:
