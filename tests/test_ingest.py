@@ -130,8 +130,42 @@ def test_store_refuses_other_encoders(real_data: Path, tmp_path: Path, encoders:
 
 def test_pairing_errors_name_the_file(tmp_path: Path):
     (tmp_path / "123.mkv").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="123.mkv"):
+    with pytest.raises(ValueError, match="no chat log for video .*123.mkv"):
         pair_inputs([str(tmp_path)], "s")
+
+
+def test_vod_ids_keep_their_dots_and_never_collide(tmp_path: Path):
+    def touch(*names: str) -> Path:
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        for n in names:
+            (d / n).write_bytes(b"x")
+        return d
+
+    # Only known endings are cut: .json.gz is one ending; a generated <vod>.chat.json is not a chat for <vod>.
+    d = touch("2424877187.mkv", "2424877187.json.gz", "2424877187.chat.json", "77.MP4", "77.irc")
+    jobs = pair_inputs([str(d)], "s")
+    assert [(j.vod_id, Path(j.chat).name) for j in jobs] == [("2424877187", "2424877187.json.gz"), ("77", "77.irc")]
+    # Parts of one VOD once both became "3001" and one was dropped: now each is refused, by name and rule.
+    d = touch("3001.part1.mp4", "3001.part2.mp4", "3001.part1.json", "3001.part2.json", "v1.2.mp4", "v1.2.txt")
+    with pytest.raises(ValueError) as e:
+        pair_inputs([str(d)], "s")
+    for name in ("3001.part1.mp4", "3001.part2.mp4", "v1.2.mp4"):
+        assert f"{name}: vod_id '{name[:-4]}' is not usable in the store" in str(e.value)
+    assert "no dots" in str(e.value)
+    d = touch("5.mp4", "5.mkv", "5.json")
+    with pytest.raises(ValueError, match=r"two videos map to VOD id '5': .*5.mkv and .*5.mp4"):
+        pair_inputs([str(d)], "s")
+    d = touch("6.mp4", "6.json", "6.irc")
+    with pytest.raises(ValueError, match=r"two chat logs for VOD id '6'"):
+        pair_inputs([str(d)], "s")
+    with pytest.raises(ValueError, match=r"streamer 'a.b' is not usable"):  # a key field too
+        pair_inputs([str(d / "6.mp4"), str(d / "6.json")], "a.b")
+    d = touch("7.avi", "7.json")
+    with pytest.raises(ValueError, match=r"7.avi: neither a video"):
+        pair_inputs([str(d / "7.avi"), str(d / "7.json")], "s")
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        pair_inputs([str(d)], "s")
 
 
 # -- Ray --------------------------------------------------------------------------------
