@@ -26,16 +26,21 @@ from vod2chat.ingest import align
 from vod2chat.ingest.chat import CHAT_SUFFIXES, Message, parse_chat
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
 from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, check_name, sample_key
-from vod2chat.shards.store import ShardInfo, Store, StoreError, shard_info_dict
+from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".flv", ".mov", ".ts", ".m4v")
 VIDEO_CHUNK_ROWS = 120  # frames decoded and embedded at a time: bounds memory on 4-hour VODs
 AUDIO_CHUNK_ROWS = 256  # VGGish windows at a time (~4 min of 16 kHz audio)
+
+
+class ChatCoverageError(NotRetryable, ValueError):
+    """A VOD whose chat log mostly misses the video, refused under --strict."""
 
 
 @dataclass
@@ -223,6 +228,10 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
         shard_base = 1 + max((int(re.findall(r"-(\d+)\.tar$", s["path"])[0]) for s in old["shards"]), default=-1)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
+    warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),
+                           len(chat.skipped), media.duration)
+    if warning and cfg.strict:
+        raise ChatCoverageError(f"{warning} Refused (--strict); chat log {job.chat}")
     segments = align.plan_segments(media.duration, cfg.segment_s, cfg.lookback_s, cfg.fps)
     return VodPlan(
         job=job, media=media, messages=kept, chat_format=chat.format,
