@@ -56,7 +56,7 @@ def synth_all(out: Path, n_train: int, duration: float, val_duration: float) -> 
     return plan
 
 
-def ingest_all(out: Path) -> str:
+def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS) -> str:
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
@@ -66,7 +66,7 @@ def ingest_all(out: Path) -> str:
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
                       [f"store={store_url}", "lookback_s=20.0", "progress=false"])
     enc, store = Encoders(cfg), Store(store_url)
-    for channel in CHANNELS:
+    for channel in channels:
         for job in pair_inputs([str(out / "vods" / channel)], channel):
             res = ingest_vod(job, store, enc, cfg)
             if res.status not in ("done", "skipped"):
@@ -158,11 +158,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench_out/moment")
     p.add_argument("--vods", type=int, default=3, help="training VODs per channel")
-    p.add_argument("--duration", type=float, default=300.0, help="seconds per training and test VOD")
+    p.add_argument("--duration", type=float, default=240.0, help="seconds per training and test VOD")
     p.add_argument("--val-duration", type=float, default=60.0)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--windows", default="8,20")
-    p.add_argument("--max-moments", type=int, default=0, help="test moments evaluated (0: all)")
+    p.add_argument("--max-moments", type=int, default=400, help="test moments evaluated (0: all)")
     p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
     p.add_argument("overrides", nargs="*", help="training config overrides, e.g. model.n_enc_layers=3")

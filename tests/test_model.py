@@ -240,3 +240,70 @@ def test_feature_statistics_standardise_rows_and_travel_in_the_state_dict():
     fresh.load_state_dict(model.state_dict())  # checkpoints carry the statistics
     assert torch.equal(fresh.video_in.inv_std, model.video_in.inv_std)
     assert torch.allclose(logits_of(fresh, moved), plain, atol=1e-4)
+
+
+# -- finding the moment: row differences, age gates, ALiBi in the encoder -------------------
+MOMENT_FLAGS = [{"row_diff": True}, {"age_gate": True}, {"enc_alibi": True},
+                {"row_diff": True, "age_gate": True, "enc_alibi": True}]
+
+
+@pytest.mark.parametrize("flags", MOMENT_FLAGS, ids=lambda f: "+".join(f))
+def test_moment_inputs_ignore_padding_and_decode_the_same_with_a_cache(flags):
+    model, b = make_model(**flags), make_batch()
+    vpad, apad = ~b["video_mask"], ~b["audio_mask"]
+    changed = {**b, "video": b["video"].masked_fill(vpad[..., None], float("nan")),
+               "audio": torch.where(apad[..., None], torch.randn_like(b["audio"]) * 100, b["audio"]),
+               "video_time": b["video_time"].masked_fill(vpad, 1e6), "audio_time": b["audio_time"].masked_fill(apad, -5.0)}
+    ref = logits_of(model, b)
+    assert torch.isfinite(ref).all()
+    assert torch.equal(logits_of(model, changed), ref)
+    longer = dict(b)
+    for x, t, m in (("video", "video_time", "video_mask"), ("audio", "audio_time", "audio_mask")):
+        B = b[m].shape[0]
+        longer[x] = torch.cat([b[x], torch.randn(B, 3, b[x].shape[2])], dim=1)
+        longer[t] = torch.cat([b[t], torch.rand(B, 3)], dim=1)
+        longer[m] = torch.cat([b[m], torch.zeros(B, 3, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(logits_of(model, longer), ref, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        memory, mask = model.encode(*(b[k] for k in AV))
+        full, _ = model.decode(b["tokens"][:, :6], memory, mask)
+        _, cache = model.decode(b["tokens"][:, :5], memory, mask)
+        step, _ = model.decode(b["tokens"][:, 5:6], memory, mask, cache)
+    torch.testing.assert_close(step[:, 0], full[:, 5], atol=1e-5, rtol=0)
+
+
+def test_row_differences_see_change_not_level():
+    """With the plain projection silenced, only differences between consecutive rows reach the
+    model: shifting all of an example's rows by one constant changes nothing, one row does."""
+    model, b = make_model(row_diff=True), make_batch()
+    with torch.no_grad():
+        model.video_in.proj.weight.zero_()
+    ref = logits_of(model, b)
+    shifted = {**b, "video": b["video"] + 3.0}
+    torch.testing.assert_close(logits_of(model, shifted), ref, atol=1e-4, rtol=0)
+    bumped = b["video"].clone()
+    bumped[0, 2] += 3.0
+    assert (logits_of(model, {**b, "video": bumped})[0] - ref[0]).abs().max() > 1e-4
+
+
+def test_a_shut_age_gate_hides_rows_of_that_age():
+    model, b = make_model(age_gate=True), make_batch()
+    with torch.no_grad():
+        for inp in (model.video_in, model.audio_in):
+            inp.age_gate[6:] = -1e4  # rows 6 s old or older: content gated off
+    old = {k: b[f"{k}_time"] > 6.0 + 1e-3 for k in ("video", "audio")}
+    other = {**b, "video": torch.where(old["video"][..., None], torch.randn_like(b["video"]) * 5, b["video"]),
+             "audio": torch.where(old["audio"][..., None], torch.randn_like(b["audio"]) * 5, b["audio"])}
+    assert (old["video"] & b["video_mask"]).any() and (old["audio"] & b["audio_mask"]).any()
+    torch.testing.assert_close(logits_of(model, other), logits_of(model, b), atol=1e-5, rtol=0)
+    young = b["video"].clone()
+    young[~old["video"]] += 2.0
+    assert (logits_of(model, {**b, "video": young}) - logits_of(model, b)).abs().max() > 1e-4
+
+
+def test_age_gates_and_slopes_are_not_decayed():
+    model = make_model(age_gate=True, enc_alibi=True)
+    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1)
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(model.video_in.age_gate) in no_decay and id(model.alibi_log_slope) in no_decay
+    assert id(model.video_in.proj.weight) not in no_decay

@@ -47,6 +47,10 @@ class ModelConfig:
     max_time_s: float = 64.0  # ages are clamped to [0, max_time_s]: set it >= the data window
     use_video: bool = True  # both False: a text-only model (the ablation baseline)
     use_audio: bool = True
+    # Making the moment findable (issue 13; README "Finding the moment" says what each does):
+    row_diff: bool = False  # also project each row's change from the previous row of its modality
+    age_gate: bool = False  # a learned per-channel gate on each row's content, by its age (1 s steps)
+    enc_alibi: bool = False  # encoder attention biased by -slope_h * |age_i - age_j| (ALiBi, per head)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -155,12 +159,19 @@ class ModalityInput(nn.Module):
     which a freshly initialised model ignores in favour of the chat context.
     """
 
-    def __init__(self, in_dim: int, d_model: int):
+    def __init__(self, in_dim: int, d_model: int, row_diff: bool = False, age_gate: bool = False,
+                 max_time_s: float = 64.0):
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("inv_std", torch.ones(in_dim))
         self.proj = nn.Linear(in_dim, d_model)
         self.type_emb = nn.Parameter(torch.zeros(d_model))
+        # A brief event is a change: a flash is one frame unlike its neighbours. The difference
+        # from the previous row says "something started/ended here" in any background.
+        self.diff_proj = nn.Linear(in_dim, d_model) if row_diff else None
+        # Gate logits per whole second of age (interpolated), starting open (sigmoid(3) = 0.95):
+        # content too old or too recent to matter can be shut off whatever it shows.
+        self.age_gate = nn.Parameter(torch.full((int(math.ceil(max_time_s)) + 2, d_model), 3.0)) if age_gate else None
 
     @torch.no_grad()
     def set_stats(self, mean: Tensor, std: Tensor) -> None:
@@ -171,10 +182,24 @@ class ModalityInput(nn.Module):
         self.mean.copy_(mean)
         self.inv_std.copy_(1.0 / std.clamp_min(floor))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, t: Tensor | None = None) -> Tensor:
+        """x [B, T, in_dim] rows in time order (oldest first, padding after), mask [B, T],
+        t [B, T] ages in seconds (needed by the age gate)."""
         x = torch.where(mask[..., None], x, 0)  # padding content (even NaN) never enters the model
         x = ((x.float() - self.mean) * self.inv_std).clamp(-10, 10)  # an outlier frame cannot blow up
-        return self.proj(x.to(self.proj.weight.dtype)) + self.type_emb
+        x = x.to(self.proj.weight.dtype)
+        h = self.proj(x)
+        if self.diff_proj is not None:
+            both = mask[:, 1:] & mask[:, :-1]  # the first row (and padding) has no previous row
+            d = torch.where(both[..., None], x[:, 1:] - x[:, :-1], 0)
+            h = h + self.diff_proj(F.pad(d, (0, 0, 1, 0)))
+        if self.age_gate is not None:
+            a = t.float().clamp(0, self.age_gate.shape[0] - 1.001)
+            lo = a.floor().long()
+            f = (a - lo)[..., None]
+            g = self.age_gate[lo] * (1 - f) + self.age_gate[lo + 1] * f
+            h = h * torch.sigmoid(g).to(h.dtype)
+        return h + self.type_emb
 
 
 class VodChatModel(nn.Module):
@@ -183,8 +208,10 @@ class VodChatModel(nn.Module):
         self.config = cfg = config
         d = cfg.d_model
         # Disabled modalities get no parameters at all: DDP rejects parameters without gradients.
-        self.video_in = ModalityInput(cfg.video_dim, d) if cfg.use_video else None
-        self.audio_in = ModalityInput(cfg.audio_dim, d) if cfg.use_audio else None
+        self.video_in = ModalityInput(cfg.video_dim, d, cfg.row_diff, cfg.age_gate, cfg.max_time_s) if cfg.use_video else None
+        self.audio_in = ModalityInput(cfg.audio_dim, d, cfg.row_diff, cfg.age_gate, cfg.max_time_s) if cfg.use_audio else None
+        if cfg.enc_alibi:  # geometric slopes as in ALiBi (Press et al., 2022), in 1/s, learned from there
+            self.alibi_log_slope = nn.Parameter(torch.linspace(0.0, -4.0, cfg.n_heads).mul(math.log(2)))
         self.time_emb = TimeEmbedding(d, cfg.max_time_s) if cfg.use_video or cfg.use_audio else None
         # Always-valid memory slot: a message at t=0 (or a text-only model) has no A/V rows, and
         # attention over zero valid keys is a softmax over all -inf, i.e. NaN.
@@ -227,11 +254,13 @@ class VodChatModel(nn.Module):
 
     def configure_optimizer(self, lr: float, weight_decay: float,
                             betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
-        """AdamW with weight decay on matrices (projections, embeddings) only; biases, norms and
-        the 1-d modality/null embeddings are not decayed."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        """AdamW with weight decay on matrices (projections, embeddings) only; biases, norms,
+        the 1-d modality/null embeddings, ALiBi slopes and age gates are not decayed."""
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        # Age gates are a 2-d table but no projection: decay would pull every gate half shut.
+        decay = lambda n, p: p.dim() >= 2 and not n.endswith("age_gate")  # noqa: E731
+        groups = [{"params": [p for n, p in params if decay(n, p)], "weight_decay": weight_decay},
+                  {"params": [p for n, p in params if not decay(n, p)], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
     def encode(self, video: Tensor, video_time: Tensor, video_mask: Tensor,
@@ -242,14 +271,22 @@ class VodChatModel(nn.Module):
         B = video.shape[0]
         parts = [self.null_memory.expand(B, 1, -1)]
         masks = [torch.ones(B, 1, dtype=torch.bool, device=video.device)]
+        ages = [torch.zeros(B, 1, device=video.device)]
         for inp, x, t, m in ((self.video_in, video, video_time, video_mask),
                              (self.audio_in, audio, audio_time, audio_mask)):
             if inp is not None:
-                parts.append(inp(x, m) + self.time_emb(torch.where(m, t, 0)))
+                t = torch.where(m, t, 0)
+                parts.append(inp(x, m, t) + self.time_emb(t))
                 masks.append(m)
+                ages.append(t.float())
         mask = torch.cat(masks, dim=1)
         x = self.enc_drop(torch.cat(parts, dim=1))
         key_mask = mask[:, None, None, :]  # [B, 1 (heads), 1 (queries), S]
+        if self.config.enc_alibi:
+            age = torch.cat(ages, dim=1)
+            dist = (age[:, None, :, None] - age[:, None, None, :]).abs()  # [B, 1, S, S]
+            bias = -self.alibi_log_slope.exp()[None, :, None, None] * dist  # [B, H, S, S]
+            key_mask = bias.masked_fill(~key_mask, float("-inf")).to(x.dtype)
         for block in self.encoder:
             x = block(x, key_mask)
         return self.enc_norm(x), mask
