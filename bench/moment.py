@@ -95,7 +95,7 @@ def train(out: Path, store: str, plan: dict[str, Any], window: float, steps: int
     return run
 
 
-def evaluate(out: Path, run: Path, max_moments: int) -> dict[str, Any]:
+def evaluate(out: Path, run: Path, max_moments: int, ablations: list[str]) -> dict[str, Any]:
     from vod2chat.inference.evaluate import EvalConfig
     from vod2chat.inference.evaluate import main as eval_main
 
@@ -103,7 +103,8 @@ def evaluate(out: Path, run: Path, max_moments: int) -> dict[str, Any]:
     if path.exists():
         return json.loads(path.read_text())
     return eval_main(EvalConfig(run=str(run), split="test", truth=str(out / "vods"), max_moments=max_moments,
-                                num_diversity_samples=0, out=str(path), progress=False))
+                                num_diversity_samples=0, out=str(path), progress=False,
+                                ablations=ablations))
 
 
 def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[str, float]:
@@ -164,6 +165,7 @@ def main() -> None:
     p.add_argument("--windows", default="8,20")
     p.add_argument("--max-moments", type=int, default=400, help="test moments evaluated (0: all)")
     p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
+    p.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
     p.add_argument("overrides", nargs="*", help="training config overrides, e.g. model.n_enc_layers=3")
     a = p.parse_args()
@@ -179,7 +181,7 @@ def main() -> None:
     for window in (float(w) for w in a.windows.split(",")):
         run = train(out, store, plan, window, a.steps, f"w{window:g}-s{a.steps}{a.tag}", a.overrides)
         train_s[window] = json.loads((run / "done.json").read_text())["train_s"]
-        results[window] = evaluate(out, run, a.max_moments)
+        results[window] = evaluate(out, run, a.max_moments, a.ablations.split(","))
         if a.generate_s:
             gens[window] = generation(out, run, plan, a.generate_s)
     print(f"\n{a.steps} steps of launch/demo.toml's model; test: one held-out VOD per channel "

@@ -9,7 +9,11 @@ Encoder: every video row (a frame, 2048-d) and audio row (a 0.96 s VGGish window
 standardised per channel with the training data's statistics and Linear projected to d_model,
 plus a modality embedding and an embedding of its age (seconds before the message time t). The full sequence [null slot, video rows, audio
 rows] goes through a pre-LN transformer encoder with key padding masks: no pooling, so the
-decoder can attend to the moment that matters.
+decoder can attend to the moment that matters. Three options help it find a brief moment in a
+long window (ModelConfig.row_diff, age_gate, enc_alibi): each row also carries its change
+from the previous row of its modality; a learned gate per age (in 1 s steps) and channel
+scales each row's content, so rows too old or too recent to matter can be shut off whatever
+they show; and encoder attention is biased by -slope_h * |age_i - age_j| (ALiBi, per head).
 
 Decoder: token + learned position embeddings, pre-LN blocks of causal self-attention,
 cross-attention to the encoder output and an MLP; the output head is tied to the token
