@@ -25,14 +25,16 @@ BAD_PATHS = [
     "shards/fake\\..\\..\\victim.tar",
     "s3://elsewhere/shards/fake/1000-00000.tar",
     "shards/fake/1000-00000.json",
+    "shards/fake/1001-00000.tar",  # another VOD's shard: replacing 1000 would delete it
+    "shards/fake/1000.tar",
 ]
 
 
 @pytest.mark.parametrize("path", BAD_PATHS)
 def test_shard_paths_must_stay_under_their_streamer(path: str):
     with pytest.raises(SchemaError, match="vods/fake/1000.json.*shard path"):
-        check_shard_path(path, "fake", "vods/fake/1000.json")
-    assert check_shard_path("shards/fake/1000-00000.tar", "fake", "r") == "shards/fake/1000-00000.tar"
+        check_shard_path(path, "fake", "vods/fake/1000.json", "1000")
+    assert check_shard_path("shards/fake/1000-00012.tar", "fake", "r", "1000") == "shards/fake/1000-00012.tar"
 
 
 def test_record_names_must_match_where_it_is_stored():
