@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vod2chat.config import param, save_config
 from vod2chat.shards.schema import Sample
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
@@ -53,28 +54,24 @@ USER_SHARDS = 32  # shards of training chat read for usernames (bounded: a store
 
 @dataclass
 class GenerateConfig:
-    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
-    vod: str = ""  # the video file
-    start: str = "0"  # seconds or [H:]MM:SS
-    end: str = ""  # default: the end of the video
-    out: str = ""  # JSON; default {vod stem}.chat.json next to the video
-    irc: str = ""  # tcd irc text (optional)
-    ass: str = ""  # .ass subtitles (optional)
-    html: str = ""  # replay page (optional)
-    rate: float = 0.0  # messages per minute; 0: the training chat's rate
-    streamer: str = ""  # rate and usernames from this streamer's training VODs only
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 0  # 0: the run's data.max_message_tokens
-    seed: int = 0
-    video_weights: str | None = None  # path, "random", or None: the torch hub cache
-    audio_weights: str | None = None
-    audio_pca: str | None = None
-    device: str = "auto"
-    batch: int = 32  # stretches decoded side by side
-    embed_video_mb: float = 16.0  # the HTML page embeds the video when it is at most this big
+    run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
+    vod: str = param("", "the video file", required=True)
+    start: str = param("0", "seconds or [H:]MM:SS")
+    end: str = param("", "default: the end of the video")
+    out: str = param("", "JSON; default {vod stem}.chat.json next to the video")
+    irc: str = param("", "tcd irc text (optional)")
+    ass: str = param("", ".ass subtitles (optional)")
+    html: str = param("", "replay page (optional)")
+    rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
+    streamer: str = param("", "rate and usernames from this streamer's training VODs only")
+    sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
+    seed: int = param(0, "sampling seed")
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used random encoders); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    device: str = param("auto", "auto | cpu | cuda")
+    batch: int = param(32, "stretches decoded side by side")
+    embed_video_mb: float = param(16.0, "the HTML page embeds the video when it is at most this big")
 
 
 # -- small pieces ----------------------------------------------------------------------------
@@ -274,8 +271,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     rng = np.random.default_rng(cfg.seed)
     times = poisson_times(start, end, rate, rng)
     names = draw_users(len(times), users, rng)
-    sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                        cfg.max_new_tokens or data.max_message_tokens)
+    sc = cfg.sampling.resolved(data.max_message_tokens)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t_dec = time.perf_counter()
     texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen)
@@ -287,6 +283,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     out.write_text("[\n" + ",\n".join(json.dumps(dataclasses.asdict(m), ensure_ascii=False) for m in msgs) + "\n]\n",
                    encoding="utf-8")
     written = [out]
+    save_config(cfg, out.with_suffix(".toml"))  # what produced the chat, loadable with --config
     if cfg.irc:
         write_irc(msgs, cfg.irc)
         written.append(Path(cfg.irc))

@@ -21,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from vod2chat.config import param
 from vod2chat.ingest.chat import Message, write_irc
 
 AUDIO_RATE = 16000
@@ -202,6 +203,16 @@ def _write_audio(out: av.container.OutputContainer, aus: av.audio.stream.AudioSt
     frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, first, Fraction(1, AUDIO_RATE)
     out.mux(aus.encode(frame))
     return first + n
+
+
+@dataclass
+class SynthConfig:
+    """`vod2chat synth`: one synthetic stream (video + chat that reacts to it)."""
+    out: str = param("synth", "output directory: {vod_id}.mkv and {vod_id}.irc go here")
+    seed: int = param(0, "everything is drawn from it: the same seed gives the same stream")
+    duration: float = param(120.0, "seconds")
+    vod_id: str = param("100001", "file name stem (ingest pairs video and chat by it)")
+    fps: int = param(10, "video frame rate")
 
 
 def synthesize(out_dir: str | Path, seed: int = 0, duration: float = 120.0, vod_id: str = "100001",

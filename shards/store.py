@@ -23,9 +23,20 @@ from typing import Any, Iterator
 import fsspec
 import webdataset as wds
 
+from vod2chat.config import param
 from vod2chat.shards.schema import Sample, check_name, encode_sample
 
 TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class StoreToolConfig:
+    """`vod2chat store ACTION STORE`: inspect or clean a shard store."""
+    action: str = param("ls", "ls: totals per streamer; verify: checksums, counts, orphans; gc: remove orphans",
+                        positional=True, choices=["ls", "verify", "gc"])
+    store: str = param("", "store directory or fsspec URL", positional=True, required=True)
+    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)")
+    dry_run: bool = param(False, "gc: only list what would be removed")
 
 
 class StoreError(RuntimeError):
