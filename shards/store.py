@@ -24,7 +24,7 @@ import fsspec
 import webdataset as wds
 
 from vod2chat.config import param
-from vod2chat.shards.schema import Sample, check_name, encode_sample
+from vod2chat.shards.schema import Sample, SchemaError, check_name, check_record, encode_sample
 
 TMP_PREFIX = ".tmp-"
 
@@ -58,6 +58,7 @@ class VerifyReport:
     shards: int = 0
     problems: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    bad_records: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -146,15 +147,32 @@ class Store:
         self._publish(target, rel)
 
     # -- records -------------------------------------------------------------------------
+    def _load_record(self, path: str) -> dict[str, Any]:
+        """One record, checked: its name and shard paths come from a file anyone with write
+        access to the bucket may have edited, and callers open and delete what it names."""
+        streamer = posixpath.basename(posixpath.dirname(path))
+        vod_id = posixpath.basename(path)[: -len(".json")]
+        with self.fs.open(path, "rb") as f:
+            try:
+                rec = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise StoreError(f"{path}: VOD record is not valid JSON ({e}); remove it and re-ingest") from e
+        try:
+            return check_record(rec, path, streamer, vod_id)
+        except SchemaError as e:
+            raise StoreError(str(e)) from None
+
     def read_record(self, streamer: str, vod_id: str) -> dict[str, Any] | None:
         path = self.abspath(self.record_rel(streamer, vod_id))
         if not self.fs.exists(path):
             return None
-        with self.fs.open(path, "rb") as f:
-            return json.load(f)
+        return self._load_record(path)
 
-    def records(self, streamers: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Committed VOD records, in a stable order (streamer, vod_id)."""
+    def records(self, streamers: list[str] | None = None,
+                errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Committed VOD records, in a stable order (streamer, vod_id). A bad record (not JSON,
+        a shard path outside its place) raises StoreError naming it, or, when `errors` is a list,
+        is skipped with its message appended there (verify reports every one)."""
         self.fs.invalidate_cache()  # object-store listings are cached: new commits must show
         for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
             name = posixpath.basename(path)
@@ -162,11 +180,14 @@ class Store:
                 continue
             if streamers and posixpath.basename(posixpath.dirname(path)) not in streamers:
                 continue
-            with self.fs.open(path, "rb") as f:
-                try:
-                    yield json.load(f)
-                except json.JSONDecodeError as e:
-                    raise StoreError(f"{path}: VOD record is not valid JSON ({e}); remove it and re-ingest") from e
+            try:
+                rec = self._load_record(path)
+            except StoreError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+                continue
+            yield rec
 
     def fingerprints(self) -> dict[str, Any] | None:
         """The store's feature fingerprints (all records share them), or None if empty."""
@@ -211,12 +232,13 @@ class Store:
     def verify(self, checksums: bool = True) -> VerifyReport:
         rep = VerifyReport()
         referenced: set[str] = set()
-        for rec in self.records():
+        for rec in self.records(errors=rep.bad_records):
             rep.vods += 1
             for sh in rec["shards"]:
                 rep.shards += 1
                 referenced.add(sh["path"])
                 rep.problems.extend(self._verify_shard(sh, checksums))
+        rep.problems.extend(rep.bad_records)
         rep.orphans = [p for p in self.shard_files() if p not in referenced]
         return rep
 
@@ -245,7 +267,13 @@ class Store:
         """Remove orphan shards. Young orphans may belong to an ingest still running: keep them."""
         now = time.time()
         removed = []
-        for rel in self.verify(checksums=False).orphans:
+        rep = self.verify(checksums=False)
+        if rep.bad_records:
+            # The shards of an unreadable record would look like orphans: deleting them could
+            # lose committed data. A person decides first.
+            raise StoreError(f"not collecting garbage in {self.url}: {len(rep.bad_records)} bad VOD record(s), "
+                             f"first: {rep.bad_records[0]}")
+        for rel in rep.orphans:
             path = self.abspath(rel)
             try:
                 mtime = self.fs.modified(path).timestamp()
