@@ -493,6 +493,11 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
         "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
     }
+    fewest = min((len(v) for v in sets.values()), default=0)
+    trivial = [k for k in KS if 0 < fewest <= k]
+    if trivial:  # the real message is always within the top k of k candidates
+        report["warnings"] = [f"only {fewest} candidates for some moments: R@{','.join(map(str, trivial))} is 1.0 "
+                              "there by construction (raise --candidates, or the split has too few distinct messages)"]
     if cfg.num_diversity_samples:
         sub = moments[: cfg.num_diversity_samples]
         sc = cfg.sampling.resolved(data.max_message_tokens)
@@ -527,4 +532,5 @@ def format_report(r: dict[str, Any]) -> str:
             d = r["diversity"][who]
             lines.append(f"{who:<13}{d['distinct1_words']:>10.3f}{d['distinct2_words']:>10.3f}{d['distinct1_tokens']:>10.3f}"
                          f"{d['distinct2_tokens']:>10.3f}{d['mean_words']:>8.2f}{d['unique_messages']:>8.2f}")
+    lines += [f"WARNING: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

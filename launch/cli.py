@@ -64,10 +64,10 @@ def run_store(cfg: Any) -> int:
     from vod2chat.launch.tables import store_table
     from vod2chat.shards.store import Store
 
+    store = Store(cfg.store).require()
     if cfg.action == "ls":
         print(store_table(cfg.store))
         return 0
-    store = Store(cfg.store)
     if cfg.action == "verify":
         rep = store.verify()
         print(f"{rep.vods} VODs, {rep.shards} shards checked; {len(rep.problems)} problems; {len(rep.orphans)} orphans")

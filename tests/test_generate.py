@@ -90,7 +90,7 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     # As defined (CTRL): seen logits 2.0 -> 1.0, -1.0 -> -2.0; unseen unchanged.
     expected = torch.tensor([1.0, -2.0, 0.5, 3.0]).softmax(-1)
     n = 40000
-    draws = pick(logits.expand(n, -1), seen.expand(n, -1), SamplingConfig(temperature=1.0, repetition_penalty=2.0),
+    draws = pick(logits.expand(n, -1), seen.expand(n, -1), SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=2.0),
                  torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).float() / n
     assert torch.allclose(freq, expected, atol=0.01), (freq, expected)

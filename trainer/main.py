@@ -21,6 +21,7 @@ the run in train.run_dir from its latest checkpoint.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,14 @@ from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     tc, run_dir = cfg.train, Path(cfg.train.run_dir)
+    # Saved absolute: eval and generate read the run's store from any working directory.
+    cfg.data.store = Store(cfg.data.store).require().canonical_url
+    if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
+        cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
+    if not tc.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
+        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
+                         "continue it, or choose a new train.run_dir")
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
