@@ -153,6 +153,19 @@ def same_json(x: Any) -> Any:
     return json.loads(json.dumps(x, sort_keys=True))
 
 
+def check_paths(cfg: GenerateConfig) -> None:
+    """The video and the run exist and every output can be written where it was asked for."""
+    if "://" not in cfg.vod and not Path(cfg.vod).is_file():
+        raise FileNotFoundError(f"--vod {cfg.vod}: no such video file")
+    if not Path(cfg.run).exists():
+        raise FileNotFoundError(f"--run {cfg.run}: no such run or checkpoint directory")
+    outs = {"--out": cfg.out or str(Path(cfg.vod).with_suffix(".chat.json")), "--irc": cfg.irc, "--ass": cfg.ass,
+            "--html": cfg.html}
+    for flag, path in outs.items():
+        if path and not Path(path).resolve().parent.is_dir():
+            raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist (create it first)")
+
+
 def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
     """The ingest encoders at the fps the run's features were made at; refuses other weights."""
     from vod2chat.ingest.config import IngestConfig
@@ -160,6 +173,13 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    # Before any weights are looked for: a run on random-encoder features needs those same encoders,
+    # and "download the ResNet-50 weights" would be the wrong advice.
+    for kind, given in (("video", cfg.video_weights), ("audio", cfg.audio_weights)):
+        made_with = str(((want or {}).get(kind) or {}).get("weights", ""))
+        if made_with.startswith("random") and given != "random":
+            raise ValueError(f"run {cfg.run} was trained on a store made with random-initialised {kind} encoders: "
+                             "pass --weights random (the same encoders) to generate for it")
     icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
                         fps=fps, device=device)
     enc = Encoders(icfg)
@@ -237,6 +257,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
 
     if not cfg.run or not cfg.vod:
         raise ValueError("generate needs --run (a trained run) and --vod (a video file)")
+    check_paths(cfg)  # before minutes of work, not after
     t_begin = time.perf_counter()
     device = resolve_device(cfg.device)
     model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
