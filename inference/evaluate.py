@@ -54,7 +54,7 @@ from vod2chat.shards.reader import ShardStream, open_shards, reraise, select_rec
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import Example, collate, sample_examples, selection
+from vod2chat.trainer.data import Example, check_cut, collate, sample_examples, selection
 from vod2chat.trainer.steps import AV_KEYS, token_loss, to_device
 from vod2chat.trainer.model import DecodeCache, VodChatModel
 from vod2chat.trainer.sampling import SamplingConfig, generate
@@ -335,7 +335,9 @@ def select_moments(data: DataConfig, store: Store, split: str, tok: ChatTokenize
     """The split's examples, or a seeded subset of max_moments of them: the moments whose
     hash(seed, key) is smallest, so the subset is spread over every VOD and does not depend
     on reading order. Returned in store order."""
-    urls = shard_urls(store, select_records(store, selection(data, split)))
+    records = select_records(store, selection(data, split))
+    check_cut(records, data)  # the moments need the windows the model was trained with
+    urls = shard_urls(store, records)
     if not urls:
         raise ValueError(f"store {store.url} has no VOD in split {split!r} (val_vods={data.val_vods} "
                          f"test_vods={data.test_vods}, fractions {data.val_fraction}/{data.test_fraction})")

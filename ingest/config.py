@@ -12,8 +12,10 @@ class IngestConfig:
     store: str = param("./store", "store directory or fsspec URL")
     streamer: str = param("", "channel the VODs belong to (required unless inputs are under {streamer}/ dirs)")
     inputs: list[str] = param(factory=list, help="video and chat files, or directories of them, paired by VOD id", positional=True)
-    # Cutting and sampling: these are part of the store's identity (re-ingest with others is refused).
-    segment_s: float = param(30.0, "seconds per segment (store identity)")
+    # Cutting: part of each VOD's identity (re-ingesting a VOD with others needs --replace). VODs of
+    # one store may differ; the trainer refuses VODs whose look-back or context is shorter than its
+    # data.window_s / data.context_messages. fps is part of the video fingerprint: store-wide.
+    segment_s: float = param(30.0, "seconds per segment")
     lookback_s: float = param(20.0, "features carried before each segment, so early messages see a full window")
     fps: float = param(1.0, "video frames embedded per second")
     context_messages: int = param(8, "previous messages stored with each segment")
@@ -33,6 +35,7 @@ class IngestConfig:
     input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")
     input_cache_gb: float = param(100.0, "input cache bound (least recently used out first)")
     replace: bool = param(False, "re-ingest a VOD whose record has other settings")
+    strict: bool = param(False, "fail a VOD that keeps less than half of its chat (or none) instead of a warning")
     # Ray fan-out.
     address: str | None = param(None, "None: a local Ray; 'auto': the cluster this node belongs to")
     num_actors: int = param(0, "0: one per GPU, else one per 2 CPUs")
