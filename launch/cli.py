@@ -203,18 +203,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = ArgParser(prog="vod2chat", description="Learn what a stream's chat says from what it shows and sounds like.")
     p.add_argument("--version", action="version", version=f"vod2chat {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-def run_synth(cfg: Any) -> int:
-    if cfg.kind == "events":
-        from vod2chat.ingest.synth_events import synthesize_events
-
-        paths = synthesize_events(cfg.out, seed=cfg.seed, duration=cfg.duration, vod_id=cfg.vod_id or "200001",
-                                  channel=cfg.channel)
-    else:
-        from vod2chat.ingest.synth import synthesize
-
-        paths = synthesize(cfg.out, seed=cfg.seed, duration=cfg.duration, vod_id=cfg.vod_id or "100001", fps=cfg.fps)
-    save_config(cfg, Path(paths[0]).with_suffix(".synth.toml"))
-    print("\n".join(f"wrote {p}" for p in paths))
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=ArgParser)
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    for c in COMMANDS:
+        s = sub.add_parser(c.name, help=c.help, description=c.description or c.help)
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        s.set_defaults(_command=c)
+        if argv is None or chosen == c.name:
+            add_command_args(s, c)
     return p
 
 
