@@ -24,7 +24,10 @@ class DataConfig:
     max_context_tokens: int = 48
     max_message_tokens: int = 32
     shuffle_buffer: int = 512  # examples
-    num_workers: int = 0  # DataLoader workers per process
+    num_workers: int = 0  # DataLoader workers per process (never more than its CPUs)
+    # A resume streams the shard list its checkpoint pinned; true: VODs committed since join at
+    # the resume step (recorded in meta.json's selection.changes).
+    join_new_vods: bool = False
     skip_errors: bool = False  # skip corrupt shards/samples with a warning instead of raising
 
 
