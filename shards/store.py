@@ -206,6 +206,10 @@ class Store:
             s["vods"] += 1
             s["hours"] += rec["duration"] / 3600
             s["messages"] += rec["messages"]
+            c = chat_counts(rec)
+            s["dropped"] += c["dropped"]
+            s["malformed"] += c["malformed"]
+            s["low_chat"] += chat_warning("", **c, duration=rec["duration"]) is not None
             s["segments"] += rec["segments"]
             s["shards"] += len(rec["shards"])
             s["bytes"] += sum(sh["bytes"] for sh in rec["shards"])
@@ -274,6 +278,23 @@ class Store:
                 self.fs.rm(path)
             removed.append(rel)
         return removed
+
+
+def chat_counts(rec: dict[str, Any]) -> dict[str, int]:
+    """A record's chat: messages kept, dropped (outside the video), malformed lines skipped."""
+    return {"kept": int(rec.get("messages", 0)), "dropped": int(rec.get("messages_dropped", 0)),
+            "malformed": int(rec.get("chat_skipped", 0))}
+
+
+def chat_warning(vod: str, kept: int, dropped: int, malformed: int, duration: float) -> str | None:
+    """Why a VOD's chat looks wrong (less than half of the log kept), or None. A chat log for
+    another video, or offsets against another start, keeps nothing and would train on silence."""
+    total = kept + dropped + malformed
+    if total and kept * 2 >= total:
+        return None
+    return (f"{vod} keeps {kept} of {total} chat messages ({dropped} outside the video's {duration:.0f} s, "
+            f"{malformed} malformed): is it the chat log of this video, with the right start "
+            "(--stream-start for raw IRC)?")
 
 
 def shard_info_dict(info: ShardInfo) -> dict[str, Any]:

@@ -111,3 +111,163 @@ def test_outside_files_survive_ingest_replace(real_data: Path, tmp_path: Path):
         ingest_vod(job, store, enc, cfg)
     assert all(v.read_bytes() == b"someone else's data" for v in victims)
     assert (root / "shards/fake/1000-00000.tar").exists()  # nothing committed was lost either
+
+
+# -- 1. nothing read is executed ---------------------------------------------------------
+class Payload:
+    """A pickle that writes a marker file when unpickled: what an attacker plants."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('code ran')",))
+
+
+def plant(path: Path, marker: Path) -> None:
+    import pickle
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".pt", ".pth"):
+        torch.save({"weight": Payload(marker)}, path)  # torch's zip format, the payload in data.pkl
+    else:
+        path.write_bytes(pickle.dumps(Payload(marker)))  # where JSON is expected
+
+
+def test_the_payload_is_live(tmp_path: Path):
+    """The attack is real: an unpickling loader runs it (so the tests below can fail)."""
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "marker"
+    plant(tmp_path / "x.pt", marker)
+    torch.load(tmp_path / "x.pt", weights_only=False)
+    assert marker.read_text() == "code ran"
+    marker.unlink()
+    plant(tmp_path / "x.json", marker)
+    pickle.loads((tmp_path / "x.json").read_bytes())
+    assert marker.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A store and a real 2-step run on it (one checkpoint)."""
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train
+
+    d = tmp_path_factory.mktemp("trust")
+    make_store(d / "store", vods=4, segments=2)
+    cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
+                      [f"data.store={d / 'store'}", f"train.run_dir={d / 'run'}", "train.progress=false",
+                       "train.steps=2", "train.eval_batches=1", "train.num_samples=0"])
+    train(cfg)
+    return d / "store", d / "run"
+
+
+def failure_text(fn, capsys) -> str:
+    """What the user sees when a command refuses: the error chain, or its stderr and exit code."""
+    try:
+        rc = fn()
+    except SystemExit as e:
+        rc = e.code
+    except Exception as e:  # noqa: BLE001 - the message is what is checked
+        parts = []
+        while e is not None:
+            parts.append(f"{type(e).__name__}: {e}")
+            e = e.__cause__ or e.__context__
+        return "\n".join(parts)
+    assert rc not in (0, None), "the command succeeded on a planted pickle"
+    out = capsys.readouterr()
+    return out.out + out.err
+
+
+def copy_run(run: Path, dst: Path) -> tuple[Path, Path]:
+    import shutil
+
+    shutil.copytree(run, dst)
+    [ckpt] = sorted((dst / "checkpoints").iterdir())
+    return dst, ckpt
+
+
+def train_resume(store: Path, run: Path):
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train
+
+    cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
+                      [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", "train.steps=3",
+                       "train.eval_batches=1", "train.num_samples=0", "train.resume=true"])
+    return lambda: train(cfg)
+
+
+@pytest.mark.parametrize("target,command", [
+    ("ckpt/model.pt", "resume"), ("ckpt/optim.pt", "resume"), ("ckpt/sched.pt", "resume"),
+    ("ckpt/rng_rank0.pt", "resume"), ("run/tokenizer.json", "resume"),
+    ("ckpt/model.pt", "eval"), ("ckpt/tokenizer.json", "eval"), ("ckpt/model.pt", "generate"),
+    ("ckpt/tokenizer.json", "generate"),
+])
+def test_planted_pickles_in_a_run_never_run(tiny_run, tmp_path: Path, capsys, target: str, command: str):
+    from vod2chat.launch.cli import main as cli
+
+    store, run0 = tiny_run
+    run, ckpt = copy_run(run0, tmp_path / "run")
+    path = (ckpt if target.startswith("ckpt/") else run) / target.split("/", 1)[1]
+    assert path.exists()  # a file the command really reads
+    marker = tmp_path / "marker"
+    plant(path, marker)
+    video = Path(__file__).resolve().parents[2] / "shared/data/real/video/nasa_13013.mp4"
+    fn = {"resume": train_resume(store, run),
+          "eval": lambda: cli(["eval", "--run", str(run), "--no-progress", "--max-moments", "4",
+                               "--num-diversity-samples", "0"]),
+          "generate": lambda: cli(["generate", "--run", str(run), "--vod", str(video), "--weights", "random",
+                                   "--out", str(tmp_path / "out.json"), "--rate", "10"])}[command]
+    text = failure_text(fn, capsys)
+    assert not marker.exists(), f"a planted pickle in {target} ran code on {command}"
+    assert path.name in text, f"the error does not name {path.name}:\n{text}"
+
+
+@pytest.mark.parametrize("target", ["video_weights", "audio_weights", "audio_pca"])
+def test_planted_pickles_as_encoder_weights_never_run(tiny_run, tmp_path: Path, capsys, target: str):
+    from vod2chat.launch.cli import main as cli
+
+    _, run = tiny_run
+    evil = tmp_path / f"{target}.pth"
+    marker = tmp_path / "marker"
+    plant(evil, marker)
+    video = Path(__file__).resolve().parents[2] / "shared/data/real/video/nasa_13013.mp4"
+    flags = {"video_weights": ["--video-weights", str(evil), "--audio-weights", "random"],
+             "audio_weights": ["--video-weights", "random", "--audio-weights", str(evil)],
+             "audio_pca": ["--weights", "random", "--audio-pca", str(evil)]}[target]
+    text = failure_text(lambda: cli(["generate", "--run", str(run), "--vod", str(video), *flags,
+                                     "--out", str(tmp_path / "out.json"), "--rate", "10"]), capsys)
+    assert not marker.exists(), f"a planted pickle as {target} ran code"
+    assert evil.name in text, text
+
+
+def test_planted_pickles_in_a_store_never_run(tiny_run, tmp_path: Path, capsys):
+    """Store records and the eval candidate file are JSON: a pickle there is refused, by name."""
+    import shutil
+
+    from vod2chat.launch.cli import main as cli
+
+    store0, run0 = tiny_run
+    run, _ = copy_run(run0, tmp_path / "run")
+    marker = tmp_path / "marker"
+    cands = tmp_path / "cands.json"
+    plant(cands, marker)
+    text = failure_text(lambda: cli(["eval", "--run", str(run), "--no-progress", "--max-moments", "4",
+                                     "--num-diversity-samples", "0", "--split", "val", "--candidates-file", str(cands)]), capsys)
+    assert not marker.exists() and "cands.json" in text, text
+    store = tmp_path / "store"
+    shutil.copytree(store0, store)
+    plant(store / "vods/fake/1000.json", marker)
+    for command in (["store", "ls", str(store)], ["store", "verify", str(store)],
+                    ["eval", "--run", str(run), "--store", str(store), "--no-progress"]):
+        text = failure_text(lambda: cli(command), capsys)
+        assert not marker.exists() and "1000.json" in text, (command, text)
+    text = failure_text(train_resume(store, tmp_path / "run2"), capsys)
+    assert not marker.exists() and "1000.json" in text, text

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -31,8 +32,20 @@ PREFIX = "step_"
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file that is missing, truncated or altered."""
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (missing, corrupt, truncated, or not plain tensors)."""
+
+
+def load_tensors(path: str | Path) -> Any:
+    """A checkpoint file, read with weights_only=True: run directories live on shared disks and
+    buckets, and a pickle planted there must never run. The error names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised naming the file
+        why = ("it holds objects other than tensors and plain numbers (a pickle that could run code: refused)"
+               if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {str(e)[:200]}")
+        raise CheckpointError(f"{path}: not a readable vod2chat checkpoint file; {why}. "
+                              "Remove that checkpoint (or the run) and use another") from e
 
 
 def ckpt_root(run_dir: str | Path) -> Path:
@@ -166,14 +179,6 @@ def latest_intact(run_dir: str | Path) -> Path | None:
     return None
 
 
-def _load_file(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the file's
-        raise CheckpointError(f"{path}: cannot read ({type(e).__name__}: {e}); the checkpoint is damaged: "
-                              "use an older one or retrain") from None
-
-
 def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | None, store: str) -> None:
     """A model trained on one feature space is meaningless on another: refuse, naming both."""
     have = ckpt_meta.get("fingerprints")
@@ -188,14 +193,14 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
     ckpt = Path(ckpt)
-    model.load_state_dict(_load_file(ckpt / "model.pt"))
+    model.load_state_dict(load_tensors(ckpt / "model.pt"))
     if optimizer is not None:
-        optimizer.load_state_dict(_load_file(ckpt / "optim.pt"))
+        optimizer.load_state_dict(load_tensors(ckpt / "optim.pt"))
     if scheduler is not None:
-        scheduler.load_state_dict(_load_file(ckpt / "sched.pt"))
+        scheduler.load_state_dict(load_tensors(ckpt / "sched.pt"))
     rng = ckpt / f"rng_rank{rank}.pt"
     if rng.exists():
-        set_rng_state(_load_file(rng))
+        set_rng_state(load_tensors(rng))
     return read_meta(ckpt)
 
 
@@ -227,6 +232,6 @@ def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") ->
     tok = ChatTokenizer.load(ckpt / "tokenizer.json")
     cfg.model.vocab_size = tok.vocab_size
     model = VodChatModel(cfg.model)
-    model.load_state_dict(_load_file(ckpt / "model.pt"))
+    model.load_state_dict(load_tensors(ckpt / "model.pt"))
     model.to(device).eval()
     return model, tok, cfg, {**read_meta(ckpt), "checkpoint": str(ckpt)}
