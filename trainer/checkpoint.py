@@ -171,11 +171,16 @@ def verify(ckpt: str | Path) -> list[str]:
 def latest_intact(run_dir: str | Path) -> Path | None:
     """The newest checkpoint whose files match its meta.json; each newer damaged one is named in
     a warning and passed over (a node lost mid-write on shared storage, a truncated copy)."""
-    for ckpt in reversed(list_checkpoints(run_dir)):
+    found, bad = list_checkpoints(run_dir), []
+    for ckpt in reversed(found):
         problems = verify(ckpt)
         if not problems:
             return ckpt
+        bad.extend(problems)
         log.warning("checkpoint %s is damaged, falling back to an older one: %s", ckpt, "; ".join(problems))
+    if found:  # a resume must never silently become a fresh run over a run's checkpoints
+        raise CheckpointError(f"no intact checkpoint in {ckpt_root(run_dir)}: {'; '.join(bad)}. "
+                              "Remove the damaged checkpoints to start afresh, or restore them")
     return None
 
 
