@@ -20,7 +20,11 @@ A/V before t. Metrics, each for every ablation of the A/V input:
   Masked modalities are cut with video_mask/audio_mask = False, so only the model's null
   memory slot stays;
 - diversity: distinct-1/2 (over words and over tokens) of sampled messages, next to the real
-  chat's of the same moments.
+  chat's of the same moments;
+- where the truth is known (`--truth DIR` with the `{vod_id}.truth.json` files that
+  `vod2chat synth --kind events` writes): the Bayes oracle's and the channel marginal's ranking
+  metrics on the same candidates (inference/oracle.py), and the fraction of the oracle's MRR
+  gain over the marginal that each ablation closes.
 
 Candidate sets are built once per (store selection, split, seed) and saved as JSON
 ({store}/eval/candidates-{split}-seed{seed}-{id}.json, written atomically), then reused, so
@@ -49,11 +53,13 @@ import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from vod2chat.inference import oracle
+from vod2chat.ingest.synth_events import find_truths, load_truth
 from vod2chat.shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import Example, collate, sample_examples, selection
+from vod2chat.trainer.data import Example, check_cut, collate, sample_examples, selection
 from vod2chat.trainer.steps import AV_KEYS, token_loss, to_device
 from vod2chat.trainer.model import DecodeCache, VodChatModel
 from vod2chat.trainer.sampling import SamplingConfig, generate
@@ -87,6 +93,7 @@ class EvalConfig:
     repetition_penalty: float = 1.0
     device: str = "auto"
     progress: bool = True
+    truth: str = ""  # a directory of {vod_id}.truth.json (synthetic streams): adds the oracle's metrics
 
 
 # -- metrics ---------------------------------------------------------------------------
@@ -337,7 +344,9 @@ def select_moments(data: DataConfig, store: Store, split: str, tok: ChatTokenize
     """The split's examples, or a seeded subset of max_moments of them: the moments whose
     hash(seed, key) is smallest, so the subset is spread over every VOD and does not depend
     on reading order. Returned in store order."""
-    urls = shard_urls(store, select_records(store, selection(data, split)))
+    records = select_records(store, selection(data, split))
+    check_cut(records, data)  # the moments need the windows the model was trained with
+    urls = shard_urls(store, records)
     if not urls:
         raise ValueError(f"store {store.url} has no VOD in split {split!r} (val_vods={data.val_vods} "
                          f"test_vods={data.test_vods}, fractions {data.val_fraction}/{data.test_fraction})")
@@ -495,6 +504,8 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
         "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
     }
+    if cfg.truth:
+        report["oracle"] = oracle_report(moments, sets, results, cfg.truth)
     if cfg.num_diversity_samples:
         sub = moments[: cfg.num_diversity_samples]
         sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, data.max_message_tokens)
@@ -509,6 +520,42 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
+def oracle_report(moments: list[Example], sets: dict[str, list[str]], results: dict[str, Any],
+                  truth_dir: str) -> dict[str, Any]:
+    """The oracle and the channel marginal next to every ablation, on the moments whose VOD has a
+    truth file (summed log-likelihood ranks)."""
+    truths = {vod: load_truth(p) for vod, p in find_truths(truth_dir).items()}
+    idx = [i for i, e in enumerate(moments) if e.key.split("__")[1] in truths]
+    if not idx:
+        raise ValueError(f"no truth file in {truth_dir} for any evaluated VOD: expected <vod_id>.truth.json "
+                         "(written by `vod2chat synth --kind events`)")
+    marginals = {vod: oracle.marginal_probs(t) for vod, t in truths.items()}
+    orc, marg = [], []
+    for i in idx:
+        e = moments[i]
+        vod = e.key.split("__")[1]
+        orc.append(oracle.rank_candidates(oracle.text_probs(truths[vod], e.t), sets[e.key]))
+        marg.append(oracle.rank_candidates(marginals[vod], sets[e.key]))
+    out = {"truth": truth_dir, "moments": len(idx), "oracle": oracle.mean_metrics(orc),
+           "marginal": oracle.mean_metrics(marg),
+           "model": {name: ranking_metrics([r["ranks_summed"][i] for i in idx]) for name, r in results.items()}}
+    out["closed_mrr"] = {name: oracle.closed_fraction(m["MRR"], out["marginal"]["MRR"], out["oracle"]["MRR"])
+                         for name, m in out["model"].items()}
+    return out
+
+
+def format_oracle(o: dict[str, Any]) -> list[str]:
+    head = f"{'':<13}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MR':>7}{'MRR':>7}  {'gain closed':>11}"
+    lines = ["", f"against the truth ({o['moments']} moments with a truth file; summed log-likelihood; "
+                 "gain closed = (MRR - marginal) / (oracle - marginal)):", head, "-" * len(head)]
+    rows = [("oracle", o["oracle"], 1.0), ("marginal", o["marginal"], 0.0)]
+    rows += [(name, m, o["closed_mrr"][name]) for name, m in o["model"].items()]
+    for name, m, frac in rows:
+        lines.append(f"{name:<13}" + "".join(f"{m[f'R@{k}']:>7.3f}" for k in KS)
+                     + f"{m['MR']:>7.2f}{m['MRR']:>7.3f}  {frac:>10.1%}")
+    return lines
+
+
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"{r['split']}: {r['moments']} moments from {r['vods']} VOD(s), {r['mean_candidates']:.1f} candidates "
              f"each ({r['candidates_file']}); checkpoint {r['checkpoint']}", ""]
@@ -521,6 +568,8 @@ def format_report(r: dict[str, Any]) -> str:
             m = a[kind]
             row += "".join(f"{m[f'R@{k}']:>7.3f}" for k in KS) + f"{m['MR']:>7.2f}{m['MRR']:>7.3f} |"
         lines.append(row)
+    if "oracle" in r:
+        lines += format_oracle(r["oracle"])
     if "diversity" in r:
         lines += ["", f"{'diversity':<13}{'dist-1 w':>10}{'dist-2 w':>10}{'dist-1 t':>10}{'dist-2 t':>10}"
                       f"{'words':>8}{'unique':>8}"]

@@ -10,7 +10,9 @@ class IngestConfig:
     store: str = "./store"  # directory or fsspec URL
     streamer: str = ""  # required unless inputs are under {streamer}/ dirs
     inputs: list[str] = field(default_factory=list)  # video + chat files or directories, paired by VOD id
-    # Cutting and sampling: these are part of the store's identity (re-ingest with others is refused).
+    # Cutting: part of each VOD's identity (re-ingesting a VOD with others needs --replace). VODs of
+    # one store may differ; the trainer refuses VODs whose look-back or context is shorter than its
+    # data.window_s / data.context_messages. fps is part of the video fingerprint: store-wide.
     segment_s: float = 30.0
     lookback_s: float = 20.0  # features carried before each segment, so early messages see a full window
     fps: float = 1.0

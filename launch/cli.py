@@ -61,10 +61,16 @@ def cmd_store(a: argparse.Namespace) -> int:
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
-    from vod2chat.ingest.synth import synthesize
+    if a.kind == "events":
+        from vod2chat.ingest.synth_events import synthesize_events
 
-    video, chat = synthesize(a.out, seed=a.seed, duration=a.duration, vod_id=a.vod_id)
-    print(f"wrote {video}\nwrote {chat}")
+        paths = synthesize_events(a.out, seed=a.seed, duration=a.duration, vod_id=a.vod_id or "200001",
+                                  channel=a.channel)
+    else:
+        from vod2chat.ingest.synth import synthesize
+
+        paths = synthesize(a.out, seed=a.seed, duration=a.duration, vod_id=a.vod_id or "100001")
+    print("\n".join(f"wrote {p}" for p in paths))
     return 0
 
 
@@ -165,7 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     y.add_argument("--out", default="synth", help="output directory")
     y.add_argument("--seed", type=int, default=0)
     y.add_argument("--duration", type=float, default=120.0, help="seconds")
-    y.add_argument("--vod-id", default="100001")
+    y.add_argument("--vod-id", default="", help="default 100001 (scenes) / 200001 (events)")
+    y.add_argument("--kind", default="scenes", choices=["scenes", "events"],
+                   help="scenes: coloured scenes with tones (the demo); events: brief events, delayed reaction "
+                        "bursts, per-channel words, and a <vod_id>.truth.json for `eval --truth`")
+    y.add_argument("--channel", default="forest", help="events: the community's vocabulary (forest, harbor)")
     y.set_defaults(fn=cmd_synth)
 
     w = sub.add_parser("download", help="Twitch VODs + chat into a folder that ingest pairs by VOD id",
@@ -211,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only", help="comma-separated")
     e.add_argument("--num-diversity-samples", type=int, default=200, help="messages sampled for distinct-n (0: skip)")
     add_sampling_args(e)
+    e.add_argument("--truth", default="", help="directory of <vod_id>.truth.json (synth --kind events): "
+                                               "prints the Bayes oracle's metrics and the gain each ablation closes")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-progress", dest="progress", action="store_false")
     e.set_defaults(fn=cmd_eval)

@@ -187,3 +187,20 @@ def test_every_shipped_config_loads():
     with pytest.raises(Exception, match="unknown keys"):
         load_config(Config, DEBUG, ["train.stepz=3"])
     assert load_config(Config, DEBUG, ["train.steps=7", "data.streamers=a,b"]).data.streamers == ["a", "b"]
+
+
+def test_each_vods_lookback_must_cover_the_window(tmp_path: Path):
+    """Cut settings are per VOD (a store may mix them); the trainer checks each selected VOD."""
+    root = tmp_path / "store"
+    make_store(root, vods=4, segments=2)
+    for vod, lookback, seg in (("1000", 20.0, 10.0), ("1001", 5.0, 30.0), ("1002", 10.0, 10.0), ("1003", 10.0, 20.0)):
+        p = root / f"vods/fake/{vod}.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "lookback_s": lookback, "segment_s": seg,
+                                 "context_messages": 8}))
+    with pytest.raises(ValueError, match=r"data.window_s=10 needs 10 s .* fake/1001 \(5 s\)\. Set data.window_s<=5, "
+                                         r"or re-ingest them with --set lookback_s=10 --replace"):
+        main(cfg_for(root, tmp_path / "run", "train.steps=1"))
+    with pytest.raises(ValueError, match=r"data.context_messages=9 .* fake/1000 \(8\)"):
+        main(cfg_for(root, tmp_path / "run2", "train.steps=1", "data.window_s=5.0", "data.context_messages=9"))
+    out = main(cfg_for(root, tmp_path / "run3", "train.steps=1", "data.window_s=5.0", "train.num_samples=0"))
+    assert out["val/loss"] > 0  # mixed segment lengths train together

@@ -168,10 +168,35 @@ def selection(cfg: DataConfig, split: str) -> Selection:
                      test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
 
+def check_cut(records: list[dict[str, Any]], cfg: DataConfig) -> None:
+    """Segment length and look-back are per-VOD ingest settings (a store may mix them), so each
+    selected VOD must carry what the examples need: a look-back of at least data.window_s (or a
+    message early in a segment sees a truncated window) and at least data.context_messages of
+    chat context. Records without these fields (not written by `vod2chat ingest`) are trusted."""
+    short = [(f"{r['streamer']}/{r['vod_id']}", r["lookback_s"]) for r in records
+             if r.get("lookback_s") is not None and r["lookback_s"] + 1e-9 < cfg.window_s]
+    if short:
+        have = min(lb for _, lb in short)
+        raise ValueError(
+            f"data.window_s={cfg.window_s:g} needs {cfg.window_s:g} s of features before each segment, but "
+            f"{len(short)} selected VOD(s) were ingested with less look-back: "
+            + ", ".join(f"{v} ({lb:g} s)" for v, lb in short[:5]) + ("..." if len(short) > 5 else "")
+            + f". Set data.window_s<={have:g}, or re-ingest them with --set lookback_s={cfg.window_s:g} --replace")
+    few = [(f"{r['streamer']}/{r['vod_id']}", r["context_messages"]) for r in records
+           if r.get("context_messages") is not None and r["context_messages"] < cfg.context_messages]
+    if few:
+        raise ValueError(
+            f"data.context_messages={cfg.context_messages} but {len(few)} selected VOD(s) were ingested with fewer: "
+            + ", ".join(f"{v} ({n})" for v, n in few[:5]) + ("..." if len(few) > 5 else "")
+            + f". Set data.context_messages<={min(n for _, n in few)}, or re-ingest them with "
+            f"--set context_messages={cfg.context_messages} --replace")
+
+
 def split_shards(cfg: DataConfig, split: str) -> tuple[list[str], dict[str, tuple[str, int]]]:
     """A split's shard urls and their (sha256, bytes) from the records, which reads verify."""
     store = Store(cfg.store)
     records = select_records(store, selection(cfg, split))
+    check_cut(records, cfg)
     urls = shard_urls(store, records)
     if not urls:
         raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"

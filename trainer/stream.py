@@ -38,7 +38,7 @@ from vod2chat.shards.reader import read_verified, select_records, shard_members,
 from vod2chat.shards.schema import check_shard_path, decode_sample
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import Example, collate, sample_examples, selection
+from vod2chat.trainer.data import check_cut, collate, sample_examples, selection
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def pin_selection(cfg: DataConfig, split: str = "train") -> list[dict[str, Any]]
     """The split's shards as the checkpoint pins them: path, checksum, counts, owner."""
     store = Store(cfg.store)
     records = select_records(store, selection(cfg, split))
+    check_cut(records, cfg)
     if not records:
         raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
                          f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
