@@ -25,7 +25,10 @@ class DataConfig:
     max_context_tokens: int = param(48, "context tokens kept (the most recent)")
     max_message_tokens: int = param(32, "message tokens trained on (longer ones are cut)")
     shuffle_buffer: int = param(512, "examples")
-    num_workers: int = param(0, "DataLoader workers per process")
+    num_workers: int = param(0, "DataLoader workers per process (never more than its CPUs)")
+    # A resume streams the shard list its checkpoint pinned; true: VODs committed since join at
+    # the resume step (recorded in meta.json's selection.changes).
+    join_new_vods: bool = param(False, "on resume, let VODs committed since the checkpoint join the training stream")
     skip_errors: bool = param(False, "skip corrupt shards/samples with a warning instead of raising")
 
 
