@@ -195,6 +195,17 @@ def copy_run(run: Path, dst: Path) -> tuple[Path, Path]:
     return dst, ckpt
 
 
+def reseal(ckpt: Path, path: Path) -> None:
+    """An attacker who can write the run dir can also rewrite meta.json's checksums: do so, so
+    that the planted file reaches the loader (checksums catch accidents, not attacks)."""
+    import hashlib
+
+    meta = json.loads((ckpt / "meta.json").read_text())
+    if path.parent == ckpt and path.name in meta.get("files", {}):
+        meta["files"][path.name] = {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
 def train_resume(store: Path, run: Path):
     from vod2chat.config import load_config
     from vod2chat.trainer.config import Config
@@ -221,6 +232,7 @@ def test_planted_pickles_in_a_run_never_run(tiny_run, tmp_path: Path, capsys, ta
     assert path.exists()  # a file the command really reads
     marker = tmp_path / "marker"
     plant(path, marker)
+    reseal(ckpt, path)
     video = Path(__file__).resolve().parents[2] / "shared/data/real/video/nasa_13013.mp4"
     fn = {"resume": train_resume(store, run),
           "eval": lambda: cli(["eval", "--run", str(run), "--no-progress", "--max-moments", "4",
@@ -230,6 +242,8 @@ def test_planted_pickles_in_a_run_never_run(tiny_run, tmp_path: Path, capsys, ta
     text = failure_text(fn, capsys)
     assert not marker.exists(), f"a planted pickle in {target} ran code on {command}"
     assert path.name in text, f"the error does not name {path.name}:\n{text}"
+    if path.suffix == ".pt":  # it reached the loader, which said why
+        assert "could run code: refused" in text, text
 
 
 @pytest.mark.parametrize("target", ["video_weights", "audio_weights", "audio_pca"])
