@@ -200,6 +200,8 @@ def reseal(ckpt: Path, path: Path) -> None:
     that the planted file reaches the loader (checksums catch accidents, not attacks)."""
     import hashlib
 
+    if path.name == "meta.json":
+        return
     meta = json.loads((ckpt / "meta.json").read_text())
     if path.parent == ckpt and path.name in meta.get("files", {}):
         meta["files"][path.name] = {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -219,7 +221,9 @@ def train_resume(store: Path, run: Path):
 
 @pytest.mark.parametrize("target,command", [
     ("ckpt/model.pt", "resume"), ("ckpt/optim.pt", "resume"), ("ckpt/sched.pt", "resume"),
-    ("ckpt/rng_rank0.pt", "resume"), ("run/tokenizer.json", "resume"),
+    ("ckpt/rng_rank0.pt", "resume"), ("run/tokenizer.json", "resume"), ("ckpt/data_rank0.json", "resume"),
+    ("ckpt/selection.json", "resume"), ("ckpt/meta.json", "resume"), ("ckpt/config.toml", "eval"),
+    ("ckpt/meta.json", "eval"),
     ("ckpt/model.pt", "eval"), ("ckpt/tokenizer.json", "eval"), ("ckpt/model.pt", "generate"),
     ("ckpt/tokenizer.json", "generate"),
 ])
