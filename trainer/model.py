@@ -35,26 +35,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from vod2chat.config import param
+
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 4000  # the trainer sets it from the tokenizer
-    d_model: int = 256
-    n_heads: int = 4
-    n_enc_layers: int = 2
-    n_dec_layers: int = 4
-    d_ff: int = 1024
-    dropout: float = 0.1
-    max_len: int = 128  # tokens per example: <bos> context <sep> message <eos>
-    video_dim: int = 2048
-    audio_dim: int = 128
-    max_time_s: float = 64.0  # ages are clamped to [0, max_time_s]: set it >= the data window
-    use_video: bool = True  # both False: a text-only model (the ablation baseline)
-    use_audio: bool = True
-    # Making the moment findable (issue 13; README "Finding the moment" says what each does):
-    row_diff: bool = False  # also project each row's change from the previous row of its modality
-    age_gate: bool = False  # a learned per-channel gate on each row's content, by its age (1 s steps)
-    enc_alibi: bool = False  # encoder attention biased by -slope_h * |age_i - age_j| (ALiBi, per head)
+    vocab_size: int = param(4000, "the trainer sets it from the tokenizer")
+    d_model: int = param(256)
+    n_heads: int = param(4)
+    n_enc_layers: int = param(2)
+    n_dec_layers: int = param(4)
+    d_ff: int = param(1024)
+    dropout: float = param(0.1)
+    max_len: int = param(128, "tokens per example: <bos> context <sep> message <eos>")
+    video_dim: int = param(2048)
+    audio_dim: int = param(128)
+    max_time_s: float = param(64.0, "ages are clamped to [0, max_time_s]: set it >= the data window")
+    use_video: bool = param(True, "both False: a text-only model (the ablation baseline)")
+    use_audio: bool = param(True)
+    # Making a brief moment findable in a long window (README "Finding the moment"):
+    row_diff: bool = param(False, "also project each row's change from the previous row of its modality")
+    age_gate: bool = param(False, "a learned gate per age (1 s steps) and channel on each row's content")
+    enc_alibi: bool = param(False, "encoder attention biased by -slope_h * |age_i - age_j| (ALiBi, per head)")
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
