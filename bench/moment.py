@@ -8,7 +8,9 @@
    and one test VOD, each with its `{vod_id}.truth.json`.
 2. Ingests them as two streamers of one store (random-initialised encoders, 20 s look-back
    so that a 20 s window is a full one).
-3. Trains launch/demo.toml's model for `--steps` steps at each `--windows` value.
+3. Trains launch/demo_train.toml's model for `--steps` steps at each `--windows` value, as it
+   is (`baseline`) and with the options that help it find a brief moment (`moment`:
+   model.row_diff, model.age_gate, model.enc_alibi; README "Finding the moment").
 4. Evaluates each run on the test VODs (one per channel) with the truth: the oracle, the
    channel marginal, the model and its ablations, and the gain over the marginal each closes.
 5. Generation: `vod2chat generate` on each test VOD, and how often what it writes is a
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS = ("forest", "harbor")
+VARIANTS = {"baseline": [], "moment": ["model.row_diff=true", "model.age_gate=true", "model.enc_alibi=true"]}
 ROWS = ("oracle", "marginal", "full", "av_shuffled", "audio_only", "video_only", "chat_only")
 
 
@@ -85,7 +88,7 @@ def train(out: Path, store: str, plan: dict[str, Any], window: float, steps: int
         return run
     val = [f"{c}/{v}" for c in CHANNELS for v in plan[c]["val"]]
     test = [f"{c}/{v}" for c in CHANNELS for v in plan[c]["test"]]
-    cfg = load_config(Config, REPO / "launch/demo.toml", [
+    cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={store}", f"train.run_dir={run}", f"train.steps={steps}", f"data.window_s={window}",
         f"data.val_vods={json.dumps(val)}", f"data.test_vods={json.dumps(test)}", "train.progress=false",
         f"train.eval_every={steps}", f"train.save_every={steps}", "train.num_samples=0", *overrides])
@@ -137,21 +140,29 @@ def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[s
     return {"messages": n, "model": hits / max(1, n), "model_wrong": wrong / max(1, n), "oracle": orc / max(1, n)}
 
 
-def table(results: dict[float, dict[str, Any]]) -> str:
+def table(results: dict[tuple[str, float], dict[str, Any]]) -> str:
     lines = ["| window | ranking by | R@1 | R@5 | R@10 | mean rank | MRR | oracle gain closed |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for window, rep in results.items():
-        o = rep["oracle"]
-        for row in ROWS:
-            if row in ("oracle", "marginal"):
-                m, frac = o[row], (1.0 if row == "oracle" else 0.0)
-            elif row in o["model"]:
-                m, frac = o["model"][row], o["closed_mrr"][row]
-            else:
+    for window in sorted({w for _, w in results}):
+        first = True
+        for (variant, w), rep in results.items():
+            if w != window:
                 continue
-            label = {"oracle": "Bayes oracle (knows the events)", "marginal": "channel marginal"}.get(row, f"model: {row}")
-            lines.append(f"| {window:g} s | {label} | {m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | "
-                         f"{m['MR']:.1f} | {m['MRR']:.3f} | {frac:.0%} |")
+            o = rep["oracle"]
+            for row in ROWS:
+                if row in ("oracle", "marginal"):
+                    if not first:
+                        continue
+                    m, frac = o[row], (1.0 if row == "oracle" else 0.0)
+                elif row in o["model"]:
+                    m, frac = o["model"][row], o["closed_mrr"][row]
+                else:
+                    continue
+                label = {"oracle": "Bayes oracle (knows the events)",
+                         "marginal": "channel marginal"}.get(row, f"{variant}: {row}")
+                lines.append(f"| {window:g} s | {label} | {m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | "
+                             f"{m['MR']:.1f} | {m['MRR']:.3f} | {frac:.0%} |")
+            first = False
     return "\n".join(lines)
 
 
@@ -166,8 +177,9 @@ def main() -> None:
     p.add_argument("--max-moments", type=int, default=400, help="test moments evaluated (0: all)")
     p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
     p.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only")
+    p.add_argument("--variants", default="baseline,moment", help=f"model variants to train: {', '.join(VARIANTS)}")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
-    p.add_argument("overrides", nargs="*", help="training config overrides, e.g. model.n_enc_layers=3")
+    p.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. train.lr=1e-3")
     a = p.parse_args()
 
     out = Path(a.out)
@@ -178,22 +190,27 @@ def main() -> None:
     t_ingest = time.perf_counter() - t0 - t_synth
     print(f"synthesized in {t_synth:.0f} s, ingested in {t_ingest:.0f} s", file=sys.stderr)
     results, gens, train_s = {}, {}, {}
-    for window in (float(w) for w in a.windows.split(",")):
-        run = train(out, store, plan, window, a.steps, f"w{window:g}-s{a.steps}{a.tag}", a.overrides)
-        train_s[window] = json.loads((run / "done.json").read_text())["train_s"]
-        results[window] = evaluate(out, run, a.max_moments, a.ablations.split(","))
-        if a.generate_s:
-            gens[window] = generation(out, run, plan, a.generate_s)
-    print(f"\n{a.steps} steps of launch/demo.toml's model; test: one held-out VOD per channel "
+    for variant in a.variants.split(","):
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+        for window in (float(w) for w in a.windows.split(",")):
+            key = (variant, window)
+            run = train(out, store, plan, window, a.steps, f"{variant}-w{window:g}-s{a.steps}{a.tag}",
+                        VARIANTS[variant] + a.overrides)
+            train_s[key] = json.loads((run / "done.json").read_text())["train_s"]
+            results[key] = evaluate(out, run, a.max_moments, a.ablations.split(","))
+            if a.generate_s:
+                gens[key] = generation(out, run, plan, a.generate_s)
+    print(f"\n{a.steps} steps of launch/demo_train.toml's model; test: one held-out VOD per channel "
           f"({next(iter(results.values()))['oracle']['moments']} moments); overrides: {' '.join(a.overrides) or 'none'}\n")
     print(table(results))
     if gens:
-        print("\n| window | generated messages | reacting to the event that happened: model | oracle | model / oracle "
-              "| reacting to an event that did not happen: model |\n|---:|---:|---:|---:|---:|---:|")
-        for window, g in gens.items():
-            print(f"| {window:g} s | {g['messages']} | {g['model']:.3f} | {g['oracle']:.3f} | "
+        print("\n| model | window | generated messages | reacting to the event that happened: model | oracle | model / oracle "
+              "| reacting to an event that did not happen: model |\n|---|---:|---:|---:|---:|---:|---:|")
+        for (variant, window), g in gens.items():
+            print(f"| {variant} | {window:g} s | {g['messages']} | {g['model']:.3f} | {g['oracle']:.3f} | "
                   f"{g['model'] / max(g['oracle'], 1e-9):.0%} | {g['model_wrong']:.3f} |")
-    print(f"\ntraining wall time per window: {', '.join(f'{w:g} s: {s:.0f} s' for w, s in train_s.items())}; "
+    print(f"\ntraining wall time: {', '.join(f'{v} {w:g} s: {s:.0f} s' for (v, w), s in train_s.items())}; "
           f"total {time.perf_counter() - t0:.0f} s")
 
 

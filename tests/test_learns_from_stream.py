@@ -71,7 +71,7 @@ def test_finds_brief_events_among_chatter(events_store: Path, tmp_path: Path):
     later. The trained model's validation loss is clearly below its own with A/V shuffled."""
     from vod2chat.trainer.main import main
 
-    cfg = load_config(Config, REPO / "launch/demo.toml", [
+    cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={events_store}", f"train.run_dir={tmp_path / 'run'}", f'data.val_vods=["{EVENT_VODS[-1]}"]',
         "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
         "train.progress=false", "train.num_samples=0"])
