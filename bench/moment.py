@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 CHANNELS = ("forest", "harbor")
-VARIANTS = {"baseline": [], "moment": ["model.row_diff=true", "model.age_gate=true", "model.enc_alibi=true"]}
+MOMENT_OPTIONS = ("model.row_diff", "model.age_gate", "model.enc_alibi")
+VARIANTS = {"baseline": [f"{k}=false" for k in MOMENT_OPTIONS], "moment": [f"{k}=true" for k in MOMENT_OPTIONS]}
 ROWS = ("oracle", "marginal", "full", "av_shuffled", "audio_only", "video_only", "chat_only")
 
 
