@@ -163,8 +163,10 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    # The run's features were computed in some precision (fp32, bf16 autocast): compute in the same one.
+    tag = str(want["video"].get("precision", "auto")) if want else "auto"
     icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
-                        fps=fps, device=device)
+                        fps=fps, device=device, precision=tag.split()[0])
     enc = Encoders(icfg)
     have = same_json(enc.fingerprints())
     try:

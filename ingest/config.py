@@ -21,7 +21,14 @@ class IngestConfig:
     audio_weights: str | None = None
     audio_pca: str | None = None
     device: str = "auto"  # auto | cpu | cuda
+    # fp32 | bf16 | fp16 | auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32). In the
+    # encoders' fingerprints: a store never mixes precisions, so give it explicitly on mixed clusters.
+    precision: str = "auto"
     video_batch: int = 32
+    # Throughput: the next frames or audio are decoded in a thread while the encoders run; decoder
+    # threads (0: as many as the actor's CPUs); torch threads are the actor's CPUs.
+    prefetch: bool = True
+    decode_threads: int = 0
     # Media and chat details.
     video_stream: int | None = None
     audio_stream: int | None = None
@@ -33,7 +40,10 @@ class IngestConfig:
     replace: bool = False  # re-ingest a VOD whose record has other settings
     # Ray fan-out.
     address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to
-    num_actors: int = 0  # 0: one per GPU, else one per 2 CPUs
-    cpus_per_actor: float = 1.0
+    num_actors: int = 0  # 0: one per GPU, else one per cpus_per_actor CPUs
+    # CPUs each actor reserves and uses (torch and decoder threads); capped at the CPUs there are,
+    # so a 2-core machine runs one actor on both cores (two torch processes there slow each other).
+    cpus_per_actor: float = 4.0
+    parts_in_flight: int = 2  # per actor: the next part is queued there while one runs
     max_retries: int = 2
     progress: bool = True
