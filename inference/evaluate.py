@@ -276,7 +276,13 @@ def read_json(url: str) -> dict[str, Any] | None:
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as f:
-        return json.load(f)
+        try:
+            obj = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON only: nothing read is executed
+            raise ValueError(f"{url}: not a JSON file ({e}); remove it to rebuild") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{url}: expected a JSON object, got {type(obj).__name__}; remove it to rebuild")
+    return obj
 
 
 def write_json_atomic(url: str, obj: Any) -> None:

@@ -38,6 +38,7 @@ class IngestConfig:
     input_cache: str = "~/.cache/vod2chat/inputs"
     input_cache_gb: float = 100.0
     replace: bool = False  # re-ingest a VOD whose record has other settings
+    strict: bool = False  # a VOD keeping less than half of its chat (or none) fails instead of a warning
     # Ray fan-out.
     address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to
     num_actors: int = 0  # 0: one per GPU, else one per cpus_per_actor CPUs

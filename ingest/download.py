@@ -54,11 +54,19 @@ def list_command(cfg: DownloadConfig) -> list[str]:
 
 
 def video_command(cfg: DownloadConfig, vod_id: str, dest: Path) -> list[str]:
-    cmd = [cfg.twitch_dl, "download", vod_id, "--quality", cfg.quality, "--format", "mkv",
-           "--output", str(dest), "--overwrite"]
-    if os.environ.get("TWITCH_AUTH_TOKEN"):  # sub-only VODs
-        cmd += ["--auth-token", os.environ["TWITCH_AUTH_TOKEN"]]
-    return cmd
+    # No --auth-token here: a command line is visible to every user of the machine (ps); the
+    # token goes through the environment (tool_env).
+    return [cfg.twitch_dl, "download", vod_id, "--quality", cfg.quality, "--format", "mkv",
+            "--output", str(dest), "--overwrite"]
+
+
+def tool_env() -> dict[str, str]:
+    """The tools' environment: TWITCH_AUTH_TOKEN (sub-only VODs) becomes the variable twitch-dl
+    (>= 2.2) reads for `download --auth-token`."""
+    env = dict(os.environ)
+    if env.get("TWITCH_AUTH_TOKEN"):
+        env["TWITCH_DL_DOWNLOAD_AUTH_TOKEN"] = env["TWITCH_AUTH_TOKEN"]
+    return env
 
 
 def chat_command(cfg: DownloadConfig, vod_id: str, dest: Path) -> list[str]:
@@ -86,7 +94,7 @@ def explain(tool: str, stderr: str) -> str:
 def run_tool(cmd: list[str]) -> str:
     if shutil.which(cmd[0]) is None:
         raise DownloadError(f"{cmd[0]} is not installed: pip install 'vod2chat[download]' (or put it on PATH)")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
     if proc.returncode != 0:
         raise DownloadError(explain(Path(cmd[0]).name, proc.stderr + proc.stdout))
     return proc.stdout

@@ -29,6 +29,8 @@ def cmd_ingest(a: argparse.Namespace) -> int:
         ov += [f"video_weights={json.dumps(a.weights)}", f"audio_weights={json.dumps(a.weights)}"]
     if a.replace:
         ov.append("replace=true")
+    if a.strict:
+        ov.append("strict=true")
     cfg = load_config(IngestConfig, a.config, ov)
     cfg.inputs = a.inputs or cfg.inputs
     summary = ingest_main(cfg)
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--num-actors", type=int, help="Ray actors (default: one per GPU, else per 2 CPUs)")
     i.add_argument("--stream-start", type=float, help="unix time the stream started (raw IRC logs)")
     i.add_argument("--replace", action="store_true", help="re-ingest VODs already stored with other settings")
+    i.add_argument("--strict", action="store_true",
+                   help="fail a VOD that keeps less than half of its chat (default: a warning in the summary)")
     i.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any IngestConfig field, e.g. --set segment_s=20")
     i.set_defaults(fn=cmd_ingest)
 

@@ -11,6 +11,7 @@ refusing a store whose features were made by other encoders.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,6 +23,22 @@ import torch
 from vod2chat.config import save_config
 
 PREFIX = "step_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (corrupt, truncated, or not plain tensors)."""
+
+
+def load_tensors(path: str | Path) -> Any:
+    """A checkpoint file, read with weights_only=True: run directories live on shared disks and
+    buckets, and a pickle planted there must never run. The error names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised naming the file
+        why = ("it holds objects other than tensors and plain numbers (a pickle that could run code: refused)"
+               if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {str(e)[:200]}")
+        raise CheckpointError(f"{path}: not a readable vod2chat checkpoint file; {why}. "
+                              "Remove that checkpoint (or the run) and use another") from e
 
 
 def ckpt_root(run_dir: str | Path) -> Path:
@@ -112,14 +129,14 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
     ckpt = Path(ckpt)
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_tensors(ckpt / "model.pt"))
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(load_tensors(ckpt / "optim.pt"))
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(ckpt / "sched.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(load_tensors(ckpt / "sched.pt"))
     rng = ckpt / f"rng_rank{rank}.pt"
     if rng.exists():
-        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
+        set_rng_state(load_tensors(rng))
     return read_meta(ckpt)
 
 
@@ -148,6 +165,6 @@ def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") ->
     tok = ChatTokenizer.load(ckpt / "tokenizer.json")
     cfg.model.vocab_size = tok.vocab_size
     model = VodChatModel(cfg.model)
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_tensors(ckpt / "model.pt"))
     model.to(device).eval()
     return model, tok, cfg, {**read_meta(ckpt), "checkpoint": str(ckpt)}
