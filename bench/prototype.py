@@ -210,7 +210,8 @@ def chunk_features(video_path: str | Path, net: nn.Module, vggish: nn.Module | N
     def flush(k: int) -> None:
         if batch:
             t0 = time.perf_counter()
-            out.setdefault(k, {})["video"] = net(torch.stack(batch)).mean(0)  # the chunk as one batch
+            x = torch.stack(batch).to(next(net.parameters()).device)
+            out.setdefault(k, {})["video"] = net(x).mean(0).cpu()  # the chunk as one batch
             stats.embed_s += time.perf_counter() - t0
             stats.frames += len(batch)
             batch.clear()
@@ -250,7 +251,8 @@ def chunk_features(video_path: str | Path, net: nn.Module, vggish: nn.Module | N
         for k in range(0, (len(wave) + n - 1) // n):
             ex = vggish_input.waveform_to_examples(wave[k * n : (k + 1) * n], 16000)
             if len(ex):
-                out.setdefault(k, {})["audio"] = vggish(ex.detach()).mean(0)
+                dev = next(vggish.parameters()).device
+                out.setdefault(k, {})["audio"] = vggish(ex.detach().to(dev)).mean(0).cpu()
                 stats.audio_examples += len(ex)
         stats.vggish_s += time.perf_counter() - t0
     stats.chunks = len(out)

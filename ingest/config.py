@@ -29,6 +29,8 @@ class IngestConfig:
     # threads (0: as many as the actor's CPUs); torch threads are the actor's CPUs.
     prefetch: bool = True
     decode_threads: int = 0
+    seek_keyframes: bool = True  # PyAV: jump to the keyframe before a sampled time instead of decoding up to it
+    decode_device: str = "auto"  # auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda
     # Media and chat details.
     video_stream: int | None = None
     audio_stream: int | None = None

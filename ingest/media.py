@@ -69,10 +69,23 @@ class MediaInfo:
 
 
 # -- probing --------------------------------------------------------------------------------
-def _open(path: str | Path) -> av.container.InputContainer:
+_hw_unavailable: set[str] = set()  # hardware decoders that failed to open in this process
+
+
+def _open(path: str | Path, hwaccel: str | None = None) -> av.container.InputContainer:
+    """Open a media file; with `hwaccel` ("cuda": NVDEC) video decodes on that device where it
+    can (frames come back to host memory), else on the CPU, with one warning per process."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such media file")
+    if hwaccel and hwaccel not in _hw_unavailable:
+        from av.codec.hwaccel import HWAccel
+
+        try:
+            return av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
+        except Exception as e:  # noqa: BLE001 - no such device or driver here: decode on the CPU
+            _hw_unavailable.add(hwaccel)
+            log.warning("%s decoding is unavailable (%s: %s); decoding on the CPU", hwaccel, type(e).__name__, e)
     try:
         return av.open(path)
     except av.FFmpegError as e:
@@ -183,9 +196,12 @@ def _check_times(info: MediaInfo, times: Sequence[float]) -> np.ndarray:
 
 
 def read_frames(info: MediaInfo, times: Sequence[float], size: tuple[int, int] = (224, 224),
-                backend: str = "auto", timeout_s: float = 120.0, threads: int = 0) -> np.ndarray:
+                backend: str = "auto", timeout_s: float = 120.0, threads: int = 0,
+                seek_keyframes: bool = True, hwaccel: str | None = None) -> np.ndarray:
     """RGB frames shown at `times` (seconds), squashed to size=(W, H): uint8 [N, H, W, 3].
-    `threads`: decoder threads (0: the decoder's own choice, one per core)."""
+    `threads`: decoder threads (0: the decoder's own choice, one per core). `seek_keyframes`
+    (PyAV): seek to a keyframe rather than decode frames no requested time shows. `hwaccel`:
+    decode on that device ("cuda": NVDEC) with PyAV, falling back to the CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if info.video_stream is None:
@@ -194,13 +210,13 @@ def read_frames(info: MediaInfo, times: Sequence[float], size: tuple[int, int] =
     w, h = int(size[0]), int(size[1])
     if len(t) == 0:
         return np.zeros((0, h, w, 3), np.uint8)
-    if backend == "decord" or (backend == "auto" and decord_can_read(info)):
+    if backend == "decord" or (backend == "auto" and not hwaccel and decord_can_read(info)):
         try:
             return _read_frames_decord(info, t, w, h, timeout_s, threads)
         except Exception as e:  # any decord failure: PyAV is slower but tells the truth
             log.warning("%s: decord failed (%s: %s); decoding these %d frames with PyAV", info.path,
                         type(e).__name__, e, len(t))
-    return _read_frames_pyav(info, t, w, h, threads)
+    return _read_frames_pyav(info, t, w, h, threads, seek_keyframes, hwaccel)
 
 
 def _decoded(container: av.container.InputContainer, stream: av.stream.Stream, path: str,
@@ -318,17 +334,18 @@ class _FrameCursor:
         return self.prev
 
 
-def _read_frames_pyav(info: MediaInfo, t: np.ndarray, w: int, h: int, threads: int = 0) -> np.ndarray:
+def _read_frames_pyav(info: MediaInfo, t: np.ndarray, w: int, h: int, threads: int = 0,
+                     seek_keyframes: bool = True, hwaccel: str | None = None) -> np.ndarray:
     out = np.empty((len(t), h, w, 3), np.uint8)
     declared_end = _stream_end(_stream_info(info, info.video_stream)) or info.duration
-    with _open(info.path) as c:
+    with _open(info.path, hwaccel) as c:
         try:
             stream = c.streams[info.video_stream]
             # Frame threads (x264 writes one slice per frame, so slice threads would not help);
             # a keyframe seek below discards at most `threads` frames in flight.
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = threads
-            keys = _keyframe_times(c, stream, _origin(c), float(t.min()), float(t.max()))
+            keys = _keyframe_times(c, stream, _origin(c), float(t.min()), float(t.max())) if seek_keyframes else None
             cursor = _FrameCursor(c, stream, info.path, info.fps, keys)
             scaler = av.video.reformatter.VideoReformatter()
             last: tuple[av.VideoFrame | None, np.ndarray | None] = (None, None)

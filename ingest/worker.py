@@ -296,12 +296,15 @@ def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Enco
     by chunk. With cfg.prefetch the next chunk (video, then audio) is decoded in enc's decode
     thread while the encoder runs on this one; time per stage is added to enc.stages."""
     st, threads = enc.stages, cfg.decode_threads or torch.get_num_threads()
+    hw = cfg.decode_device if cfg.decode_device != "auto" else enc.video.device.type
+    hwaccel = "cuda" if hw == "cuda" else None
     steps: list[tuple[Callable[[], Any], Callable[[Any], np.ndarray], str]] = []
     for c in range(video_rows.start, video_rows.stop, VIDEO_CHUNK_ROWS):
         times = [k / cfg.fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, video_rows.stop))]
         steps.append((lambda times=times: _timed(st, "decode video", read_frames, media, times,
                                                  size=enc.video.input_size, backend=cfg.decode_backend,
-                                                 threads=threads),
+                                                 threads=threads, seek_keyframes=cfg.seek_keyframes,
+                                                 hwaccel=hwaccel),
                       lambda frames: _timed(st, "ResNet-50", enc.video.encode, frames), "video"))
 
     def vggish(wave: np.ndarray, n: int) -> np.ndarray:
