@@ -2,51 +2,53 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from vod2chat.config import param
 
 
 @dataclass
 class IngestConfig:
-    store: str = "./store"  # directory or fsspec URL
-    streamer: str = ""  # required unless inputs are under {streamer}/ dirs
-    inputs: list[str] = field(default_factory=list)  # video + chat files or directories, paired by VOD id
-    # Cutting and sampling: these are part of the store's identity (re-ingest with others is refused).
-    segment_s: float = 30.0
-    lookback_s: float = 20.0  # features carried before each segment, so early messages see a full window
-    fps: float = 1.0
-    context_messages: int = 8
-    segments_per_shard: int = 120  # one shard = one unit of parallel work
+    store: str = param("./store", "store directory or fsspec URL")
+    streamer: str = param("", "channel the VODs belong to (required unless inputs are under {streamer}/ dirs)")
+    inputs: list[str] = param(factory=list, help="video and chat files, or directories of them, paired by VOD id", positional=True)
+    # Cutting: part of each VOD's identity (re-ingesting a VOD with others needs --replace). VODs of
+    # one store may differ; the trainer refuses VODs whose look-back or context is shorter than its
+    # data.window_s / data.context_messages. fps is part of the video fingerprint: store-wide.
+    segment_s: float = param(30.0, "seconds per segment")
+    lookback_s: float = param(20.0, "features carried before each segment, so early messages see a full window")
+    fps: float = param(1.0, "video frames embedded per second")
+    context_messages: int = param(8, "previous messages stored with each segment")
+    segments_per_shard: int = param(120, "one shard = one unit of parallel work")
     # Encoders: a path, None for the torch hub cache, or "random" (explicit opt-in, fingerprinted).
-    video_weights: str | None = None
-    audio_weights: str | None = None
-    audio_pca: str | None = None
-    device: str = "auto"  # auto | cpu | cuda
-    # fp32 | bf16 | fp16 | auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32). In the
-    # encoders' fingerprints: a store never mixes precisions, so give it explicitly on mixed clusters.
-    precision: str = "auto"
-    video_batch: int = 32
-    # Throughput: the next frames or audio are decoded in a thread while the encoders run; decoder
-    # threads (0: as many as the actor's CPUs); torch threads are the actor's CPUs.
-    prefetch: bool = True
-    decode_threads: int = 0
-    seek_keyframes: bool = True  # PyAV: jump to the keyframe before a sampled time instead of decoding up to it
-    decode_device: str = "auto"  # auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' for random-initialised encoders (recorded in the store); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    device: str = param("auto", "auto | cpu | cuda")
+    # In the encoders' fingerprints: a store never mixes precisions, so give it explicitly on mixed clusters.
+    precision: str = param("auto", "fp32 | bf16 | fp16 | auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32)")
+    video_batch: int = param(32, "frames per ResNet-50 forward pass")
+    # Throughput: torch threads are the actor's CPUs.
+    prefetch: bool = param(True, "decode the next frames or audio in a thread while the encoders run")
+    decode_threads: int = param(0, "decoder threads (0: as many as the actor's CPUs)")
+    seek_keyframes: bool = param(True, "PyAV: jump to the keyframe before a sampled time instead of decoding up to it")
+    decode_device: str = param("auto", "auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda")
     # Media and chat details.
-    video_stream: int | None = None
-    audio_stream: int | None = None
-    decode_backend: str = "auto"  # auto | decord | pyav
-    stream_start: float | None = None  # unix seconds, for raw IRC logs
+    video_stream: int | None = param(None, "stream index (default: the best)")
+    audio_stream: int | None = param(None, "stream index (default: the best)")
+    decode_backend: str = param("auto", "auto | decord | pyav")
+    stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
-    input_cache: str = "~/.cache/vod2chat/inputs"
-    input_cache_gb: float = 100.0
-    replace: bool = False  # re-ingest a VOD whose record has other settings
-    strict: bool = False  # a VOD keeping less than half of its chat (or none) fails instead of a warning
+    input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")
+    input_cache_gb: float = param(100.0, "input cache bound (least recently used out first)")
+    replace: bool = param(False, "re-ingest a VOD whose record has other settings")
+    strict: bool = param(False, "fail a VOD that keeps less than half of its chat (or none) instead of a warning")
     # Ray fan-out.
-    address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to
-    num_actors: int = 0  # 0: one per GPU, else one per cpus_per_actor CPUs
-    # CPUs each actor reserves and uses (torch and decoder threads); capped at the CPUs there are,
-    # so a 2-core machine runs one actor on both cores (two torch processes there slow each other).
-    cpus_per_actor: float = 4.0
-    parts_in_flight: int = 2  # per actor: the next part is queued there while one runs
-    max_retries: int = 2
-    progress: bool = True
+    address: str | None = param(None, "None: a local Ray; 'auto': the cluster this node belongs to")
+    num_actors: int = param(0, "0: one per GPU, else one per cpus_per_actor CPUs")
+    # Capped at the CPUs a node has, so a 2-core machine runs one actor on both cores (two torch
+    # processes on the same cores slow each other down).
+    cpus_per_actor: float = param(4.0, "Ray CPUs each actor reserves and uses (torch and decoder threads)")
+    parts_in_flight: int = param(2, "parts queued per actor, so the next one waits there, not in the driver")
+    max_retries: int = param(2, "retries of a part whose actor died")
+    progress: bool = param(True, "progress bars")

@@ -143,6 +143,25 @@ def encode_sample(s: Sample) -> dict[str, Any]:
     }
 
 
+_NPY_HEADER = re.compile(rb"\{'descr': '([<|][fiu][1248])', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n")
+
+
+def load_npy(b: bytes | bytearray) -> np.ndarray:
+    """np.load without its per-array header evaluation (ast.literal_eval: most of the cost of a
+    small array) for the plain little-endian headers np.save writes; anything else: np.load,
+    never unpickling."""
+    if b[:8] == b"\x93NUMPY\x01\x00":
+        hl = int.from_bytes(b[8:10], "little")
+        m = _NPY_HEADER.fullmatch(bytes(b[10 : 10 + hl]))
+        if m:
+            shape = tuple(int(x) for x in m.group(2).split(b",") if x.strip())
+            dtype = np.dtype(m.group(1).decode())
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if len(b) - 10 - hl == count * dtype.itemsize:
+                return np.frombuffer(b, dtype, count, 10 + hl).reshape(shape)
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
 def decode_sample(raw: dict[str, Any]) -> Sample:
     """The dict of raw member bytes from a tar -> Sample, checking the contract."""
     key = raw.get("__key__", "?")
@@ -157,8 +176,8 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         )
     return Sample(
         key=key,
-        video=np.load(io.BytesIO(raw["video.npy"]), allow_pickle=False),
-        audio=np.load(io.BytesIO(raw["audio.npy"]), allow_pickle=False),
+        video=load_npy(raw["video.npy"]),
+        audio=load_npy(raw["audio.npy"]),
         chat=json.loads(raw["chat.json"]),
         meta=meta,
     )

@@ -162,7 +162,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("trust")
     make_store(d / "store", vods=4, segments=2)
     cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
-                      [f"data.store={d / 'store'}", f"train.run_dir={d / 'run'}", "train.progress=false",
+                      [f"data.store={d / 'store'}", f"train.run_dir={d / 'run'}", "train.progress=false", 'data.val_vods=["1003"]',
                        "train.steps=2", "train.eval_batches=1", "train.num_samples=0"])
     train(cfg)
     return d / "store", d / "run"
@@ -199,7 +199,7 @@ def train_resume(store: Path, run: Path):
     from vod2chat.trainer.main import main as train
 
     cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
-                      [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", "train.steps=3",
+                      [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", "train.steps=3", 'data.val_vods=["1003"]',
                        "train.eval_batches=1", "train.num_samples=0", "train.resume=true"])
     return lambda: train(cfg)
 
