@@ -204,13 +204,13 @@ def lever_runs(video: Path, chat: Path, work: Path, device: str) -> str:
         ("shipped settings (decoder auto: decord on these files; it seeks to keyframes itself)", []),
         ("torch on 1 CPU (an actor per CPU, as before)", ["cpus_per_actor=1", "num_actors=1"]),
         ("no decode-ahead thread", ["prefetch=false"]),
-        ("decoder PyAV, keyframe seeks", ['decode_backend="pyav"']),
-        ("decoder PyAV, every frame decoded up to each sample", ['decode_backend="pyav"', "seek_keyframes=false"]),
+        ("decoder PyAV, keyframe seeks", ["decode_backend=pyav"]),
+        ("decoder PyAV, every frame decoded up to each sample", ["decode_backend=pyav", "seek_keyframes=false"]),
         ("decoder threads 1", ["decode_threads=1"]),
         ("1 part in flight per actor", ["parts_in_flight=1"]),
     ]
     if device == "cuda" or cpu_has_native_bf16():
-        variants.append(("fp32 (auto is bf16 here)", ['precision="fp32"']))
+        variants.append(("fp32 (auto is bf16 here)", ["precision=fp32"]))
     base = ["segments_per_shard=1"]  # 30 s parts: several parts even on a short clip
     rows = ["| lever (vs shipped settings) | VOD-s/s end to end | VOD-s/s in the actor | vs shipped (in the actor) | "
             "decode video ms/s | ResNet-50 ms/s | waiting for decode ms/s |", "|---|---:|---:|---:|---:|---:|---:|"]
