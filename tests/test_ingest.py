@@ -156,6 +156,28 @@ def test_bf16_features_never_mix_into_an_fp32_store(real_data: Path, tmp_path: P
     assert not list((tmp_path / "fresh").rglob("*.tar"))
 
 
+def test_decoding_ahead_and_keyframe_seeks_change_no_feature(real_data: Path, tmp_path: Path, encoders: Encoders):
+    """The throughput levers are invisible in the store: decoding in a thread ahead of the
+    encoders, and PyAV's keyframe seeks, give the same rows as decoding in line, every frame."""
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "7.mp4").symlink_to(real_data / "video/in1.mp4")
+    (vods / "7.json").symlink_to(real_data / "chat/chat_downloader_replay_b.json")
+    rows = {}
+    for name, kw in (("ahead", dict(prefetch=True)), ("inline", dict(prefetch=False, seek_keyframes=False))):
+        cfg = debug_cfg(tmp_path / name, inputs=[str(vods)], decode_backend="pyav", **kw)
+        [job] = pair_inputs(cfg.inputs, cfg.streamer)
+        encoders.take_stages()
+        assert ingest_vod(job, Store(cfg.store), encoders, cfg).status == "done"
+        stages = encoders.take_stages()
+        assert stages["decode video"] > 0 and stages["ResNet-50"] > 0 and stages["VGGish"] > 0
+        assert ("waiting for decode" in stages) == cfg.prefetch
+        rows[name] = {s.key: (s.video, s.audio) for s in read_store(Store(cfg.store))}
+    assert rows["ahead"].keys() == rows["inline"].keys() and rows["ahead"]
+    for k, (v, a) in rows["ahead"].items():
+        assert np.array_equal(v, rows["inline"][k][0]) and np.array_equal(a, rows["inline"][k][1])
+
+
 def test_pairing_errors_name_the_file(tmp_path: Path):
     (tmp_path / "123.mkv").write_bytes(b"x")
     with pytest.raises(ValueError, match="no chat log for video .*123.mkv"):
