@@ -32,12 +32,12 @@ def test_quick_bench_prints_prototype_vod2chat_and_ceiling(tmp_path: Path):
     speeds = [float(x) for x in row(out, "VOD-seconds per wall-second")]
     assert len(speeds) == 3 and all(s > 0 for s in speeds)  # prototype, vod2chat, ceiling
     ratio = float(row(out, "vs prototype")[1].rstrip("x"))
-    assert ratio == pytest.approx(speeds[1] / speeds[0], rel=0.02)
+    assert ratio == pytest.approx(speeds[1] / speeds[0], rel=0.05, abs=0.011)  # both printed to 2 decimals
     for stage in ("decode video", "ResNet-50", "decode audio", "VGGish"):
         proto, ours, _ = row(out, stage)
         assert float(proto) >= 0 and (ours.startswith("in decode") or float(ours) >= 0)
     # The input is what the bench claims: H.264 with 2 s keyframe spacing and AAC.
-    [video] = list(cache.rglob("*.mp4"))
+    [video] = [p for p in cache.rglob("*.mp4") if not p.name.startswith(".")]  # not the encoded loop
     with av.open(str(video)) as c:
         v, a = c.streams.video[0], c.streams.audio[0]
         assert (v.codec_context.name, a.codec_context.name, v.height, round(float(v.average_rate))) == ("h264", "aac", 480, 30)
