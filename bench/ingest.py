@@ -280,18 +280,23 @@ def main(argv: list[str] | None = None) -> None:
     ceil = ceiling(a.device, batch, 1 if a.quick else 3, emulated=not a.quick)
     print("ceiling (ResNet-50 alone, frames/s = VOD-s/s at 1 fps): "
           + ", ".join(f"{k} {v:.2f}" for k, v in ceil.items()), flush=True)
-    tables = []
+    tables, ours_by_input = [], {}
     for name, video, chat in inputs:
         proto = run_prototype(video, chat, work / f"proto-{name}", a.device, a.proto_seconds)
         print(f"{name} prototype: {proto.speed:.2f} VOD-s/s (load average {os.getloadavg()[0]:.2f})", flush=True)
         ours = run_vod2chat(video, chat, work / f"store-{name}", a.device, [])
         print(f"{name} vod2chat: {ours.speed:.2f} VOD-s/s (load average {os.getloadavg()[0]:.2f})", flush=True)
         tables.append(table(f"{name}: {probe(video).duration:.0f} s", proto, ours, ceil, a.device))
+        ours_by_input[name] = ours
     print()
     print("\n\n".join(tables))
-    if "1080p60" in a.inputs:
-        print("\nAt 1080p60 decoding bounds ingest: each sampled second needs the frames from its keyframe on, "
-              "at 1920x1080 (see 'decode video' against 'ResNet-50' above).")
+    for name, r in ours_by_input.items():
+        if name in ("1080p60", "720p60"):
+            ranked = sorted(((r.stages.get(k, 0.0), k) for k in ("decode video", "ResNet-50", "decode audio", "VGGish",
+                                                                 "write", "waiting for decode")), reverse=True)
+            print(f"\nWhat bounds vod2chat at {name}: " + ", then ".join(
+                f"{k} ({ms_per_s(v, r.seconds)} ms per VOD-second)" for v, k in ranked[:3])
+                + " (decoding runs in its own thread beside the encoders; waiting = the encoders idle for it).")
     if a.levers:
         video, chat = make_vod(cache, "480p30", 24.0 if a.quick else 120.0)
         print("\n### levers, 480p30, each alone against the shipped settings (one run)\n")
