@@ -378,8 +378,16 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 
 # -- running a command ---------------------------------------------------------------------
+_INNER = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|NotFound|Refused)\w*): ", re.M)
+
+
 def one_line(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
+    if type(e).__module__.startswith("ray."):
+        # Ray wraps a remote error in its traceback text: the user's cause is the last exception line.
+        found = list(_INNER.finditer(msg))
+        if found:
+            msg = msg[found[-1].end():].strip()
     if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename and str(e.filename) not in msg:
         msg = f"{msg}: {e.filename}"
     if isinstance(e, KeyError):

@@ -266,3 +266,17 @@ def test_no_module_imports_in_a_cycle_and_dependencies_point_one_way():
             if m in layer and d in layer:
                 assert layer[d] <= layer[m], \
                     f"{m} imports {d}: dependencies point launch -> inference -> trainer/ingest -> shards"
+
+
+def test_accelerate_launch_of_several_cpu_processes_is_refused_with_the_command_that_works(tmp_path: Path):
+    """`accelerate launch --cpu --num_processes 2` starts one process: it says so and names torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    base = [str(REPO / "trainer/main.py"), "--config", str(LAUNCH / "debug.toml"), "--store", str(tmp_path / "nope")]
+    r = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", *base], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode != 0 and "started 1 process, not 2" in r.stderr and "torchrun --nproc_per_node 2" in r.stderr
+    # One process as configured: no such complaint, the run's own error (the missing store) instead.
+    r = subprocess.run([accelerate, "launch", "--config_file", str(LAUNCH / "accelerate/cpu.yaml"), *base],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode != 0 and "no such store" in r.stderr and "torchrun" not in r.stderr
