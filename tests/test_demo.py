@@ -27,3 +27,8 @@ def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
     # Each stage's config beside its output, loadable again with --config.
     for saved in ("demo.toml", "run/config.toml", "run/eval-test.toml", "chat.toml"):
         assert (out / saved).is_file(), saved
+    # Deterministic on a machine kind: a second run (store reused, model retrained) gives the same numbers.
+    assert cli(["demo", "--config", str(REPO / "launch/demo_debug.toml"), "--out", str(out)]) == 0
+    again = json.loads((out / "run/eval-test.json").read_text())
+    assert again["ablations"] == report["ablations"] and again["moments"] == report["moments"]
+    assert json.loads((out / "chat.json").read_text()) == chat

@@ -37,7 +37,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import ArgParser, add_config_args, config_from_args, normalise_argv, run_command, save_config, to_dict
+from vod2chat.config import ArgParser, add_config_args, config_from_args, run_command, save_config, to_dict
+from vod2chat.config import parse_args as parse_cli
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
@@ -121,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
     p = ArgParser(prog="trainer/main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     add_config_args(p, Config, config_help="TOML config (launch/debug.toml, launch/base.toml)")
-    a = p.parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    a = parse_cli(p, sys.argv[1:] if argv is None else argv)
     return config_from_args(a), a.debug
 
 
