@@ -8,10 +8,12 @@ that, and the synthetic streams are built so that even random features tell scen
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from vod2chat.config import load_config, param, save_config
 
@@ -42,17 +44,25 @@ def synth_vods(out: Path, n: int, duration: float) -> list[str]:
     return ids
 
 
-def main(cfg: DemoConfig) -> int:
+@contextlib.contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """A fixed torch thread count and deterministic kernels: the same numbers on every run on a
+    machine kind. The process (tests) gets its settings back afterwards."""
     import torch
 
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(cfg.threads)
+    before, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return run(cfg)
-    finally:  # a process that runs the demo (tests) gets its settings back
-        torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(before)
         torch.use_deterministic_algorithms(deterministic)
+
+
+def main(cfg: DemoConfig) -> int:
+    with reproducible(cfg.threads):
+        return run(cfg)
 
 
 def run(cfg: DemoConfig) -> int:
