@@ -50,10 +50,12 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def check_shard_path(path: Any, streamer: str, where: str) -> str:
+def check_shard_path(path: Any, streamer: str, where: str, vod_id: str | None = None) -> str:
     """A shard path read from a record must stay inside the store, under the record's own
-    streamer: records live on shared buckets that anyone with write access may edit, and
-    `verify`, `gc`, `ingest --replace` and the trainer open or delete what they name."""
+    streamer (and, given `vod_id`, be one of that VOD's shards, `{vod_id}-{k}.tar`): records live
+    on shared buckets that anyone with write access may edit, and `verify`, `gc`,
+    `ingest --replace` (which deletes the replaced record's shards) and the trainer open or
+    delete what they name."""
     fix = "fix or remove the record (then `vod2chat store verify`)"
     if not isinstance(path, str):
         raise SchemaError(f"{where}: shard path {path!r} is not a string; {fix}")
@@ -67,6 +69,9 @@ def check_shard_path(path: Any, streamer: str, where: str) -> str:
             f"{where}: shard path {path!r} is not a plain '{prefix}<name>.tar' inside the store "
             f"(relative, normalised, under shards/{{streamer}}/); {fix}"
         )
+    if vod_id is not None and not re.fullmatch(rf"{re.escape(vod_id)}-\d+\.tar", name):
+        raise SchemaError(f"{where}: shard path {path!r} is not a shard of VOD {vod_id} "
+                          f"('{prefix}{vod_id}-<number>.tar'); {fix}")
     return path
 
 
@@ -86,7 +91,7 @@ def check_record(rec: Any, where: str, streamer: str | None = None, vod_id: str 
     if not isinstance(shards, list) or not all(isinstance(sh, dict) for sh in shards):
         raise SchemaError(f"{where}: 'shards' must be a list of objects; fix or remove the record")
     for sh in shards:
-        check_shard_path(sh.get("path"), s, where)
+        check_shard_path(sh.get("path"), s, where, v)
     return rec
 
 
@@ -226,14 +231,24 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
     missing = [m for m in MEMBERS if m not in raw]
     if missing:
         raise SchemaError(f"sample {key} in {raw.get('__url__', '?')} lacks {missing}")
-    meta = json.loads(raw["meta.json"])
-    if meta.get("schema") != SCHEMA_VERSION:
+    where = f"sample {key} in {raw.get('__url__', '?')}"
+    try:
+        meta = json.loads(raw["meta.json"])
+    except ValueError as e:
+        raise SchemaError(f"{where}: meta.json is not JSON ({e})") from None
+    version = meta.get("schema") if isinstance(meta, dict) else None
+    if version != SCHEMA_VERSION:
         raise SchemaError(
-            f"sample {key} has schema {meta.get('schema')}, this code reads {SCHEMA_VERSION}: "
+            f"{where} has schema {version}, this code reads {SCHEMA_VERSION}: "
             "re-ingest the VOD or use a matching vod2chat version"
         )
-    where = f"sample {key} in {raw.get('__url__', '?')}"
+    try:
+        # Arrays load without pickle: an object array planted in a shard is an error, never run.
+        chat = json.loads(raw["chat.json"])
+        sample = Sample(key=key, video=load_npy(raw["video.npy"]), audio=load_npy(raw["audio.npy"]), chat=chat,
+                        meta=meta)
+    except ValueError as e:  # also JSONDecodeError, UnicodeDecodeError
+        raise SchemaError(f"{where}: {type(e).__name__}: {e}") from None
     SegmentMeta.from_dict(meta, where)  # the contract's fields are there
-    chat = json.loads(raw["chat.json"])
     ChatBlock.from_dict(chat, where)
-    return Sample(key=key, video=load_npy(raw["video.npy"]), audio=load_npy(raw["audio.npy"]), chat=chat, meta=meta)
+    return sample
