@@ -100,7 +100,8 @@ def sample_key(streamer: str, vod_id: str, segment: int) -> str:
 
 
 def parse_key(key: str) -> tuple[str, str, int]:
-    streamer, vod_id, segment = key.split("__")
+    """(streamer, vod_id, segment) of a sample key, or of an example key `{sample key}/{message}`."""
+    streamer, vod_id, segment = key.split("/", 1)[0].split("__")
     return streamer, vod_id, int(segment)
 
 
