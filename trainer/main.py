@@ -54,8 +54,10 @@ def main(cfg: Config) -> dict[str, float]:
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a GPU-less machine: otherwise Accelerate ignores torchrun's ranks and runs them as one process each.
+    # step_scheduler_with_optimizer=False: Accelerate would otherwise step the LR schedule once per
+    # process per step, so its position would depend on the process count (wrong after N -> M).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(tc.mixed_precision),
-                      log_with="tensorboard", project_dir=str(run_dir))
+                      log_with="tensorboard", project_dir=str(run_dir), step_scheduler_with_optimizer=False)
     set_seed(tc.seed, device_specific=False)
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
