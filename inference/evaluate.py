@@ -45,7 +45,7 @@ import posixpath
 import sys
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from vod2chat.config import param, save_config
 from vod2chat.inference import oracle
 from vod2chat.ingest.synth_events import find_truths, load_truth
 from vod2chat.shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
@@ -74,26 +75,23 @@ CANDIDATES_VERSION = 1
 
 @dataclass
 class EvalConfig:
-    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
-    store: str = ""  # default: the run's data.store
-    split: str = "test"
-    candidates: int = 100  # per moment, the real message included
-    n_popular: int = 20
-    n_tfidf: int = 20
-    seed: int = 0  # candidate sets, the moment subset, the A/V shuffle and sampling
-    max_moments: int = 1000  # moments evaluated (a seeded subset of the split); 0: all
-    batch_size: int = 16  # moments encoded together
-    out: str = ""  # JSON report; default {run}/eval-{split}.json
-    candidates_file: str = ""  # default {store}/eval/candidates-{split}-seed{seed}-{id}.json
-    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
-    num_diversity_samples: int = 200  # moments to sample a message for (0: skip diversity)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    device: str = "auto"
-    progress: bool = True
-    truth: str = ""  # a directory of {vod_id}.truth.json (synthetic streams): adds the oracle's metrics
+    run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
+    store: str = param("", "default: the run's data.store")
+    split: str = param("test", "the split evaluated", choices=["train", "val", "test"])
+    candidates: int = param(100, "per moment, the real message included")
+    n_popular: int = param(20, "most popular training messages among the candidates")
+    n_tfidf: int = param(20, "training messages nearest to the context (TF-IDF)")
+    seed: int = param(0, "candidate sets, the moment subset, the A/V shuffle and sampling")
+    max_moments: int = param(1000, "moments evaluated (a seeded subset of the split); 0: all")
+    batch_size: int = param(16, "moments encoded together")
+    out: str = param("", "JSON report; default {run}/eval-{split}.json")
+    candidates_file: str = param("", "default {store}/eval/candidates-{split}-seed{seed}-{id}.json")
+    ablations: list[str] = param(factory=lambda: list(ABLATIONS), help=f"comma-separated, of {','.join(ABLATIONS)}")
+    num_diversity_samples: int = param(200, "moments to sample a message for (0: skip diversity)")
+    sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
+    device: str = param("auto", "auto | cpu | cuda")
+    progress: bool = param(True, "progress bars")
+    truth: str = param("", "directory of <vod_id>.truth.json (synth --kind events): adds the Bayes oracle's metrics and the gain each ablation closes")
 
 
 # -- metrics ---------------------------------------------------------------------------
@@ -504,17 +502,23 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
         "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
     }
+    fewest = min((len(v) for v in sets.values()), default=0)
+    trivial = [k for k in KS if 0 < fewest <= k]
+    if trivial:  # the real message is always within the top k of k candidates
+        report["warnings"] = [f"only {fewest} candidates for some moments: R@{','.join(map(str, trivial))} is 1.0 "
+                              "there by construction (raise --candidates, or the split has too few distinct messages)"]
     if cfg.truth:
         report["oracle"] = oracle_report(moments, sets, results, cfg.truth)
     if cfg.num_diversity_samples:
         sub = moments[: cfg.num_diversity_samples]
-        sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, data.max_message_tokens)
+        sc = cfg.sampling.resolved(data.max_message_tokens)
         fake = sample_messages(model, sub, tok, sc, cfg.batch_size, device, cfg.seed)
         report["diversity"] = {"generated": diversity(fake, tok), "real": diversity([e.text for e in sub], tok),
                                "examples": [{"real": e.text, "generated": g} for e, g in zip(sub[:10], fake)]}
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"eval-{cfg.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    save_config(cfg, out.with_suffix(".toml"))  # what produced the report, loadable with --config
     report["out"] = str(out)
     print(format_report(report))
     return report
@@ -577,4 +581,5 @@ def format_report(r: dict[str, Any]) -> str:
             d = r["diversity"][who]
             lines.append(f"{who:<13}{d['distinct1_words']:>10.3f}{d['distinct2_words']:>10.3f}{d['distinct1_tokens']:>10.3f}"
                          f"{d['distinct2_tokens']:>10.3f}{d['mean_words']:>8.2f}{d['unique_messages']:>8.2f}")
+    lines += [f"WARNING: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

@@ -16,23 +16,25 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from vod2chat.config import param
+
 
 @dataclass
 class DownloadConfig:
-    out: str = "vods"
-    streamer: str = ""  # with `last`: that channel's most recent archived VODs
-    last: int = 10
-    vods: list[str] = field(default_factory=list)  # ids or https://www.twitch.tv/videos/<id> URLs
-    quality: str = "480p"  # twitch-dl quality; frames are embedded at 224x224, so 480p is plenty
-    chat_tool: str = "twitch-dl"  # twitch-dl | chat-downloader
-    twitch_dl: str = "twitch-dl"  # executables: names on PATH or paths
-    chat_downloader: str = "chat_downloader"
-    progress: bool = True
+    out: str = param("vods", "output folder")
+    streamer: str = param("", "download this channel's most recent archived VODs (how many: --last)")
+    last: int = param(10, "with --streamer: how many")
+    vods: list[str] = param(factory=list, help="VOD ids or https://www.twitch.tv/videos/<id> URLs", positional=True)
+    quality: str = param("480p", "twitch-dl quality; frames are embedded at 224x224, so 480p is plenty")
+    chat_tool: str = param("twitch-dl", "the chat downloader", choices=["twitch-dl", "chat-downloader"])
+    twitch_dl: str = param("twitch-dl", "executables: names on PATH or paths")
+    chat_downloader: str = param("chat_downloader", "the chat-downloader executable")
+    progress: bool = param(True, "progress bars")
 
 
 class DownloadError(RuntimeError):

@@ -22,6 +22,7 @@ from typing import Callable
 import av
 import numpy as np
 
+from vod2chat.config import param
 from vod2chat.ingest.chat import Message, write_irc
 
 AUDIO_RATE = 16000
@@ -210,6 +211,20 @@ def _write_audio(out: av.container.OutputContainer, aus: av.audio.stream.AudioSt
     frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, first, Fraction(1, AUDIO_RATE)
     out.mux(aus.encode(frame))
     return first + n
+
+
+@dataclass
+class SynthConfig:
+    """`vod2chat synth`: one synthetic stream (video + chat that reacts to it)."""
+    out: str = param("synth", "output directory: {vod_id}.mkv and {vod_id}.irc go here")
+    seed: int = param(0, "everything is drawn from it: the same seed gives the same stream")
+    duration: float = param(120.0, "seconds")
+    vod_id: str = param("", "file name stem, which ingest pairs video and chat by; default 100001 (scenes) / 200001 (events)")
+    fps: int = param(10, "video frame rate (scenes)")
+    kind: str = param("scenes", "scenes: coloured scenes with tones (the demo); events: brief events, delayed reaction "
+                      "bursts, per-channel words, and a <vod_id>.truth.json for `eval --truth`",
+                      choices=["scenes", "events"])
+    channel: str = param("forest", "events: the community's vocabulary (forest, harbor)")
 
 
 def synthesize(out_dir: str | Path, seed: int = 0, duration: float = 120.0, vod_id: str = "100001",

@@ -225,7 +225,8 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
                 f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
             )
-        shard_base = 1 + max((int(re.findall(r"-(\d+)\.tar$", s["path"])[0]) for s in old["shards"]), default=-1)
+        numbers = (re.search(r"-(\d+)\.tar$", s["path"]) for s in old["shards"])
+        shard_base = 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
     warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),

@@ -49,10 +49,12 @@ def check_name(kind: str, value: str) -> str:
     return value
 
 
-def check_shard_path(path: Any, streamer: str, where: str) -> str:
+def check_shard_path(path: Any, streamer: str, where: str, vod_id: str | None = None) -> str:
     """A shard path read from a record must stay inside the store, under the record's own
-    streamer: records live on shared buckets that anyone with write access may edit, and
-    `verify`, `gc`, `ingest --replace` and the trainer open or delete what they name."""
+    streamer (and, given `vod_id`, be one of that VOD's shards, `{vod_id}-{k}.tar`): records live
+    on shared buckets that anyone with write access may edit, and `verify`, `gc`,
+    `ingest --replace` (which deletes the replaced record's shards) and the trainer open or
+    delete what they name."""
     fix = "fix or remove the record (then `vod2chat store verify`)"
     if not isinstance(path, str):
         raise SchemaError(f"{where}: shard path {path!r} is not a string; {fix}")
@@ -66,6 +68,9 @@ def check_shard_path(path: Any, streamer: str, where: str) -> str:
             f"{where}: shard path {path!r} is not a plain '{prefix}<name>.tar' inside the store "
             f"(relative, normalised, under shards/{{streamer}}/); {fix}"
         )
+    if vod_id is not None and not re.fullmatch(rf"{re.escape(vod_id)}-\d+\.tar", name):
+        raise SchemaError(f"{where}: shard path {path!r} is not a shard of VOD {vod_id} "
+                          f"('{prefix}{vod_id}-<number>.tar'); {fix}")
     return path
 
 
@@ -85,7 +90,7 @@ def check_record(rec: Any, where: str, streamer: str | None = None, vod_id: str 
     if not isinstance(shards, list) or not all(isinstance(sh, dict) for sh in shards):
         raise SchemaError(f"{where}: 'shards' must be a list of objects; fix or remove the record")
     for sh in shards:
-        check_shard_path(sh.get("path"), s, where)
+        check_shard_path(sh.get("path"), s, where, v)
     return rec
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import tarfile
 import time
@@ -23,9 +24,20 @@ from typing import Any, Iterator
 import fsspec
 import webdataset as wds
 
+from vod2chat.config import param
 from vod2chat.shards.schema import Sample, SchemaError, check_name, check_record, encode_sample
 
 TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class StoreToolConfig:
+    """`vod2chat store ACTION STORE`: inspect or clean a shard store."""
+    action: str = param("ls", "ls: totals per streamer; verify: checksums, counts, orphans; gc: remove orphans",
+                        positional=True, choices=["ls", "verify", "gc"])
+    store: str = param("", "store directory or fsspec URL", positional=True, required=True)
+    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)")
+    dry_run: bool = param(False, "gc: only list what would be removed")
 
 
 class StoreError(RuntimeError):
@@ -79,6 +91,24 @@ class Store:
         self.root = self.root.rstrip("/")
         # Local files can be renamed atomically; an object store's PUT is already atomic.
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    @property
+    def canonical_url(self) -> str:
+        """The store as an absolute path or a full URL: what a run saves, so that eval and generate
+        find it from any working directory."""
+        if self.local:
+            return os.path.abspath(os.path.expanduser(self.root))
+        return self.fs.unstrip_protocol(self.root)
+
+    def require(self) -> "Store":
+        """This store, or a StoreError if nothing is there (a typo must not read as an empty store)."""
+        self.fs.invalidate_cache()
+        if not self.fs.exists(self.root):
+            raise StoreError(f"{self.url}: no such store (nothing at {self.canonical_url}); check the path, "
+                             "or create it with `vod2chat ingest --store ...`")
+        if not (self.fs.exists(self.abspath("vods")) or self.fs.exists(self.abspath("shards"))):
+            raise StoreError(f"{self.url}: not a vod2chat store (no vods/ or shards/ in {self.canonical_url})")
+        return self
 
     # -- paths ---------------------------------------------------------------------------
     def abspath(self, rel: str) -> str:

@@ -38,7 +38,7 @@ def synth_store(tmp_path_factory) -> Path:
 def test_validation_loss_is_clearly_below_the_av_shuffled_one(synth_store: Path, tmp_path: Path):
     from vod2chat.trainer.main import main
 
-    cfg = load_config(Config, REPO / "launch/demo.toml", [
+    cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={synth_store}", f"train.run_dir={tmp_path / 'run'}", f'data.val_vods=["{VODS[-1]}"]',
         "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
         "train.progress=false", "train.num_samples=0"])

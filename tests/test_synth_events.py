@@ -105,7 +105,8 @@ def test_events_are_seen_and_heard(written):
 
 def test_cli_writes_an_events_stream(tmp_path, capsys):
     assert cli_main(["synth", "--kind", "events", "--channel", "forest", "--duration", "12", "--out", str(tmp_path)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["200001.irc", "200001.mkv", "200001.truth.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["200001.irc", "200001.mkv", "200001.synth.toml",  # its config
+                                                          "200001.truth.json"]
     assert cli_main(["synth", "--kind", "events", "--channel", "nowhere", "--out", str(tmp_path)]) == 2
     assert "unknown channel" in capsys.readouterr().err
 

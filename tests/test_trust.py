@@ -25,14 +25,16 @@ BAD_PATHS = [
     "shards/fake\\..\\..\\victim.tar",
     "s3://elsewhere/shards/fake/1000-00000.tar",
     "shards/fake/1000-00000.json",
+    "shards/fake/1001-00000.tar",  # another VOD's shard: replacing 1000 would delete it
+    "shards/fake/1000.tar",
 ]
 
 
 @pytest.mark.parametrize("path", BAD_PATHS)
 def test_shard_paths_must_stay_under_their_streamer(path: str):
     with pytest.raises(SchemaError, match="vods/fake/1000.json.*shard path"):
-        check_shard_path(path, "fake", "vods/fake/1000.json")
-    assert check_shard_path("shards/fake/1000-00000.tar", "fake", "r") == "shards/fake/1000-00000.tar"
+        check_shard_path(path, "fake", "vods/fake/1000.json", "1000")
+    assert check_shard_path("shards/fake/1000-00012.tar", "fake", "r", "1000") == "shards/fake/1000-00012.tar"
 
 
 def test_record_names_must_match_where_it_is_stored():
@@ -162,7 +164,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("trust")
     make_store(d / "store", vods=4, segments=2)
     cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
-                      [f"data.store={d / 'store'}", f"train.run_dir={d / 'run'}", "train.progress=false",
+                      [f"data.store={d / 'store'}", f"train.run_dir={d / 'run'}", "train.progress=false", 'data.val_vods=["1003"]',
                        "train.steps=2", "train.eval_batches=1", "train.num_samples=0"])
     train(cfg)
     return d / "store", d / "run"
@@ -199,7 +201,7 @@ def train_resume(store: Path, run: Path):
     from vod2chat.trainer.main import main as train
 
     cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
-                      [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", "train.steps=3",
+                      [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", "train.steps=3", 'data.val_vods=["1003"]',
                        "train.eval_batches=1", "train.num_samples=0", "train.resume=true"])
     return lambda: train(cfg)
 

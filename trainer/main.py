@@ -20,7 +20,7 @@ the run in train.run_dir from its latest checkpoint.
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +37,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import load_config, save_config, to_dict
+from vod2chat.config import ArgParser, add_config_args, config_from_args, normalise_argv, run_command, save_config, to_dict
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
@@ -50,6 +50,14 @@ from vod2chat.trainer.stream import make_train_loader
 def main(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
     tc.resume = tc.resume or restarted()
+    # Saved absolute: eval and generate read the run's store from any working directory.
+    cfg.data.store = Store(cfg.data.store).require().canonical_url
+    if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
+        cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
+    if not tc.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
+        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
+                         "continue it, or choose a new train.run_dir")
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -108,16 +116,27 @@ def main(cfg: Config) -> dict[str, float]:
     return {**metrics, **startup}
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="TOML config (launch/debug.toml, launch/base.toml)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.run_dir")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100 data.store=./store")
-    a = p.parse_args(argv)
-    cfg = load_config(Config, a.config, a.overrides)
-    cfg.train.resume = cfg.train.resume or a.resume
-    return cfg
+def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
+    """The flags `vod2chat train` has too (both are generated from Config): (config, --debug)."""
+    import argparse
+
+    p = ArgParser(prog="trainer/main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_config_args(p, Config, config_help="TOML config (launch/debug.toml, launch/base.toml)")
+    a = p.parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    return config_from_args(a), a.debug
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python trainer/main.py`, `torchrun ... trainer/main.py`, `accelerate launch trainer/main.py`: a user
+    error is one line per rank (the traceback only with --debug), exit status 2."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+
+    def run() -> int:
+        main(parse_args(argv)[0])
+        return 0
+    return run_command("trainer/main.py", run, debug=debug)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())
