@@ -27,4 +27,4 @@ def logged_step(model, optimizer, scheduler, *rest, **kw):
 
 
 entry.train_step = logged_step
-entry.main(entry.parse_args(sys.argv[1:]))
+entry.main(entry.parse_args(sys.argv[1:])[0])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from store_factory import make_store
-from test_trainer import DEBUG, REPO, cfg_for, scalars
+from test_trainer import DEBUG, REPO, VAL, cfg_for, scalars
 from vod2chat.config import load_config
 from vod2chat.shards.reader import ShardError
 from vod2chat.shards.schema import Sample, sample_key
@@ -40,7 +40,7 @@ def tok() -> ChatTokenizer:
 
 
 def data_cfg(store: Path, *extra: str):
-    return load_config(Config, DEBUG, [f"data.store={store}", "data.shuffle_buffer=16", *extra]).data
+    return load_config(Config, DEBUG, [f"data.store={store}", "data.shuffle_buffer=16", VAL, *extra]).data
 
 
 def reader(shards, tok, dcfg, state, dry=False) -> stream.Reader:
@@ -139,7 +139,7 @@ def test_a_split_without_messages_stops_at_once_naming_its_vods(tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # timeout: a guard against the old endless loop, not a measurement
     p = subprocess.run([sys.executable, str(REPO / "trainer/main.py"), "--config", str(DEBUG), f"data.store={store.url}",
-                        f"train.run_dir={tmp_path / 'run'}", "data.val_vods=[]", "data.val_fraction=0",
+                        f"train.run_dir={tmp_path / 'run'}", "data.val_fraction=0",
                         "data.test_fraction=0", "tokenizer.path=", "train.progress=false"],
                        env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert p.returncode != 0
@@ -208,7 +208,7 @@ def torchrun(nproc: int, port: int, script: Path, *args: str, env: dict | None =
 
 def run_args(store: Path, run: Path, *extra: str) -> list[str]:
     return ["--config", str(DEBUG), f"data.store={store}", f"train.run_dir={run}", "train.progress=false",
-            "train.num_samples=0", "train.log_every=1", "train.keep_last=5", *extra]
+            "train.num_samples=0", "train.log_every=1", "train.keep_last=5", VAL, *extra]
 
 
 def test_elastic_resume_two_processes_to_one_and_one_to_two(store_dir: Path, tmp_path: Path):
