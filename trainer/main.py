@@ -43,13 +43,14 @@ from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, flat_dict, grad_accum_steps, load,
-                                    log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
+                                    init_restarted_process_group, log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
 from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
     tc.resume = tc.resume or restarted()
+    init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
     cfg.data.store = Store(cfg.data.store).require().canonical_url
     if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
