@@ -173,16 +173,25 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
     missing = [m for m in MEMBERS if m not in raw]
     if missing:
         raise SchemaError(f"sample {key} in {raw.get('__url__', '?')} lacks {missing}")
-    meta = json.loads(raw["meta.json"])
-    if meta.get("schema") != SCHEMA_VERSION:
+    where = f"sample {key} in {raw.get('__url__', '?')}"
+    try:
+        meta = json.loads(raw["meta.json"])
+    except ValueError as e:
+        raise SchemaError(f"{where}: meta.json is not JSON ({e})") from None
+    version = meta.get("schema") if isinstance(meta, dict) else None
+    if version != SCHEMA_VERSION:
         raise SchemaError(
-            f"sample {key} has schema {meta.get('schema')}, this code reads {SCHEMA_VERSION}: "
+            f"{where} has schema {version}, this code reads {SCHEMA_VERSION}: "
             "re-ingest the VOD or use a matching vod2chat version"
         )
-    return Sample(
-        key=key,
-        video=load_npy(raw["video.npy"]),
-        audio=load_npy(raw["audio.npy"]),
-        chat=json.loads(raw["chat.json"]),
-        meta=meta,
-    )
+    try:
+        # Arrays load without pickle: an object array planted in a shard is an error, never run.
+        return Sample(
+            key=key,
+            video=load_npy(raw["video.npy"]),
+            audio=load_npy(raw["audio.npy"]),
+            chat=json.loads(raw["chat.json"]),
+            meta=meta,
+        )
+    except ValueError as e:  # also JSONDecodeError, UnicodeDecodeError
+        raise SchemaError(f"{where}: {type(e).__name__}: {e}") from None
