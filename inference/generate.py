@@ -172,6 +172,8 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    # The run's features were computed in some precision (fp32, bf16 autocast): compute in the same one.
+    tag = str(want["video"].get("precision", "auto")) if want else "auto"
     # Before any weights are looked for: a run on random-encoder features needs those same encoders,
     # and "download the ResNet-50 weights" would be the wrong advice.
     for kind, given in (("video", cfg.video_weights), ("audio", cfg.audio_weights)):
@@ -180,7 +182,7 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
             raise ValueError(f"run {cfg.run} was trained on a store made with random-initialised {kind} encoders: "
                              "pass --weights random (the same encoders) to generate for it")
     icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
-                        fps=fps, device=device)
+                        fps=fps, device=device, precision=tag.split()[0])
     enc = Encoders(icfg)
     have = same_json(enc.fingerprints())
     try:

@@ -44,13 +44,14 @@ from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, flat_dict, grad_accum_steps, load,
-                                    log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
+                                    init_restarted_process_group, log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
 from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
     tc.resume = tc.resume or restarted()
+    init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
     cfg.data.store = Store(cfg.data.store).require().canonical_url
     if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
@@ -63,8 +64,10 @@ def main(cfg: Config) -> dict[str, float]:
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a GPU-less machine: otherwise Accelerate ignores torchrun's ranks and runs them as one process each.
+    # step_scheduler_with_optimizer=False: Accelerate would otherwise step the LR schedule once per
+    # process per step, so its position would depend on the process count (wrong after N -> M).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(tc.mixed_precision),
-                      log_with="tensorboard", project_dir=str(run_dir))
+                      log_with="tensorboard", project_dir=str(run_dir), step_scheduler_with_optimizer=False)
     set_seed(tc.seed, device_specific=False)
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
