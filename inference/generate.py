@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vod2chat.config import param, save_config
-from vod2chat.shards.schema import Sample
+from vod2chat.shards.schema import ChatBlock, Sample, SegmentMeta, sample_key
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, av_window, build_tokens, collate
@@ -131,12 +131,11 @@ def chat_rate(records: list[dict[str, Any]]) -> float:
 
 
 def training_users(data: DataConfig, records: list[dict[str, Any]]) -> Counter:
-    from vod2chat.shards.reader import shard_urls
+    from vod2chat.shards.reader import read_chat, shard_urls
     from vod2chat.shards.store import Store
-    from vod2chat.inference.evaluate import iter_chat
 
     urls = shard_urls(Store(data.store), records)[:USER_SHARDS]
-    return Counter(m["user"] for chat in iter_chat(urls) for m in chat["messages"] if m.get("user"))
+    return Counter(m["user"] for chat in read_chat(urls) for m in chat["messages"] if m.get("user"))
 
 
 def draw_users(n: int, users: Counter, rng: np.random.Generator) -> list[str]:
@@ -212,9 +211,9 @@ def compute_features(media: Any, start: float, end: float, window_s: float, enc:
         if media.video_stream is not None else np.zeros((0, enc.video.dim), np.float16)
     audio = embed_audio(media, range(a0, max(a0, a1)), enc.audio, None) \
         if media.audio_stream is not None else np.zeros((0, enc.audio.dim), np.float16)
-    meta = {"video_t0": v0 / fps, "fps": fps, "audio_t0": a0 * hop, "audio_hop": hop, "audio_win": hop,
-            "start": start, "end": end}
-    return Sample("generate__range__000000", video, audio, {"context": [], "messages": []}, meta)
+    meta = SegmentMeta(streamer="generate", vod_id="range", segment=0, start=start, end=end, lookback=start - lo,
+                       video_t0=v0 / fps, fps=fps, audio_t0=a0 * hop, audio_hop=hop, audio_win=hop)
+    return Sample(sample_key("generate", "range", 0), video, audio, ChatBlock().as_dict(), meta.as_dict())
 
 
 # -- decoding ----------------------------------------------------------------------------------

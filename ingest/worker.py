@@ -31,7 +31,7 @@ from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
-from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, check_name, sample_key
+from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, check_name, sample_key
 from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
 
 log = logging.getLogger(__name__)
@@ -355,13 +355,12 @@ def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> 
     last = len(plan.segments) - 1
     samples = []
     for seg in segs:
-        meta = {
-            "streamer": plan.job.streamer, "vod_id": plan.job.vod_id, "segment": seg.index,
-            "start": seg.start, "end": seg.end, "lookback": cfg.lookback_s,
-            "video_t0": seg.v0 / cfg.fps, "fps": cfg.fps,
-            "audio_t0": seg.a0 * align.AUDIO_HOP, "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
-            "fingerprints": {k: fingerprint_id(v) for k, v in fps.items()},
-        }
+        meta = SegmentMeta(
+            streamer=plan.job.streamer, vod_id=plan.job.vod_id, segment=seg.index,
+            start=seg.start, end=seg.end, lookback=cfg.lookback_s, video_t0=seg.v0 / cfg.fps, fps=cfg.fps,
+            audio_t0=seg.a0 * align.AUDIO_HOP, audio_hop=align.AUDIO_HOP, audio_win=align.AUDIO_HOP,
+            fingerprints={k: fingerprint_id(v) for k, v in fps.items()},
+        ).as_dict()
         chat = align.chat_for_segment(plan.times, plan.messages, seg, seg.index == last, cfg.context_messages)
         samples.append(Sample(
             key=sample_key(plan.job.streamer, plan.job.vod_id, seg.index),

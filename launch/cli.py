@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vod2chat import __version__
-from vod2chat.config import ArgParser, add_config_args, config_from_args, normalise_argv, run_command, save_config
+from vod2chat.config import (ArgParser, add_config_args, config_from_args, normalise_argv, parse_args, run_command,
+                             save_config)
 
 LAUNCH = Path(__file__).resolve().parent
 
@@ -232,7 +233,7 @@ def config_of(a: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
-    a = build_parser(argv).parse_args(argv)
+    a = parse_args(build_parser(argv), argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     c: Command = a._command
