@@ -229,7 +229,7 @@ def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times
 
 # -- main ----------------------------------------------------------------------------------
 def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    from vod2chat.ingest.chat import Message, write_irc
+    from vod2chat.ingest.chat import Message, write_irc, write_json
     from vod2chat.ingest.features import embed_range
     from vod2chat.ingest.media import probe
     from vod2chat.inference.evaluate import resolve_device
@@ -280,9 +280,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     msgs = [Message(t, u, x) for t, u, x in zip(times, names, texts) if x]
 
     out = Path(cfg.out) if cfg.out else Path(cfg.vod).with_suffix(".chat.json")
-    # One message per line: diffable, greppable, still one JSON document.
-    out.write_text("[\n" + ",\n".join(json.dumps(dataclasses.asdict(m), ensure_ascii=False) for m in msgs) + "\n]\n",
-                   encoding="utf-8")
+    write_json(msgs, out)
     written = [out]
     save_config(cfg, out.with_suffix(".toml"))  # what produced the chat, loadable with --config
     if cfg.irc:
