@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,8 +207,7 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
                 f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
             )
-        numbers = (re.search(r"-(\d+)\.tar$", s["path"]) for s in old["shards"])
-        shard_base = 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
+        shard_base = store.next_shard_index(old)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
     warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),
@@ -277,7 +275,6 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
     """Write the VOD record (the commit point), then drop shards of a replaced record."""
     if len(shards) != len(plan.parts):
         raise StoreError(f"{plan.job.vod_id}: {len(shards)} shards for {len(plan.parts)} parts; not committing")
-    old = store.read_record(plan.job.streamer, plan.job.vod_id)
     record = {
         "schema": SCHEMA_VERSION, "streamer": plan.job.streamer, "vod_id": plan.job.vod_id,
         "duration": plan.media.duration, "segments": len(plan.segments),
@@ -289,12 +286,7 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
         "shards": [shard_info_dict(s) for s in shards],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ingest_wall_s": round(wall_s, 3),
     }
-    store.commit_record(record)
-    if old is not None:
-        keep = {s.path for s in shards}
-        for sh in old["shards"]:
-            if sh["path"] not in keep and store.fs.exists(store.abspath(sh["path"])):
-                store.fs.rm(store.abspath(sh["path"]))
+    store.commit_vod(record)
     return record
 
 
