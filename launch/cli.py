@@ -120,6 +120,41 @@ def cmd_generate(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_live(a: argparse.Namespace) -> int:
+    from vod2chat.inference.live import LiveConfig
+    from vod2chat.inference.live import main as live_main
+
+    kw = {f.name: getattr(a, f.name) for f in dataclasses.fields(LiveConfig) if getattr(a, f.name, None) is not None}
+    if getattr(a, "weights", None):
+        kw["video_weights"] = kw["audio_weights"] = a.weights
+    live_main(LiveConfig(**kw))
+    return 0
+
+
+LIVE_HELP = {
+    "run": "run directory (its latest checkpoint) or a checkpoint directory",
+    "source": "a video file still being written (MPEG-TS, Matroska, FLV), an HLS playlist URL, or - for MPEG-TS on stdin",
+    "out": "also append each message here as a JSON line",
+    "serve": "HOST:PORT of the overlay page for OBS (a browser source), e.g. 127.0.0.1:8765",
+    "chat": "irc://irc.chat.twitch.tv/CHANNEL: the channel's real chat as context (anonymous, read-only)",
+    "rate": "messages per minute (default: the training chat's)",
+    "stall_timeout": "seconds without new data before the stream counts as over",
+}
+
+
+def add_config_args(p: argparse.ArgumentParser, cls: type, helps: dict[str, str], required: tuple[str, ...] = ()) -> None:
+    """One --flag per field of a stage's config dataclass; unset flags keep the dataclass default."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        base = next((x for x in typing.get_args(t) if x is not type(None)), t) if typing.get_args(t) else t
+        kind = base if base in (int, float) else str
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None, required=f.name in required,
+                       help=helps.get(f.name, "") + ("" if f.name in required else f" (default: {f.default!r})"))
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
     p.add_argument("--top-k", type=int, default=0, help="0: off")
@@ -235,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch", type=int, default=32, help="stretches of the range decoded side by side")
     g.add_argument("--embed-video-mb", type=float, default=16.0, help="embed the video in the HTML page up to this size")
     g.set_defaults(fn=cmd_generate)
+
+    lv = sub.add_parser("live", help="chat for a stream while it happens: JSON lines and an overlay page for OBS",
+                        description="Follows a growing file, an HLS playlist or stdin; messages as JSON lines on "
+                                    "stdout (and --out); --serve HOST:PORT serves the overlay page.")
+    from vod2chat.inference.live import LiveConfig
+
+    add_config_args(lv, LiveConfig, LIVE_HELP, required=("run", "source"))
+    lv.add_argument("--weights", help="'random' for both encoders (only if the run's store used random encoders)")
+    lv.set_defaults(fn=cmd_live)
     return p
 
 
