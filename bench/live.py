@@ -125,7 +125,6 @@ def main() -> int:
     rt_stream, rt_wall = summary(err)
 
     # 2. catch-up on the finished file
-    t = time.perf_counter()
     done = subprocess.run(live_cmd(a, str(path), "--stall-timeout", "1"), capture_output=True, text=True, cwd=REPO,
                           env=env, timeout=a.duration * 10 + 300)
     cu_stream, cu_wall = summary(done.stderr)

@@ -26,7 +26,6 @@ written; Ctrl-C (or SIGTERM) stops at once with every written line kept. All of 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -41,17 +40,11 @@ from fractions import Fraction
 from typing import Any, Callable, TextIO
 
 import numpy as np
-import torch
 
 from vod2chat.ingest import align
-from vod2chat.inference.generate import (GenerateConfig, build_encoders, chat_rate, clean_text, draw_users,
-                                         stretches, training_records, training_users)
 from vod2chat.inference.sources import ByteSource, open_source
-from vod2chat.shards.schema import Sample
-from vod2chat.trainer import checkpoint
-from vod2chat.trainer.data import Example, av_window, build_tokens, collate
-from vod2chat.trainer.sampling import SamplingConfig, generate
-from vod2chat.trainer.steps import AV_KEYS, to_device
+
+# torch and the model code are imported where used: the CLI imports this module for LiveConfig.
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +250,18 @@ class Decoder(threading.Thread):
 
 
 # -- generation ---------------------------------------------------------------------------------
-@torch.no_grad()
-def live_texts(model: Any, tok: Any, data: Any, sample: Sample, times: list[float], history: list[str],
-               sc: SamplingConfig, batch: int, device: torch.device, gen: torch.Generator) -> list[str]:
+def live_texts(model: Any, tok: Any, data: Any, sample: Any, times: list[float], history: list[str],
+               sc: Any, batch: int, device: Any, gen: Any) -> list[str]:
     """One text per time, as generate_texts, but every message starts from `history` (the chat so
     far) and sees the messages before it; more than a few at once (catching up) are cut into
     stretches decoded side by side."""
+    import torch
+
+    from vod2chat.inference.generate import clean_text, stretches
+    from vod2chat.trainer.data import Example, av_window, build_tokens, collate
+    from vod2chat.trainer.sampling import generate
+    from vod2chat.trainer.steps import AV_KEYS, to_device
+
     texts: list[str | None] = [None] * len(times)
     parts = stretches(len(times), batch, min_len=4)
     for step in range(max(len(p) for p in parts)):
@@ -274,9 +273,10 @@ def live_texts(model: Any, tok: Any, data: Any, sample: Sample, times: list[floa
             prefix, n_prefix = build_tokens(ctx, None, tok, data)
             v, vt, a, at = av_window(sample, times[i], data.window_s)
             examples.append(Example(f"live/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
-        b = to_device(collate(examples, tok.pad_id), device)
-        memory, memory_mask = model.encode(*(b[k] for k in AV_KEYS))
-        new = generate(model, [e.tokens for e in examples], memory, memory_mask, tok.eos_id, sc, gen=gen)
+        with torch.no_grad():
+            b = to_device(collate(examples, tok.pad_id), device)
+            memory, memory_mask = model.encode(*(b[k] for k in AV_KEYS))
+            new = generate(model, [e.tokens for e in examples], memory, memory_mask, tok.eos_id, sc, gen=gen)
         for (_, i), ids in zip(rows, new):
             texts[i] = clean_text(tok.decode(ids[: sc.max_new_tokens]))
     return [t or "" for t in texts]
@@ -307,6 +307,10 @@ class Writer:
 class Live:
     def __init__(self, cfg: LiveConfig, stdout: TextIO | None = None):
         from vod2chat.inference.evaluate import resolve_device
+        from vod2chat.inference.generate import (GenerateConfig, build_encoders, chat_rate, training_records,
+                                                 training_users)
+        from vod2chat.trainer import checkpoint
+        from vod2chat.trainer.sampling import SamplingConfig
 
         if not cfg.run or not cfg.source:
             raise ValueError("live needs --run (a trained run) and --source (a growing file, an HLS URL, or -)")
@@ -343,6 +347,11 @@ class Live:
 
     def run(self, publish: Callable[[dict[str, Any]], None] | None = None,
             real_chat: Callable[[int], list[str]] | None = None) -> LiveResult:
+        import torch
+
+        from vod2chat.inference.generate import draw_users
+        from vod2chat.shards.schema import Sample
+
         cfg, data, hop, win = self.cfg, self.data, align.AUDIO_HOP, align.AUDIO_HOP_SAMPLES
         rng = np.random.default_rng(cfg.seed)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import socketserver
 import subprocess
 import sys
@@ -88,13 +87,22 @@ def writer(stream: Stream, sink, **kw) -> tuple[threading.Thread, dict]:
     return th, box
 
 
+COLOUR_WORDS = {"red": ["red"], "green": ["green", "grass"], "blue": ["blue"], "yellow": ["yellow", "banana"],
+                "purple": ["purple"], "white": ["white", "flashbang", "bright"]}
+SOUND_WORDS = {"bass": ["bass", "subwoofer"], "beep": ["beep"], "high": ["high", "dog whistle", "ears"],
+               "chirp": ["chirp"], "silence": ["quiet", "silence", "no sound", "muted", "audio died"]}
+assert set(COLOUR_WORDS) == set(COLOUR_REACTIONS) and set(SOUND_WORDS) == set(SOUND_REACTIONS)
+
+
 def reacts(stream: Stream, msgs: list[dict]) -> tuple[int, int]:
-    """(messages naming the colour or sound on screen at their time, messages naming any)."""
+    """(messages naming the colour or sound on screen at their time, messages naming any). A
+    message names what its words say ("so blue", "blue again" and a sampled "blue screen" all
+    name blue), so near-misses of a small model still count as what they are about."""
     right = named = 0
     for m in msgs:
-        text = m["text"]
-        colours = {c for c, xs in COLOUR_REACTIONS.items() if text in xs}
-        sounds = {s for s, xs in SOUND_REACTIONS.items() if text in xs}
+        text = m["text"].lower()
+        colours = {c for c, words in COLOUR_WORDS.items() if any(w in text for w in words)}
+        sounds = {s for s, words in SOUND_WORDS.items() if any(w in text for w in words)}
         if colours or sounds:
             named += 1
             # Viewers react 1-4 s after a change: the scene on screen then, or the one before.
@@ -103,35 +111,70 @@ def reacts(stream: Stream, msgs: list[dict]) -> tuple[int, int]:
     return right, named
 
 
+# -- the same grids as ingest -------------------------------------------------------------------
+def test_live_rows_are_exactly_what_ingest_reads_from_the_finished_file(tmp_path: Path):
+    """Frames and 16 kHz audio that the live decoder puts on the grids, while the file grows,
+    equal ingest's reads of the finished file: the encoders then give the same features."""
+    import queue
+
+    from vod2chat.inference.live import Decoder
+    from vod2chat.inference.sources import FollowFile
+    from vod2chat.ingest.media import probe, read_audio, read_frames
+
+    path = tmp_path / "rec.ts"
+    th, box = writer(plan_stream(seed=79, duration=8.0), path, speed=4.0)  # grows while being read
+    q: queue.Queue = queue.Queue()
+    dec = Decoder(FollowFile(path, stall_timeout=2.0), "", 2.0, (224, 224), q)  # 2 fps: rows between frames too
+    dec.start()
+    dec.join(60)
+    th.join(10)
+    items = list(q.queue)
+    assert items[-1][:2] == ("end", "stalled")
+    rows = [(k, rgb) for kind, k, rgb in (i for i in items if i[0] == "video")]
+    assert [k for k, _ in rows] == list(range(len(rows))) and len(rows) >= 16
+    wave = np.concatenate([i[1] for i in items if i[0] == "audio"])
+    info = probe(path)
+    assert abs(len(wave) / 16000 - info.duration) < 0.1 and abs(len(rows) / 2.0 - info.duration) < 0.6
+    ref = read_frames(info, [k / 2.0 for k, _ in rows], (224, 224), backend="pyav")
+    assert all(np.array_equal(r, rgb) for r, (_, rgb) in zip(ref, rows))
+    assert len({rgb.tobytes() for _, rgb in rows}) > 8  # the scenes and the moving square: not one frame
+    n = int((info.duration - 1.0) * 16000)
+    ref_audio = read_audio(info, 0.0, n / 16000)
+    assert np.array_equal(ref_audio, wave[:n]) and np.abs(ref_audio).max() > 0.1
+
+
 # -- following a stream as it is written ---------------------------------------------------------
 def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_path: Path):
     run = synth_run["run"]
     stream, other = plan_stream(seed=71, duration=40.0), plan_stream(seed=72, duration=40.0)
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
-    proc, lines = start(live_cmd(run, str(path), "--out", str(out), "--stall-timeout", "4"))
+    sharp = ("--rate", "300", "--temperature", "0.5")  # many messages, fewer misspellings: reactions to count
+    proc, lines = start(live_cmd(run, str(path), "--out", str(out), "--stall-timeout", "4", *sharp))
     th, box = writer(stream, path, speed=1.0)  # the file appears and grows in real time
     th.join(120)
-    err = finish(proc, lines, timeout=120)
+    err = finish(proc, lines, timeout=180)
     assert proc.returncode == 0, err
     msgs = lines.messages()
     assert out.read_text().splitlines() == [line.rstrip("\n") for _, line in lines.items]
     assert [m["t"] for m in msgs] == sorted(m["t"] for m in msgs) and msgs[-1]["t"] <= stream.duration
     # Messages came while the file was still growing, never before the stream reached their time.
-    during = [(wall, m) for (wall, _), m in zip(lines.items, msgs) if wall < box["end"]]
-    assert len(during) >= 5 and len(msgs) >= 0.5 * RATE * stream.duration / 60, (len(during), len(msgs))
+    during = [m for (wall, _), m in zip(lines.items, msgs) if wall < box["end"]]
+    assert len(during) >= 5 and len(msgs) >= 0.5 * 300 * stream.duration / 60, (len(during), len(msgs))
     assert all(wall >= box["t0"] + m["t"] - 0.3 for (wall, _), m in zip(lines.items, msgs))
-    assert "no new data" in err and "stalled" in err
+    assert "no new data" in err and "live: stalled" in err
 
-    # The same messages' times over the A/V of another stream (finished file, read at full speed):
-    # the model's reactions name what is on screen far more often with the real A/V.
+    # The same model over the A/V of another stream (a finished file, read at full speed), scored
+    # against this stream's scenes: A/V shuffled. With the real A/V, what the messages name is
+    # what is on screen and playing far more often.
     done = tmp_path / "other.ts"
     write_live(other, done, speed=0)
-    p2, l2 = start(live_cmd(run, str(done), "--stall-timeout", "1"))
-    finish(p2, l2, timeout=120)
+    p2, l2 = start(live_cmd(run, str(done), "--stall-timeout", "1", *sharp))
+    finish(p2, l2, timeout=180)
     right, named = reacts(stream, msgs)
     right_shuffled, named_shuffled = reacts(stream, l2.messages())
-    assert named >= 10 and named_shuffled >= 10, (named, named_shuffled)
-    assert right / named > right_shuffled / named_shuffled + 0.15, (right, named, right_shuffled, named_shuffled)
+    # Seen here: 21/49 vs 7/50 (on a 30 s stream).
+    assert named >= 15 and named_shuffled >= 15, (named, named_shuffled)
+    assert right / named > right_shuffled / named_shuffled + 0.1, (right, named, right_shuffled, named_shuffled)
 
 
 def test_follows_an_hls_playlist_on_loopback(synth_run: dict, tmp_path: Path):
@@ -210,6 +253,10 @@ def test_corrupt_packets_are_skipped_with_a_warning(synth_run: dict, tmp_path: P
 def test_ctrl_c_exits_cleanly_keeping_every_line(synth_run: dict, tmp_path: Path):
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
     proc, lines = start(live_cmd(synth_run["run"], str(path), "--out", str(out)))
+    deadline = time.monotonic() + 120
+    while not out.exists():  # --out is opened once the model is loaded: stream from then on
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.1)
     th, box = writer(plan_stream(seed=77, duration=30.0), path, speed=1.0)
     lines.wait(4, timeout=60)
     assert len(lines.items) >= 4
@@ -287,3 +334,28 @@ def test_real_chat_from_twitch_irc_is_the_context(synth_run: dict, tmp_path: Pat
     # Generated messages see the channel's chat (tags parsed by the chat parser), not their own.
     assert res.contexts[-1] == chat[-2:]
     assert all(set(c) <= set(chat) for c in res.contexts)
+
+
+def test_an_hls_playlist_cannot_point_at_local_files(tmp_path: Path):
+    """A playlist is untrusted input: segment URIs other than http(s) are refused, never read."""
+    from vod2chat.inference.sources import HlsSource, parse_playlist
+
+    secret = tmp_path / "secret.ts"
+    secret.write_bytes(b"G" * 188 * 4)
+    site = tmp_path / "hls"
+    site.mkdir()
+    (site / "live.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{secret.as_uri()}\n#EXT-X-ENDLIST\n")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        src = HlsSource(f"http://127.0.0.1:{httpd.server_address[1]}/live.m3u8", stall_timeout=5.0)
+        assert src.read(1 << 16) == b"" and src.bytes_read == 0
+        assert isinstance(src.error, ValueError) and "only http:// and https://" in str(src.error)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    segs, ended, target, variants = parse_playlist(
+        "#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:7\n#EXTINF:2,\na.ts\n#EXTINF:2,\nsub/b.ts\n", "http://h/x/live.m3u8")
+    assert segs == [(7, "http://h/x/a.ts"), (8, "http://h/x/sub/b.ts")] and not ended and not variants
+    with pytest.raises(ValueError, match="encrypted"):
+        parse_playlist("#EXTM3U\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n", "http://h/live.m3u8")
