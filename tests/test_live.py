@@ -64,6 +64,16 @@ def start(cmd: list[str], stdin=None) -> tuple[subprocess.Popen, Lines]:
     return proc, Lines(proc)
 
 
+def wait_ready(proc: subprocess.Popen, out: Path, timeout: float = 180.0) -> None:
+    """--out is opened once the model and encoders are loaded: a stream written from then on is
+    followed from its first second (a loaded machine can take long to load them)."""
+    deadline = time.monotonic() + timeout
+    while not out.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "live never got ready"
+        time.sleep(0.1)
+
+
 def finish(proc: subprocess.Popen, lines: Lines, timeout: float) -> str:
     try:
         proc.wait(timeout)
@@ -150,6 +160,7 @@ def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_pat
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
     sharp = ("--rate", "300", "--temperature", "0.5")  # many messages, fewer misspellings: reactions to count
     proc, lines = start(live_cmd(run, str(path), "--out", str(out), "--stall-timeout", "4", *sharp))
+    wait_ready(proc, out)
     th, box = writer(stream, path, speed=1.0)  # the file appears and grows in real time
     th.join(120)
     err = finish(proc, lines, timeout=180)
@@ -186,7 +197,8 @@ def test_follows_an_hls_playlist_on_loopback(synth_run: dict, tmp_path: Path):
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/live.m3u8"
         stream = plan_stream(seed=73, duration=16.0)
-        proc, lines = start(live_cmd(synth_run["run"], url, "--stall-timeout", "10"))
+        proc, lines = start(live_cmd(synth_run["run"], url, "--stall-timeout", "10", "--out", str(tmp_path / "o")))
+        wait_ready(proc, tmp_path / "o")
         th, box = writer(stream, site / "live.m3u8", speed=1.0, fmt="hls", segment_s=1.0)
         th.join(60)
         err = finish(proc, lines, timeout=60)
@@ -253,10 +265,7 @@ def test_corrupt_packets_are_skipped_with_a_warning(synth_run: dict, tmp_path: P
 def test_ctrl_c_exits_cleanly_keeping_every_line(synth_run: dict, tmp_path: Path):
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
     proc, lines = start(live_cmd(synth_run["run"], str(path), "--out", str(out)))
-    deadline = time.monotonic() + 120
-    while not out.exists():  # --out is opened once the model is loaded: stream from then on
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
-        time.sleep(0.1)
+    wait_ready(proc, out)
     th, box = writer(plan_stream(seed=77, duration=30.0), path, speed=1.0)
     lines.wait(4, timeout=60)
     assert len(lines.items) >= 4

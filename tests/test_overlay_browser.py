@@ -48,9 +48,8 @@ def test_page_shows_live_messages_as_they_are_written(synth_run: dict, browser: 
     port = free_port()
     path = tmp_path / "obs.ts"
     proc, lines = start(live_cmd(synth_run["run"], str(path), "--serve", f"127.0.0.1:{port}", "--stall-timeout", "3"))
-    th, box = writer(plan_stream(seed=81, duration=25.0), path, speed=1.0)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while True:  # the server is up once the model is loaded
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -58,6 +57,7 @@ def test_page_shows_live_messages_as_they_are_written(synth_run: dict, browser: 
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "the overlay server never came up"
                 time.sleep(0.2)
+        th, box = writer(plan_stream(seed=81, duration=20.0), path, speed=1.0)
         browser.call("Page.navigate", {"url": f"http://127.0.0.1:{port}/"}, browser.session)
         wait_for(browser, "document.readyState === 'complete' && window.vod2chat && window.vod2chat.opened > 0")
         assert browser.js("getComputedStyle(document.body).backgroundColor") == "rgba(0, 0, 0, 0)"
