@@ -67,7 +67,7 @@ def test_page_shows_live_messages_as_they_are_written(synth_run: dict, browser: 
         wait_for(browser, f"document.querySelectorAll('#chat .msg').length >= {n0 + 3}")
         assert box.get("end") is None
         th.join(60)
-        err = finish(proc, lines, timeout=60)
+        err = finish(proc, lines, timeout=300)
         assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:
