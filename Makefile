@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/train.py
 	$(PY) bench/generate.py
+	$(PY) bench/moment.py
 
 clean:
 	rm -rf demo_out store runs synth bench_out

@@ -40,7 +40,8 @@ from vod2chat.ingest import align
 from vod2chat.shards.schema import Sample, sample_key
 from vod2chat.shards.store import Store, shard_info_dict
 from vod2chat.trainer.config import DataConfig, TrainConfig
-from vod2chat.trainer.data import iter_texts, make_loader
+from vod2chat.trainer import stream
+from vod2chat.trainer.data import iter_texts
 from vod2chat.trainer.steps import build_optimizer, to_device, token_loss, train_step
 from vod2chat.trainer.model import ModelConfig, VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
@@ -202,7 +203,12 @@ class TrainRig:
 
 def bench_loader(args, dcfg: DataConfig, tok: ChatTokenizer, rig: TrainRig, device: torch.device) -> dict[str, Any]:
     n = args.warmup + args.steps
-    new_loader = lambda: make_loader(dcfg, tok, "train", args.batch, 0, 1, args.seed, True)  # noqa: E731
+    shards = stream.pin_selection(dcfg)
+
+    def new_loader() -> stream.TrainBatches:
+        states = stream.start_states(None, None, 0, 1, args.num_workers, len(shards), args.seed, 0)
+        return stream.make_train_loader(shards, tok, dcfg, args.batch, args.seed, states, args.num_workers)
+
     # The same seed gives the same stream: these are exactly the batches the streamed run sees.
     memory = [to_device(b, device) for b in itertools.islice(iter(new_loader()), n)]
     it, it2, keys = iter(new_loader()), iter(new_loader()), []

@@ -20,7 +20,11 @@ A/V before t. Metrics, each for every ablation of the A/V input:
   Masked modalities are cut with video_mask/audio_mask = False, so only the model's null
   memory slot stays;
 - diversity: distinct-1/2 (over words and over tokens) of sampled messages, next to the real
-  chat's of the same moments.
+  chat's of the same moments;
+- where the truth is known (`--truth DIR` with the `{vod_id}.truth.json` files that
+  `vod2chat synth --kind events` writes): the Bayes oracle's and the channel marginal's ranking
+  metrics on the same candidates (inference/oracle.py), and the fraction of the oracle's MRR
+  gain over the marginal that each ablation closes.
 
 Candidate sets are built once per (store selection, split, seed) and saved as JSON
 ({store}/eval/candidates-{split}-seed{seed}-{id}.json, written atomically), then reused, so
@@ -41,7 +45,7 @@ import posixpath
 import sys
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -49,11 +53,14 @@ import numpy as np
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
+from vod2chat.config import param, save_config
+from vod2chat.inference import oracle
+from vod2chat.ingest.synth_events import find_truths, load_truth
 from vod2chat.shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import Example, collate, sample_examples, selection
+from vod2chat.trainer.data import Example, check_cut, collate, sample_examples, selection
 from vod2chat.trainer.steps import AV_KEYS, token_loss, to_device
 from vod2chat.trainer.model import DecodeCache, VodChatModel
 from vod2chat.trainer.sampling import SamplingConfig, generate
@@ -68,25 +75,23 @@ CANDIDATES_VERSION = 1
 
 @dataclass
 class EvalConfig:
-    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
-    store: str = ""  # default: the run's data.store
-    split: str = "test"
-    candidates: int = 100  # per moment, the real message included
-    n_popular: int = 20
-    n_tfidf: int = 20
-    seed: int = 0  # candidate sets, the moment subset, the A/V shuffle and sampling
-    max_moments: int = 1000  # moments evaluated (a seeded subset of the split); 0: all
-    batch_size: int = 16  # moments encoded together
-    out: str = ""  # JSON report; default {run}/eval-{split}.json
-    candidates_file: str = ""  # default {store}/eval/candidates-{split}-seed{seed}-{id}.json
-    ablations: list[str] = field(default_factory=lambda: list(ABLATIONS))
-    num_diversity_samples: int = 200  # moments to sample a message for (0: skip diversity)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    device: str = "auto"
-    progress: bool = True
+    run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
+    store: str = param("", "default: the run's data.store")
+    split: str = param("test", "the split evaluated", choices=["train", "val", "test"])
+    candidates: int = param(100, "per moment, the real message included")
+    n_popular: int = param(20, "most popular training messages among the candidates")
+    n_tfidf: int = param(20, "training messages nearest to the context (TF-IDF)")
+    seed: int = param(0, "candidate sets, the moment subset, the A/V shuffle and sampling")
+    max_moments: int = param(1000, "moments evaluated (a seeded subset of the split); 0: all")
+    batch_size: int = param(16, "moments encoded together")
+    out: str = param("", "JSON report; default {run}/eval-{split}.json")
+    candidates_file: str = param("", "default {store}/eval/candidates-{split}-seed{seed}-{id}.json")
+    ablations: list[str] = param(factory=lambda: list(ABLATIONS), help=f"comma-separated, of {','.join(ABLATIONS)}")
+    num_diversity_samples: int = param(200, "moments to sample a message for (0: skip diversity)")
+    sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
+    device: str = param("auto", "auto | cpu | cuda")
+    progress: bool = param(True, "progress bars")
+    truth: str = param("", "directory of <vod_id>.truth.json (synth --kind events): adds the Bayes oracle's metrics and the gain each ablation closes")
 
 
 # -- metrics ---------------------------------------------------------------------------
@@ -276,7 +281,13 @@ def read_json(url: str) -> dict[str, Any] | None:
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as f:
-        return json.load(f)
+        try:
+            obj = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON only: nothing read is executed
+            raise ValueError(f"{url}: not a JSON file ({e}); remove it to rebuild") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{url}: expected a JSON object, got {type(obj).__name__}; remove it to rebuild")
+    return obj
 
 
 def write_json_atomic(url: str, obj: Any) -> None:
@@ -331,7 +342,9 @@ def select_moments(data: DataConfig, store: Store, split: str, tok: ChatTokenize
     """The split's examples, or a seeded subset of max_moments of them: the moments whose
     hash(seed, key) is smallest, so the subset is spread over every VOD and does not depend
     on reading order. Returned in store order."""
-    urls = shard_urls(store, select_records(store, selection(data, split)))
+    records = select_records(store, selection(data, split))
+    check_cut(records, data)  # the moments need the windows the model was trained with
+    urls = shard_urls(store, records)
     if not urls:
         raise ValueError(f"store {store.url} has no VOD in split {split!r} (val_vods={data.val_vods} "
                          f"test_vods={data.test_vods}, fractions {data.val_fraction}/{data.test_fraction})")
@@ -489,18 +502,62 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
         "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
     }
+    fewest = min((len(v) for v in sets.values()), default=0)
+    trivial = [k for k in KS if 0 < fewest <= k]
+    if trivial:  # the real message is always within the top k of k candidates
+        report["warnings"] = [f"only {fewest} candidates for some moments: R@{','.join(map(str, trivial))} is 1.0 "
+                              "there by construction (raise --candidates, or the split has too few distinct messages)"]
+    if cfg.truth:
+        report["oracle"] = oracle_report(moments, sets, results, cfg.truth)
     if cfg.num_diversity_samples:
         sub = moments[: cfg.num_diversity_samples]
-        sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, data.max_message_tokens)
+        sc = cfg.sampling.resolved(data.max_message_tokens)
         fake = sample_messages(model, sub, tok, sc, cfg.batch_size, device, cfg.seed)
         report["diversity"] = {"generated": diversity(fake, tok), "real": diversity([e.text for e in sub], tok),
                                "examples": [{"real": e.text, "generated": g} for e, g in zip(sub[:10], fake)]}
     out = Path(cfg.out) if cfg.out else Path(cfg.run) / f"eval-{cfg.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    save_config(cfg, out.with_suffix(".toml"))  # what produced the report, loadable with --config
     report["out"] = str(out)
     print(format_report(report))
     return report
+
+
+def oracle_report(moments: list[Example], sets: dict[str, list[str]], results: dict[str, Any],
+                  truth_dir: str) -> dict[str, Any]:
+    """The oracle and the channel marginal next to every ablation, on the moments whose VOD has a
+    truth file (summed log-likelihood ranks)."""
+    truths = {vod: load_truth(p) for vod, p in find_truths(truth_dir).items()}
+    idx = [i for i, e in enumerate(moments) if e.key.split("__")[1] in truths]
+    if not idx:
+        raise ValueError(f"no truth file in {truth_dir} for any evaluated VOD: expected <vod_id>.truth.json "
+                         "(written by `vod2chat synth --kind events`)")
+    marginals = {vod: oracle.marginal_probs(t) for vod, t in truths.items()}
+    orc, marg = [], []
+    for i in idx:
+        e = moments[i]
+        vod = e.key.split("__")[1]
+        orc.append(oracle.rank_candidates(oracle.text_probs(truths[vod], e.t), sets[e.key]))
+        marg.append(oracle.rank_candidates(marginals[vod], sets[e.key]))
+    out = {"truth": truth_dir, "moments": len(idx), "oracle": oracle.mean_metrics(orc),
+           "marginal": oracle.mean_metrics(marg),
+           "model": {name: ranking_metrics([r["ranks_summed"][i] for i in idx]) for name, r in results.items()}}
+    out["closed_mrr"] = {name: oracle.closed_fraction(m["MRR"], out["marginal"]["MRR"], out["oracle"]["MRR"])
+                         for name, m in out["model"].items()}
+    return out
+
+
+def format_oracle(o: dict[str, Any]) -> list[str]:
+    head = f"{'':<13}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'MR':>7}{'MRR':>7}  {'gain closed':>11}"
+    lines = ["", f"against the truth ({o['moments']} moments with a truth file; summed log-likelihood; "
+                 "gain closed = (MRR - marginal) / (oracle - marginal)):", head, "-" * len(head)]
+    rows = [("oracle", o["oracle"], 1.0), ("marginal", o["marginal"], 0.0)]
+    rows += [(name, m, o["closed_mrr"][name]) for name, m in o["model"].items()]
+    for name, m, frac in rows:
+        lines.append(f"{name:<13}" + "".join(f"{m[f'R@{k}']:>7.3f}" for k in KS)
+                     + f"{m['MR']:>7.2f}{m['MRR']:>7.3f}  {frac:>10.1%}")
+    return lines
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -515,6 +572,8 @@ def format_report(r: dict[str, Any]) -> str:
             m = a[kind]
             row += "".join(f"{m[f'R@{k}']:>7.3f}" for k in KS) + f"{m['MR']:>7.2f}{m['MRR']:>7.3f} |"
         lines.append(row)
+    if "oracle" in r:
+        lines += format_oracle(r["oracle"])
     if "diversity" in r:
         lines += ["", f"{'diversity':<13}{'dist-1 w':>10}{'dist-2 w':>10}{'dist-1 t':>10}{'dist-2 t':>10}"
                       f"{'words':>8}{'unique':>8}"]
@@ -522,4 +581,5 @@ def format_report(r: dict[str, Any]) -> str:
             d = r["diversity"][who]
             lines.append(f"{who:<13}{d['distinct1_words']:>10.3f}{d['distinct2_words']:>10.3f}{d['distinct1_tokens']:>10.3f}"
                          f"{d['distinct2_tokens']:>10.3f}{d['mean_words']:>8.2f}{d['unique_messages']:>8.2f}")
+    lines += [f"WARNING: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

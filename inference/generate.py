@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vod2chat.config import param, save_config
 from vod2chat.shards.schema import Sample
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
@@ -53,28 +54,24 @@ USER_SHARDS = 32  # shards of training chat read for usernames (bounded: a store
 
 @dataclass
 class GenerateConfig:
-    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
-    vod: str = ""  # the video file
-    start: str = "0"  # seconds or [H:]MM:SS
-    end: str = ""  # default: the end of the video
-    out: str = ""  # JSON; default {vod stem}.chat.json next to the video
-    irc: str = ""  # tcd irc text (optional)
-    ass: str = ""  # .ass subtitles (optional)
-    html: str = ""  # replay page (optional)
-    rate: float = 0.0  # messages per minute; 0: the training chat's rate
-    streamer: str = ""  # rate and usernames from this streamer's training VODs only
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 0  # 0: the run's data.max_message_tokens
-    seed: int = 0
-    video_weights: str | None = None  # path, "random", or None: the torch hub cache
-    audio_weights: str | None = None
-    audio_pca: str | None = None
-    device: str = "auto"
-    batch: int = 32  # stretches decoded side by side
-    embed_video_mb: float = 16.0  # the HTML page embeds the video when it is at most this big
+    run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
+    vod: str = param("", "the video file", required=True)
+    start: str = param("0", "seconds or [H:]MM:SS")
+    end: str = param("", "default: the end of the video")
+    out: str = param("", "JSON; default {vod stem}.chat.json next to the video")
+    irc: str = param("", "tcd irc text (optional)")
+    ass: str = param("", ".ass subtitles (optional)")
+    html: str = param("", "replay page (optional)")
+    rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
+    streamer: str = param("", "rate and usernames from this streamer's training VODs only")
+    sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
+    seed: int = param(0, "sampling seed")
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used random encoders); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    device: str = param("auto", "auto | cpu | cuda")
+    batch: int = param(32, "stretches decoded side by side")
+    embed_video_mb: float = param(16.0, "the HTML page embeds the video when it is at most this big")
 
 
 # -- small pieces ----------------------------------------------------------------------------
@@ -156,6 +153,19 @@ def same_json(x: Any) -> Any:
     return json.loads(json.dumps(x, sort_keys=True))
 
 
+def check_paths(cfg: GenerateConfig) -> None:
+    """The video and the run exist and every output can be written where it was asked for."""
+    if "://" not in cfg.vod and not Path(cfg.vod).is_file():
+        raise FileNotFoundError(f"--vod {cfg.vod}: no such video file")
+    if not Path(cfg.run).exists():
+        raise FileNotFoundError(f"--run {cfg.run}: no such run or checkpoint directory")
+    outs = {"--out": cfg.out or str(Path(cfg.vod).with_suffix(".chat.json")), "--irc": cfg.irc, "--ass": cfg.ass,
+            "--html": cfg.html}
+    for flag, path in outs.items():
+        if path and not Path(path).resolve().parent.is_dir():
+            raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist (create it first)")
+
+
 def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
     """The ingest encoders at the fps the run's features were made at; refuses other weights."""
     from vod2chat.ingest.config import IngestConfig
@@ -163,6 +173,13 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    # Before any weights are looked for: a run on random-encoder features needs those same encoders,
+    # and "download the ResNet-50 weights" would be the wrong advice.
+    for kind, given in (("video", cfg.video_weights), ("audio", cfg.audio_weights)):
+        made_with = str(((want or {}).get(kind) or {}).get("weights", ""))
+        if made_with.startswith("random") and given != "random":
+            raise ValueError(f"run {cfg.run} was trained on a store made with random-initialised {kind} encoders: "
+                             "pass --weights random (the same encoders) to generate for it")
     icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
                         fps=fps, device=device)
     enc = Encoders(icfg)
@@ -240,6 +257,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
 
     if not cfg.run or not cfg.vod:
         raise ValueError("generate needs --run (a trained run) and --vod (a video file)")
+    check_paths(cfg)  # before minutes of work, not after
     t_begin = time.perf_counter()
     device = resolve_device(cfg.device)
     model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
@@ -274,8 +292,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     rng = np.random.default_rng(cfg.seed)
     times = poisson_times(start, end, rate, rng)
     names = draw_users(len(times), users, rng)
-    sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                        cfg.max_new_tokens or data.max_message_tokens)
+    sc = cfg.sampling.resolved(data.max_message_tokens)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t_dec = time.perf_counter()
     texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen)
@@ -287,6 +304,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     out.write_text("[\n" + ",\n".join(json.dumps(dataclasses.asdict(m), ensure_ascii=False) for m in msgs) + "\n]\n",
                    encoding="utf-8")
     written = [out]
+    save_config(cfg, out.with_suffix(".toml"))  # what produced the chat, loadable with --config
     if cfg.irc:
         write_irc(msgs, cfg.irc)
         written.append(Path(cfg.irc))

@@ -41,10 +41,12 @@ from typing import Any, Callable, TextIO
 
 import numpy as np
 
+from vod2chat.config import param
 from vod2chat.ingest import align
 from vod2chat.inference.sources import ByteSource, open_source
+from vod2chat.trainer.sampling import SamplingConfig
 
-# torch and the model code are imported where used: the CLI imports this module for LiveConfig.
+# The model code is imported where used: the CLI imports this module for LiveConfig.
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +59,24 @@ STATUS_EVERY_S = 30.0  # stream seconds between status lines on stderr
 
 @dataclass
 class LiveConfig:
-    run: str = ""  # a run directory (its latest checkpoint) or a checkpoint directory
-    source: str = ""  # a file still being written, an http(s) HLS playlist URL, or - (MPEG-TS on stdin)
-    out: str = ""  # also append each message as a JSON line here
-    serve: str = ""  # HOST:PORT for the overlay page (OBS browser source), e.g. 127.0.0.1:8765
-    chat: str = ""  # irc://irc.chat.twitch.tv/CHANNEL: the channel's real chat as context (read-only)
-    rate: float = 0.0  # messages per minute; 0: the training chat's rate
-    streamer: str = ""  # rate and usernames from this streamer's training VODs only
-    stall_timeout: float = 30.0  # seconds without new data before the stream counts as over
-    format: str = ""  # container format of the source (default: detected; stdin and HLS: mpegts)
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 0.9
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 0  # 0: the run's data.max_message_tokens
-    seed: int = 0
-    video_weights: str | None = None  # path, "random", or None: the torch hub cache
-    audio_weights: str | None = None
-    audio_pca: str | None = None
-    device: str = "auto"
-    batch: int = 8  # messages decoded side by side when catching up
+    run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
+    source: str = param("", "a video file still being written (MPEG-TS, Matroska, FLV), an http(s) HLS playlist "
+                            "URL, or - for MPEG-TS on stdin", required=True)
+    out: str = param("", "also append each message here as a JSON line")
+    serve: str = param("", "HOST:PORT of the overlay page for OBS (a browser source), e.g. 127.0.0.1:8765")
+    chat: str = param("", "irc://irc.chat.twitch.tv/CHANNEL: the channel's real chat as context (anonymous, read-only)")
+    rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
+    streamer: str = param("", "rate and usernames from this streamer's training VODs only")
+    stall_timeout: float = param(30.0, "seconds without new data before the stream counts as over")
+    format: str = param("", "container format of the source; default: detected (stdin and HLS: mpegts)")
+    sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
+    seed: int = param(0, "sampling seed")
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used "
+                                            "random encoders); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    device: str = param("auto", "auto | cpu | cuda")
+    batch: int = param(8, "messages decoded side by side when catching up")
 
 
 @dataclass
@@ -310,7 +310,6 @@ class Live:
         from vod2chat.inference.generate import (GenerateConfig, build_encoders, chat_rate, training_records,
                                                  training_users)
         from vod2chat.trainer import checkpoint
-        from vod2chat.trainer.sampling import SamplingConfig
 
         if not cfg.run or not cfg.source:
             raise ValueError("live needs --run (a trained run) and --source (a growing file, an HLS URL, or -)")
@@ -340,8 +339,7 @@ class Live:
         except (OSError, ValueError) as e:
             log.warning("no usernames from store %s (%s): using viewer{n}", self.data.store, e)
             self.users = Counter()
-        self.sc = SamplingConfig(cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                                 cfg.max_new_tokens or self.data.max_message_tokens)
+        self.sc = cfg.sampling.resolved(self.data.max_message_tokens)
         self.stdout = stdout or sys.stdout
         self.stop = threading.Event()
 

@@ -227,11 +227,17 @@ def video_src(video: str | Path, page: str | Path, embed_max_bytes: int) -> str:
     return urllib.parse.quote(Path(rel).as_posix())
 
 
+# Inside <script> the HTML parser, not JSON, decides where the data ends: '</script>' closes it
+# and '<!--' switches it into an escaped state. As \u escapes these characters are still the same
+# JSON (they can only occur inside strings) but invisible to the HTML parser; U+2028/9 for old JS.
+_SCRIPT_SAFE = str.maketrans({c: f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"})
+
+
 def chat_json(messages: Sequence[ChatMessage]) -> str:
-    """The chat as JSON that is safe inside <script> (no '</' can close it early)."""
+    """The chat as JSON that is safe inside <script>, whatever the messages say."""
     data: list[dict[str, Any]] = [{"t": round(float(m.t), 3), "user": m.user, "text": m.text,
                                    "color": on_dark(name_colour(m.user))} for m in sorted(messages, key=lambda m: m.t)]
-    return json.dumps(data, ensure_ascii=False).replace("</", "<\\/").replace("<!--", "<\\!--")
+    return json.dumps(data, ensure_ascii=False).translate(_SCRIPT_SAFE)
 
 
 def write_html(messages: Sequence[ChatMessage], path: str | Path, video: str | Path, title: str = "",

@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from vod2chat.ingest.errors import NotRetryable
+
 CHAT_SUFFIXES: tuple[str, ...] = (".txt", ".irc", ".log", ".json", ".gz", ".ass", ".ssa")
 
 
@@ -70,8 +72,8 @@ class ChatLog:
         return s
 
 
-class ChatFormatError(ValueError):
-    pass
+class ChatFormatError(NotRetryable, ValueError):
+    """A chat log that cannot be read; the message names the file."""
 
 
 # A reader turns the loaded file (str for text, decoded JSON otherwise) into (location, item)

@@ -2,38 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from vod2chat.config import param
 
 
 @dataclass
 class IngestConfig:
-    store: str = "./store"  # directory or fsspec URL
-    streamer: str = ""  # required unless inputs are under {streamer}/ dirs
-    inputs: list[str] = field(default_factory=list)  # video + chat files or directories, paired by VOD id
-    # Cutting and sampling: these are part of the store's identity (re-ingest with others is refused).
-    segment_s: float = 30.0
-    lookback_s: float = 20.0  # features carried before each segment, so early messages see a full window
-    fps: float = 1.0
-    context_messages: int = 8
-    segments_per_shard: int = 120  # one shard = one unit of parallel work
+    store: str = param("./store", "store directory or fsspec URL")
+    streamer: str = param("", "channel the VODs belong to (required unless inputs are under {streamer}/ dirs)")
+    inputs: list[str] = param(factory=list, help="video and chat files, or directories of them, paired by VOD id", positional=True)
+    # Cutting: part of each VOD's identity (re-ingesting a VOD with others needs --replace). VODs of
+    # one store may differ; the trainer refuses VODs whose look-back or context is shorter than its
+    # data.window_s / data.context_messages. fps is part of the video fingerprint: store-wide.
+    segment_s: float = param(30.0, "seconds per segment")
+    lookback_s: float = param(20.0, "features carried before each segment, so early messages see a full window")
+    fps: float = param(1.0, "video frames embedded per second")
+    context_messages: int = param(8, "previous messages stored with each segment")
+    segments_per_shard: int = param(120, "one shard = one unit of parallel work")
     # Encoders: a path, None for the torch hub cache, or "random" (explicit opt-in, fingerprinted).
-    video_weights: str | None = None
-    audio_weights: str | None = None
-    audio_pca: str | None = None
-    device: str = "auto"  # auto | cpu | cuda
-    video_batch: int = 32
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' for random-initialised encoders (recorded in the store); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    device: str = param("auto", "auto | cpu | cuda")
+    video_batch: int = param(32, "frames per ResNet-50 forward pass")
     # Media and chat details.
-    video_stream: int | None = None
-    audio_stream: int | None = None
-    decode_backend: str = "auto"  # auto | decord | pyav
-    stream_start: float | None = None  # unix seconds, for raw IRC logs
+    video_stream: int | None = param(None, "stream index (default: the best)")
+    audio_stream: int | None = param(None, "stream index (default: the best)")
+    decode_backend: str = param("auto", "auto | decord | pyav")
+    stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
-    input_cache: str = "~/.cache/vod2chat/inputs"
-    input_cache_gb: float = 100.0
-    replace: bool = False  # re-ingest a VOD whose record has other settings
+    input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")
+    input_cache_gb: float = param(100.0, "input cache bound (least recently used out first)")
+    replace: bool = param(False, "re-ingest a VOD whose record has other settings")
+    strict: bool = param(False, "fail a VOD that keeps less than half of its chat (or none) instead of a warning")
     # Ray fan-out.
-    address: str | None = None  # None: a local Ray; "auto": the cluster this node belongs to
-    num_actors: int = 0  # 0: one per GPU, else one per 2 CPUs
-    cpus_per_actor: float = 1.0
-    max_retries: int = 2
-    progress: bool = True
+    address: str | None = param(None, "None: a local Ray; 'auto': the cluster this node belongs to")
+    num_actors: int = param(0, "0: one per GPU, else one per 2 CPUs")
+    cpus_per_actor: float = param(1.0, "Ray CPUs per actor")
+    max_retries: int = param(2, "retries of a part whose actor died")
+    progress: bool = param(True, "progress bars")

@@ -16,23 +16,25 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from vod2chat.config import param
+
 
 @dataclass
 class DownloadConfig:
-    out: str = "vods"
-    streamer: str = ""  # with `last`: that channel's most recent archived VODs
-    last: int = 10
-    vods: list[str] = field(default_factory=list)  # ids or https://www.twitch.tv/videos/<id> URLs
-    quality: str = "480p"  # twitch-dl quality; frames are embedded at 224x224, so 480p is plenty
-    chat_tool: str = "twitch-dl"  # twitch-dl | chat-downloader
-    twitch_dl: str = "twitch-dl"  # executables: names on PATH or paths
-    chat_downloader: str = "chat_downloader"
-    progress: bool = True
+    out: str = param("vods", "output folder")
+    streamer: str = param("", "download this channel's most recent archived VODs (how many: --last)")
+    last: int = param(10, "with --streamer: how many")
+    vods: list[str] = param(factory=list, help="VOD ids or https://www.twitch.tv/videos/<id> URLs", positional=True)
+    quality: str = param("480p", "twitch-dl quality; frames are embedded at 224x224, so 480p is plenty")
+    chat_tool: str = param("twitch-dl", "the chat downloader", choices=["twitch-dl", "chat-downloader"])
+    twitch_dl: str = param("twitch-dl", "executables: names on PATH or paths")
+    chat_downloader: str = param("chat_downloader", "the chat-downloader executable")
+    progress: bool = param(True, "progress bars")
 
 
 class DownloadError(RuntimeError):
@@ -54,11 +56,19 @@ def list_command(cfg: DownloadConfig) -> list[str]:
 
 
 def video_command(cfg: DownloadConfig, vod_id: str, dest: Path) -> list[str]:
-    cmd = [cfg.twitch_dl, "download", vod_id, "--quality", cfg.quality, "--format", "mkv",
-           "--output", str(dest), "--overwrite"]
-    if os.environ.get("TWITCH_AUTH_TOKEN"):  # sub-only VODs
-        cmd += ["--auth-token", os.environ["TWITCH_AUTH_TOKEN"]]
-    return cmd
+    # No --auth-token here: a command line is visible to every user of the machine (ps); the
+    # token goes through the environment (tool_env).
+    return [cfg.twitch_dl, "download", vod_id, "--quality", cfg.quality, "--format", "mkv",
+            "--output", str(dest), "--overwrite"]
+
+
+def tool_env() -> dict[str, str]:
+    """The tools' environment: TWITCH_AUTH_TOKEN (sub-only VODs) becomes the variable twitch-dl
+    (>= 2.2) reads for `download --auth-token`."""
+    env = dict(os.environ)
+    if env.get("TWITCH_AUTH_TOKEN"):
+        env["TWITCH_DL_DOWNLOAD_AUTH_TOKEN"] = env["TWITCH_AUTH_TOKEN"]
+    return env
 
 
 def chat_command(cfg: DownloadConfig, vod_id: str, dest: Path) -> list[str]:
@@ -86,7 +96,7 @@ def explain(tool: str, stderr: str) -> str:
 def run_tool(cmd: list[str]) -> str:
     if shutil.which(cmd[0]) is None:
         raise DownloadError(f"{cmd[0]} is not installed: pip install 'vod2chat[download]' (or put it on PATH)")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=tool_env())
     if proc.returncode != 0:
         raise DownloadError(explain(Path(cmd[0]).name, proc.stderr + proc.stdout))
     return proc.stdout

@@ -20,8 +20,9 @@ from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
-from vod2chat.shards.store import ShardInfo, Store
+from vod2chat.shards.store import ShardInfo, Store, chat_counts, chat_warning
 
 log = logging.getLogger(__name__)
 ACTOR_PREFIX = "vod2chat-ingest-"
@@ -57,15 +58,31 @@ class IngestSummary:
     wall_s: float = 0.0
     nodes: set[str] = field(default_factory=set)
     retries: int = 0
+    chat: dict[str, dict[str, int]] = field(default_factory=dict)  # vod -> kept / dropped / malformed
+    warnings: list[str] = field(default_factory=list)  # VODs that keep less than half of their chat
+
+    def add_record(self, vod: str, rec: dict[str, Any]) -> None:
+        self.done.append(vod)
+        self.hours += rec["duration"] / 3600
+        self.messages += rec["messages"]
+        self.shards += len(rec["shards"])
+        self.chat[vod] = chat_counts(rec)
+        warning = chat_warning(vod, **self.chat[vod], duration=rec["duration"])
+        if warning:
+            log.warning(warning)
+            self.warnings.append(warning)
 
     def table(self) -> str:
         rate = self.hours * 3600 / self.wall_s if self.wall_s else 0.0
-        lines = [
+        lines = [f"{'VOD':<32} {'kept':>8} {'dropped':>8} {'malformed':>9}   chat messages (dropped: outside the video)"]
+        lines += [f"{vod:<32} {c['kept']:>8} {c['dropped']:>8} {c['malformed']:>9}" for vod, c in sorted(self.chat.items())]
+        lines += [
             f"VODs: {len(self.done)} done, {len(self.skipped)} skipped (already in store), {len(self.failed)} failed",
             f"ingested: {self.hours:.3f} h of VOD, {self.messages} messages, {self.shards} shards "
             f"on {len(self.nodes)} node(s), {self.retries} retried part(s)",
             f"speed: {rate:.1f} VOD-seconds per wall-second ({self.wall_s:.1f} s wall)",
         ]
+        lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"FAILED {vod}: {err}" for vod, err in sorted(self.failed.items())]
         return "\n".join(lines)
 
@@ -162,7 +179,7 @@ def main(cfg: IngestConfig) -> IngestSummary:
         except Exception as e:  # noqa: BLE001
             if isinstance(e, RayActorError):
                 pool.replace(slot)  # the process is gone (OOM, killed, node lost)
-            if tries < cfg.max_retries:
+            if tries < cfg.max_retries and not isinstance(getattr(e, "cause", None) or e, NotRetryable):
                 summary.retries += 1
                 log.warning("retrying %s part %d (%s)", vod, i, _reason(e))
                 queue.append((vod, i, tries + 1))
@@ -178,10 +195,7 @@ def main(cfg: IngestConfig) -> IngestSummary:
             p = plans[vod]
             rec = commit_vod(p, [shards[vod][k] for k in range(len(p.parts))], store, fingerprints,
                              time.perf_counter() - t0)
-            summary.done.append(vod)
-            summary.hours += rec["duration"] / 3600
-            summary.messages += rec["messages"]
-            summary.shards += len(rec["shards"])
+            summary.add_record(vod, rec)
             bar.set_postfix(vod_s_per_s=f"{summary.hours * 3600 / (time.perf_counter() - t0):.1f}", of=f"{total_s:.0f}s")
     bar.close()
     summary.wall_s = time.perf_counter() - t0

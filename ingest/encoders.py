@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import time
 from contextlib import nullcontext
@@ -161,8 +162,11 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         try:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            raise RuntimeError(f"{path}: not a loadable state_dict ({e}). "
+        except Exception as e2:  # noqa: BLE001
+            # torch's own message suggests loading unsafely: never repeat that advice to a user.
+            why = ("it holds objects other than tensors and arrays (a pickle that could run code: refused)"
+                   if isinstance(e2, pickle.UnpicklingError) else f"{type(e2).__name__}: {str(e2)[:200]}")
+            raise RuntimeError(f"{path}: not a loadable state_dict; {why}. "
                                "Pass a .pth saved with torch.save(model.state_dict())") from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # a training checkpoint wrapping the weights

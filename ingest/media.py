@@ -36,6 +36,8 @@ from typing import Any, Callable, Iterator, Sequence
 import av
 import numpy as np
 
+from vod2chat.ingest.errors import NotRetryable
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
@@ -49,7 +51,7 @@ NOT_VIDEO_FORMATS = ("tty",)
 INTERPOLATION = "BILINEAR"  # decord's scale filter default: keeps the two backends pixel-identical
 
 
-class MediaError(RuntimeError):
+class MediaError(NotRetryable, RuntimeError):
     """A file that cannot be decoded as asked; the message names the file and what failed."""
 
 

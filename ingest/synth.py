@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import av
 import numpy as np
 
+from vod2chat.config import param
 from vod2chat.ingest.chat import Message, write_irc
 
 AUDIO_RATE = 16000
@@ -165,10 +166,17 @@ def render_audio(scenes: list[Scene], first: int, n: int) -> np.ndarray:
 
 
 def write_video(stream: Stream, path: Path, fps: int, size: tuple[int, int]) -> None:
+    encode_av(path, stream.duration, fps, size, lambda t: render_frame(stream.scene_at(t), t, size),
+              lambda first, n: render_audio(stream.scenes, first, n))
+
+
+def encode_av(path: Path, duration: float, fps: int, size: tuple[int, int],
+              frame_at: Callable[[float], np.ndarray], audio_at: Callable[[int, int], np.ndarray]) -> None:
+    """H.264 + AAC in Matroska: frame_at(t) -> [h, w, 3] uint8; audio_at(first, n) -> n float32 samples."""
     w, h = size
     if w % 2 or h % 2:
         raise ValueError(f"size {size}: H.264 in yuv420p needs an even width and height")
-    n_video = round(stream.duration * fps)
+    n_video = round(duration * fps)
     # bitexact: no random track UIDs or encoder version strings, so a seed gives the same bytes.
     with av.open(str(path), "w", format="matroska", options={"fflags": "+bitexact"}) as out:
         vs = out.add_stream("libx264", rate=fps, options={
@@ -181,28 +189,42 @@ def write_video(stream: Stream, path: Path, fps: int, size: tuple[int, int]) -> 
         chunk = aus.codec_context.frame_size or 1024
         # AAC's priming frame makes the container count one frame more than was encoded: leave the
         # last one out so the file lasts `duration`, as long as its video (the tail reads as zeros).
-        n_audio = max(0, round(stream.duration * AUDIO_RATE) - chunk)
+        n_audio = max(0, round(duration * AUDIO_RATE) - chunk)
         a_next = 0
         for i in range(n_video):
             t = i / fps
-            frame = av.VideoFrame.from_ndarray(render_frame(stream.scene_at(t), t, size), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_at(t), format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
             out.mux(vs.encode(frame))
             # Audio up to this frame's time: packets leave the muxer in time order.
             while a_next < min(n_audio, round((i + 1) / fps * AUDIO_RATE)):
-                a_next = _write_audio(out, aus, stream.scenes, a_next, min(chunk, n_audio - a_next))
+                a_next = _write_audio(out, aus, audio_at, a_next, min(chunk, n_audio - a_next))
         while a_next < n_audio:
-            a_next = _write_audio(out, aus, stream.scenes, a_next, min(chunk, n_audio - a_next))
+            a_next = _write_audio(out, aus, audio_at, a_next, min(chunk, n_audio - a_next))
         out.mux(vs.encode(None))
         out.mux(aus.encode(None))
 
 
 def _write_audio(out: av.container.OutputContainer, aus: av.audio.stream.AudioStream,
-                 scenes: list[Scene], first: int, n: int) -> int:
-    frame = av.AudioFrame.from_ndarray(render_audio(scenes, first, n)[None, :], format="fltp", layout="mono")
+                 audio_at: Callable[[int, int], np.ndarray], first: int, n: int) -> int:
+    frame = av.AudioFrame.from_ndarray(audio_at(first, n)[None, :].astype(np.float32), format="fltp", layout="mono")
     frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, first, Fraction(1, AUDIO_RATE)
     out.mux(aus.encode(frame))
     return first + n
+
+
+@dataclass
+class SynthConfig:
+    """`vod2chat synth`: one synthetic stream (video + chat that reacts to it)."""
+    out: str = param("synth", "output directory: {vod_id}.mkv and {vod_id}.irc go here")
+    seed: int = param(0, "everything is drawn from it: the same seed gives the same stream")
+    duration: float = param(120.0, "seconds")
+    vod_id: str = param("", "file name stem, which ingest pairs video and chat by; default 100001 (scenes) / 200001 (events)")
+    fps: int = param(10, "video frame rate (scenes)")
+    kind: str = param("scenes", "scenes: coloured scenes with tones (the demo); events: brief events, delayed reaction "
+                      "bursts, per-channel words, and a <vod_id>.truth.json for `eval --truth`",
+                      choices=["scenes", "events"])
+    channel: str = param("forest", "events: the community's vocabulary (forest, harbor)")
 
 
 def synthesize(out_dir: str | Path, seed: int = 0, duration: float = 120.0, vod_id: str = "100001",
@@ -220,7 +242,7 @@ def synthesize(out_dir: str | Path, seed: int = 0, duration: float = 120.0, vod_
 
 
 # -- live: the same stream written as it happens ----------------------------------------------
-def write_live(stream: Stream, sink: "str | Path | Any", fps: int = 10, size: tuple[int, int] = (160, 90),
+def write_live(stream: Stream, sink: str | Path | Any, fps: int = 10, size: tuple[int, int] = (160, 90),
                speed: float = 1.0, fmt: str = "mpegts", segment_s: float = 1.0) -> float:
     """Write the stream as a live encoder would: frame i leaves at `start + i / fps / speed` of the
     wall clock (speed 0: as fast as possible), each packet flushed to `sink` as it is muxed.
@@ -250,6 +272,7 @@ def write_live(stream: Stream, sink: "str | Path | Any", fps: int = 10, size: tu
         chunk = aus.codec_context.frame_size or 1024
         n_video, n_audio = round(stream.duration * fps), round(stream.duration * AUDIO_RATE)
         a_next, t0 = 0, time.time()
+        audio_at = lambda first, n: render_audio(stream.scenes, first, n)  # noqa: E731
         for i in range(n_video):
             if speed > 0:
                 time.sleep(max(0.0, t0 + i / fps / speed - time.time()))
@@ -257,7 +280,7 @@ def write_live(stream: Stream, sink: "str | Path | Any", fps: int = 10, size: tu
             frame = av.VideoFrame.from_ndarray(render_frame(stream.scene_at(t), t, size), format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
             while a_next < min(n_audio, round((i + 1) / fps * AUDIO_RATE)):
-                a_next = _write_audio(out, aus, stream.scenes, a_next, min(chunk, n_audio - a_next))
+                a_next = _write_audio(out, aus, audio_at, a_next, min(chunk, n_audio - a_next))
             out.mux(vs.encode(frame))
         out.mux(vs.encode(None))
         out.mux(aus.encode(None))

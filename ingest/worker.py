@@ -26,16 +26,21 @@ from vod2chat.ingest import align
 from vod2chat.ingest.chat import CHAT_SUFFIXES, Message, parse_chat
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
-from vod2chat.shards.schema import SCHEMA_VERSION, Sample, check_name, sample_key
-from vod2chat.shards.store import ShardInfo, Store, StoreError, shard_info_dict
+from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, check_name, sample_key
+from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".flv", ".mov", ".ts", ".m4v")
 VIDEO_CHUNK_ROWS = 120  # frames decoded and embedded at a time: bounds memory on 4-hour VODs
 AUDIO_CHUNK_ROWS = 256  # VGGish windows at a time (~4 min of 16 kHz audio)
+
+
+class ChatCoverageError(NotRetryable, ValueError):
+    """A VOD whose chat log mostly misses the video, refused under --strict."""
 
 
 @dataclass
@@ -80,32 +85,66 @@ class Encoders:
 
 
 # -- pairing ---------------------------------------------------------------------------
+# Only these endings are cut off a file name to get its VOD id: ids may contain other dots
+# (which the store then refuses by name), never lose them silently.
+CHAT_ENDINGS = tuple(sorted({b + gz for b in CHAT_SUFFIXES if b != ".gz" for gz in ("", ".gz")} | {".gz"},
+                            key=len, reverse=True))
+
+
+def split_name(path: str | Path) -> tuple[str, str] | None:
+    """`2424877187.json.gz` -> (`2424877187`, "chat"); `3001.part1.mp4` -> (`3001.part1`, "video");
+    None for a file that is neither a video nor a chat log."""
+    name = Path(path).name
+    low = name.lower()
+    for kind, endings in (("video", VIDEO_SUFFIXES), ("chat", CHAT_ENDINGS)):
+        for e in endings:
+            if low.endswith(e) and len(name) > len(e):
+                return name[: -len(e)], kind
+    return None
+
+
 def vod_id_of(path: str | Path) -> str:
-    """`2424877187.mkv`, `2424877187.json.gz` -> `2424877187`."""
-    return Path(path).name.split(".", 1)[0]
+    """`2424877187.mkv`, `2424877187.json.gz` -> `2424877187` (only known endings are cut)."""
+    found = split_name(path)
+    return found[0] if found else Path(path).name
 
 
 def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
     """Pair videos with chat logs by VOD id. Directories (and s3:// or gs:// prefixes) are
-    searched recursively."""
-    files = [f for item in inputs for f in list_files(item)]
-    videos = {vod_id_of(f): f for f in files if Path(f).suffix.lower() in VIDEO_SUFFIXES}
-    chats = {
-        vod_id_of(f): f
-        for f in files
-        if Path(f).suffix.lower() not in VIDEO_SUFFIXES
-        and "".join(Path(f).suffixes[-2:]).lower().endswith(CHAT_SUFFIXES)
-    }
-    missing = sorted(set(videos) - set(chats))
-    if missing:
-        raise FileNotFoundError(
-            "no chat log for video(s) "
-            + ", ".join(str(videos[m]) for m in missing)
-            + f": put '<vod_id>{{{','.join(CHAT_SUFFIXES)}}}' next to each video"
-        )
+    searched recursively. Every video needs exactly one chat log; chat logs without a video
+    (e.g. generated `<vod>.chat.json` next to it) are left alone."""
     if not streamer:
         raise ValueError("--streamer is required (the channel these VODs belong to)")
-    return [VodJob(streamer, check_name("vod_id", v), str(videos[v]), str(chats[v])) for v in sorted(videos)]
+    check_name("streamer", streamer)
+    videos: dict[str, list[str]] = {}
+    chats: dict[str, list[str]] = {}
+    problems = []
+    for item in inputs:
+        files = list_files(item)
+        for f in files:
+            found = split_name(f)
+            if found:
+                (videos if found[1] == "video" else chats).setdefault(found[0], []).append(str(f))
+            elif files == [item]:  # named on the command line, not found in a folder
+                problems.append(f"{item}: neither a video ({', '.join(VIDEO_SUFFIXES)}) nor a chat log "
+                                f"({', '.join(CHAT_ENDINGS)})")
+    if not videos and not problems:
+        raise FileNotFoundError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {', '.join(inputs) or '(no inputs)'}")
+    for vid, paths in sorted(videos.items()):
+        try:
+            check_name("vod_id", vid)
+        except SchemaError as e:
+            problems.append(f"{paths[0]}: {e}; rename the file (and its chat log) to '<vod_id>.<ext>'")
+            continue
+        if len(paths) > 1:
+            problems.append(f"two videos map to VOD id {vid!r}: {' and '.join(paths)}; keep one or rename the other")
+        if len(chats.get(vid, [])) > 1:
+            problems.append(f"two chat logs for VOD id {vid!r}: {' and '.join(chats[vid])}; keep one")
+        if vid not in chats:
+            problems.append(f"no chat log for video {paths[0]}: put '{vid}{{{','.join(CHAT_ENDINGS)}}}' next to it")
+    if problems:
+        raise ValueError(f"cannot pair inputs ({len(problems)} problem(s)): " + " | ".join(problems))
+    return [VodJob(streamer, v, videos[v][0], chats[v][0]) for v in sorted(videos)]
 
 
 # -- planning --------------------------------------------------------------------------
@@ -186,9 +225,14 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
                 f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
             )
-        shard_base = 1 + max((int(re.findall(r"-(\d+)\.tar$", s["path"])[0]) for s in old["shards"]), default=-1)
+        numbers = (re.search(r"-(\d+)\.tar$", s["path"]) for s in old["shards"])
+        shard_base = 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
+    warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),
+                           len(chat.skipped), media.duration)
+    if warning and cfg.strict:
+        raise ChatCoverageError(f"{warning} Refused (--strict); chat log {job.chat}")
     segments = align.plan_segments(media.duration, cfg.segment_s, cfg.lookback_s, cfg.fps)
     return VodPlan(
         job=job, media=media, messages=kept, chat_format=chat.format,

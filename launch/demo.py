@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from vod2chat.config import load_config
+from vod2chat.config import load_config, param, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER = "synth"
+
+
+@dataclass
+class DemoConfig:
+    """`vod2chat demo` (`make demo`); launch/demo_debug.toml is the quick variant the tests run."""
+    out: str = param("demo_out", "where the videos, the store, the run and the outputs go")
+    quick: bool = param(False, "3 streams of 40 s and 20 steps instead of 8 of 5 min and 1500 (tests)")
+    train_config: str = param("demo_train.toml", "the training config, under launch/ or a path")
 
 
 def synth_vods(out: Path, n: int, duration: float) -> list[str]:
@@ -30,7 +39,7 @@ def synth_vods(out: Path, n: int, duration: float) -> list[str]:
     return ids
 
 
-def main(out: Path, quick: bool = False) -> int:
+def main(cfg: DemoConfig) -> int:
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.driver import main as ingest_main
     from vod2chat.launch.tables import store_table
@@ -38,7 +47,9 @@ def main(out: Path, quick: bool = False) -> int:
     from vod2chat.trainer.main import main as train_main
 
     t0 = time.perf_counter()
+    out, quick = Path(cfg.out), cfg.quick
     out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "demo.toml")
     n, duration = (3, 40.0) if quick else (8, 300.0)
     print(f"[1/5] synthesizing {n} streams of {duration:.0f} s in {out / 'vods'}")
     ids = synth_vods(out / "vods", n, duration)
@@ -58,7 +69,8 @@ def main(out: Path, quick: bool = False) -> int:
     print("[3/5] training on CPU (a fresh run: the store and the videos are reused)")
     shutil.rmtree(out / "run", ignore_errors=True)  # else the run would resume, already finished
     steps = 20 if quick else 1500
-    tcfg = load_config(Config, REPO / "launch/demo.toml", [
+    train_toml = REPO / "launch" / cfg.train_config if not Path(cfg.train_config).is_file() else cfg.train_config
+    tcfg = load_config(Config, train_toml, [
         f"data.store={out / 'store'}", f"train.run_dir={out / 'run'}", f"train.steps={steps}",
         f'data.val_vods=["{val_vod}"]', f'data.test_vods=["{test_vod}"]', f"train.progress={str(not quick).lower()}",
         f"train.eval_every={max(10, steps // 4)}", f"train.save_every={max(10, steps // 4)}"])

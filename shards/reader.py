@@ -10,8 +10,10 @@ anything that splits or dispatches batches again. Errors raise unless skipping i
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
@@ -26,6 +28,7 @@ from vod2chat.shards.store import Store
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key/extension split
 
 
 @dataclass
@@ -74,6 +77,12 @@ def select_records(store: Store, sel: Selection) -> list[dict[str, Any]]:
 
 def shard_urls(store: Store, records: Iterable[dict[str, Any]]) -> list[str]:
     return [store.full_url(sh["path"]) for rec in records for sh in rec["shards"]]
+
+
+def shard_checks(store: Store, records: Iterable[dict[str, Any]]) -> dict[str, tuple[str, int]]:
+    """url -> (sha256, bytes) of every shard of the records: what streaming reads verify against."""
+    return {store.full_url(sh["path"]): (sh["sha256"], sh["bytes"]) for rec in records for sh in rec["shards"]
+            if sh.get("sha256")}
 
 
 def shard_weights(records: list[dict[str, Any]], streamer_weights: dict[str, float]) -> list[float] | None:
@@ -128,12 +137,69 @@ def open_with_retries(url: str, tries: int = 4, backoff_s: float = 0.5) -> Any:
     raise AssertionError("unreachable")
 
 
-def open_shards(urls: Iterable[str], handler: Callable[[Exception], bool]) -> Iterator[dict[str, Any]]:
+class ShardError(ValueError):
+    """A shard that does not match its record (size or sha256): changed or corrupt."""
+
+
+def read_verified(url: str, sha256: str | None = None, nbytes: int | None = None) -> bytes:
+    """A whole shard, read once and hashed in memory (no second read) and checked against its
+    record before any sample of it is used: a flipped byte is an error naming the shard, never
+    silent training on garbage. A shard is at most a few tens of MB, one per reader at a time."""
+    with open_with_retries(url) as f:
+        data = f.read()  # one read of the storage; the hash is over these very bytes
+    h = hashlib.sha256(data)
+    if nbytes is not None and len(data) != nbytes:
+        raise ShardError(f"shard {url}: {len(data)} bytes but its VOD record says {nbytes}: the shard changed or is "
+                         "truncated; run `vod2chat store verify` and re-ingest its VOD (or set data.skip_errors=true)")
+    if sha256 and h.hexdigest() != sha256:
+        raise ShardError(f"shard {url}: sha256 {h.hexdigest()[:16]}... does not match its VOD record's {sha256[:16]}...: "
+                         "the shard changed or is corrupt; run `vod2chat store verify` and re-ingest its VOD "
+                         "(or set data.skip_errors=true)")
+    return data
+
+
+def shard_members(data: bytes, url: str) -> list[dict[str, Any]]:
+    """The raw members of every sample of a shard held in memory, in tar order, grouped by key
+    as webdataset groups them. Plain ustar members (what the store's TarWriter writes) are
+    sliced straight from memory; anything else (long names, pax headers) goes through tarfile."""
+    out: list[dict[str, Any]] = []
+    off, n = 0, len(data)
+    while off + 512 <= n:
+        hdr = data[off : off + 512]
+        if not any(hdr):
+            break  # end-of-archive blocks
+        if hdr[156:157] not in (b"0", b"\0") or hdr[124] & 0x80 or hdr[345] or (sum(hdr) - sum(hdr[148:156]) + 256) != int(
+                hdr[148:156].split(b"\0", 1)[0].strip() or b"-1", 8):
+            return list(group_by_keys(tar_file_expander([{"url": url, "stream": io.BytesIO(data)}], handler=reraise)))
+        name = hdr[:100].split(b"\0", 1)[0].decode("utf-8")
+        size = int(hdr[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        if off + 512 + size > n:
+            raise ShardError(f"shard {url}: member {name!r} runs past the end of the file (truncated)")
+        body = bytearray(data[off + 512 : off + 512 + size])  # writable: arrays decode from it without a copy
+        off += 512 + (size + 511) // 512 * 512
+        m = _KEY_EXT.match(name)
+        if m is None or name.startswith("__") or "/__" in name:
+            continue
+        key, ext = m.groups()
+        if not out or out[-1]["__key__"] != key:
+            out.append({"__key__": key, "__url__": url})
+        out[-1][ext] = body
+    return out
+
+
+def open_shards(urls: Iterable[str], handler: Callable[[Exception], bool],
+                checks: dict[str, tuple[str, int]] | None = None) -> Iterator[dict[str, Any]]:
+    """Open shards in turn. With `checks` (url -> (sha256, bytes) from the records), a shard is
+    read whole and verified before its first sample is yielded."""
     for url in urls:
         try:
-            f = open_with_retries(url)
+            if checks and url in checks:
+                f = io.BytesIO(read_verified(url, *checks[url]))
+            else:
+                f = open_with_retries(url)
         except Exception as e:  # noqa: BLE001 - the handler decides
-            e.args = (f"cannot open shard {url}: {e}",)
+            if not isinstance(e, ShardError):
+                e.args = (f"cannot open shard {url}: {e}",)
             if handler(e):
                 continue
             raise
@@ -198,6 +264,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         buffer: int = 0,
         skip_errors: bool = False,
         weights: list[float] | None = None,
+        checks: dict[str, tuple[str, int]] | None = None,
     ):
         super().__init__()
         self.urls, self.rank, self.world_size = list(urls), rank, world_size
@@ -205,6 +272,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         self.seed, self.epoch, self.resample = seed, epoch, resample
         self.shuffle_shards, self.buffer = shuffle_shards, buffer
         self.handler = skip_and_warn if skip_errors else reraise
+        self.checks = checks
 
     def __iter__(self) -> Iterator[Sample]:
         wid, nworkers = worker_id()
@@ -219,7 +287,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             shards = split_by_worker(split_by_node(shards, self.rank, self.world_size))
         urls = [u for u, _ in shards]
         stream: Iterable[str] = resampled(urls, [w for _, w in shards], rng) if self.resample else urls
-        raw = group_by_keys(tar_file_expander(open_shards(stream, self.handler), handler=self.handler))
+        raw = group_by_keys(tar_file_expander(open_shards(stream, self.handler, self.checks), handler=self.handler))
         samples: Iterable[Sample] = decode(raw, self.handler)
         if sample_split:
             samples = (s for i, s in enumerate(samples) if i % readers == reader)
@@ -231,4 +299,5 @@ class ShardStream(torch.utils.data.IterableDataset):
 def read_store(store: Store | str, sel: Selection | None = None, **kw: Any) -> ShardStream:
     """Convenience: every sample of a selection, one process."""
     store = store if isinstance(store, Store) else Store(store)
-    return ShardStream(shard_urls(store, select_records(store, sel or Selection())), **kw)
+    records = select_records(store, sel or Selection())
+    return ShardStream(shard_urls(store, records), checks=kw.pop("checks", shard_checks(store, records)), **kw)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +41,57 @@ class SchemaError(ValueError):
 
 def check_name(kind: str, value: str) -> str:
     """Streamer names and VOD ids become key fields and path parts: keep them plain."""
-    if not _NAME_RE.match(value) or "__" in value:
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value) or "__" in value:
         raise SchemaError(
             f"{kind} {value!r} is not usable in the store: use letters, digits, '-' and single '_' "
             "(no dots, slashes, spaces or '__')"
         )
     return value
+
+
+def check_shard_path(path: Any, streamer: str, where: str, vod_id: str | None = None) -> str:
+    """A shard path read from a record must stay inside the store, under the record's own
+    streamer (and, given `vod_id`, be one of that VOD's shards, `{vod_id}-{k}.tar`): records live
+    on shared buckets that anyone with write access may edit, and `verify`, `gc`,
+    `ingest --replace` (which deletes the replaced record's shards) and the trainer open or
+    delete what they name."""
+    fix = "fix or remove the record (then `vod2chat store verify`)"
+    if not isinstance(path, str):
+        raise SchemaError(f"{where}: shard path {path!r} is not a string; {fix}")
+    prefix = f"shards/{streamer}/"
+    name = path[len(prefix):] if path.startswith(prefix) else ""
+    # normpath catches `a/../b` and `./`; the name check catches absolute paths, `..`,
+    # backslashes, drive letters and URLs, which all contain characters a shard name cannot.
+    if (posixpath.normpath(path) != path or not name.endswith(".tar")
+            or not _NAME_RE.fullmatch(name[: -len(".tar")])):
+        raise SchemaError(
+            f"{where}: shard path {path!r} is not a plain '{prefix}<name>.tar' inside the store "
+            f"(relative, normalised, under shards/{{streamer}}/); {fix}"
+        )
+    if vod_id is not None and not re.fullmatch(rf"{re.escape(vod_id)}-\d+\.tar", name):
+        raise SchemaError(f"{where}: shard path {path!r} is not a shard of VOD {vod_id} "
+                          f"('{prefix}{vod_id}-<number>.tar'); {fix}")
+    return path
+
+
+def check_record(rec: Any, where: str, streamer: str | None = None, vod_id: str | None = None) -> dict[str, Any]:
+    """A VOD record as read from the store, checked before anything acts on its paths.
+    `streamer`/`vod_id`: what the record's location (vods/{streamer}/{vod_id}.json) says it is."""
+    if not isinstance(rec, dict):
+        raise SchemaError(f"{where}: a VOD record must be a JSON object; fix or remove the record")
+    try:
+        s, v = check_name("streamer", rec.get("streamer")), check_name("vod_id", rec.get("vod_id"))
+    except (SchemaError, TypeError) as e:
+        raise SchemaError(f"{where}: {e}; fix or remove the record") from None
+    if (streamer, vod_id) != (None, None) and (s, v) != (streamer, vod_id):
+        raise SchemaError(f"{where}: record says {s}/{v} but is stored as {streamer}/{vod_id}; "
+                          "fix or remove the record")
+    shards = rec.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(sh, dict) for sh in shards):
+        raise SchemaError(f"{where}: 'shards' must be a list of objects; fix or remove the record")
+    for sh in shards:
+        check_shard_path(sh.get("path"), s, where, v)
+    return rec
 
 
 def sample_key(streamer: str, vod_id: str, segment: int) -> str:
@@ -102,6 +148,25 @@ def encode_sample(s: Sample) -> dict[str, Any]:
     }
 
 
+_NPY_HEADER = re.compile(rb"\{'descr': '([<|][fiu][1248])', 'fortran_order': False, 'shape': \(([0-9, ]*)\), \} *\n")
+
+
+def load_npy(b: bytes | bytearray) -> np.ndarray:
+    """np.load without its per-array header evaluation (ast.literal_eval: most of the cost of a
+    small array) for the plain little-endian headers np.save writes; anything else: np.load,
+    never unpickling."""
+    if b[:8] == b"\x93NUMPY\x01\x00":
+        hl = int.from_bytes(b[8:10], "little")
+        m = _NPY_HEADER.fullmatch(bytes(b[10 : 10 + hl]))
+        if m:
+            shape = tuple(int(x) for x in m.group(2).split(b",") if x.strip())
+            dtype = np.dtype(m.group(1).decode())
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if len(b) - 10 - hl == count * dtype.itemsize:
+                return np.frombuffer(b, dtype, count, 10 + hl).reshape(shape)
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
 def decode_sample(raw: dict[str, Any]) -> Sample:
     """The dict of raw member bytes from a tar -> Sample, checking the contract."""
     key = raw.get("__key__", "?")
@@ -116,8 +181,8 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         )
     return Sample(
         key=key,
-        video=np.load(io.BytesIO(raw["video.npy"]), allow_pickle=False),
-        audio=np.load(io.BytesIO(raw["audio.npy"]), allow_pickle=False),
+        video=load_npy(raw["video.npy"]),
+        audio=load_npy(raw["audio.npy"]),
         chat=json.loads(raw["chat.json"]),
         meta=meta,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 import tarfile
 import time
@@ -23,9 +24,20 @@ from typing import Any, Iterator
 import fsspec
 import webdataset as wds
 
-from vod2chat.shards.schema import Sample, check_name, encode_sample
+from vod2chat.config import param
+from vod2chat.shards.schema import Sample, SchemaError, check_name, check_record, encode_sample
 
 TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class StoreToolConfig:
+    """`vod2chat store ACTION STORE`: inspect or clean a shard store."""
+    action: str = param("ls", "ls: totals per streamer; verify: checksums, counts, orphans; gc: remove orphans",
+                        positional=True, choices=["ls", "verify", "gc"])
+    store: str = param("", "store directory or fsspec URL", positional=True, required=True)
+    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)")
+    dry_run: bool = param(False, "gc: only list what would be removed")
 
 
 class StoreError(RuntimeError):
@@ -47,6 +59,7 @@ class VerifyReport:
     shards: int = 0
     problems: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    bad_records: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +91,24 @@ class Store:
         self.root = self.root.rstrip("/")
         # Local files can be renamed atomically; an object store's PUT is already atomic.
         self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+
+    @property
+    def canonical_url(self) -> str:
+        """The store as an absolute path or a full URL: what a run saves, so that eval and generate
+        find it from any working directory."""
+        if self.local:
+            return os.path.abspath(os.path.expanduser(self.root))
+        return self.fs.unstrip_protocol(self.root)
+
+    def require(self) -> "Store":
+        """This store, or a StoreError if nothing is there (a typo must not read as an empty store)."""
+        self.fs.invalidate_cache()
+        if not self.fs.exists(self.root):
+            raise StoreError(f"{self.url}: no such store (nothing at {self.canonical_url}); check the path, "
+                             "or create it with `vod2chat ingest --store ...`")
+        if not (self.fs.exists(self.abspath("vods")) or self.fs.exists(self.abspath("shards"))):
+            raise StoreError(f"{self.url}: not a vod2chat store (no vods/ or shards/ in {self.canonical_url})")
+        return self
 
     # -- paths ---------------------------------------------------------------------------
     def abspath(self, rel: str) -> str:
@@ -135,15 +166,32 @@ class Store:
         self._publish(target, rel)
 
     # -- records -------------------------------------------------------------------------
+    def _load_record(self, path: str) -> dict[str, Any]:
+        """One record, checked: its name and shard paths come from a file anyone with write
+        access to the bucket may have edited, and callers open and delete what it names."""
+        streamer = posixpath.basename(posixpath.dirname(path))
+        vod_id = posixpath.basename(path)[: -len(".json")]
+        with self.fs.open(path, "rb") as f:
+            try:
+                rec = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise StoreError(f"{path}: VOD record is not valid JSON ({e}); remove it and re-ingest") from e
+        try:
+            return check_record(rec, path, streamer, vod_id)
+        except SchemaError as e:
+            raise StoreError(str(e)) from None
+
     def read_record(self, streamer: str, vod_id: str) -> dict[str, Any] | None:
         path = self.abspath(self.record_rel(streamer, vod_id))
         if not self.fs.exists(path):
             return None
-        with self.fs.open(path, "rb") as f:
-            return json.load(f)
+        return self._load_record(path)
 
-    def records(self, streamers: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Committed VOD records, in a stable order (streamer, vod_id)."""
+    def records(self, streamers: list[str] | None = None,
+                errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Committed VOD records, in a stable order (streamer, vod_id). A bad record (not JSON,
+        a shard path outside its place) raises StoreError naming it, or, when `errors` is a list,
+        is skipped with its message appended there (verify reports every one)."""
         self.fs.invalidate_cache()  # object-store listings are cached: new commits must show
         for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
             name = posixpath.basename(path)
@@ -151,11 +199,14 @@ class Store:
                 continue
             if streamers and posixpath.basename(posixpath.dirname(path)) not in streamers:
                 continue
-            with self.fs.open(path, "rb") as f:
-                try:
-                    yield json.load(f)
-                except json.JSONDecodeError as e:
-                    raise StoreError(f"{path}: VOD record is not valid JSON ({e}); remove it and re-ingest") from e
+            try:
+                rec = self._load_record(path)
+            except StoreError as e:
+                if errors is None:
+                    raise
+                errors.append(str(e))
+                continue
+            yield rec
 
     def fingerprints(self) -> dict[str, Any] | None:
         """The store's feature fingerprints (all records share them), or None if empty."""
@@ -185,6 +236,10 @@ class Store:
             s["vods"] += 1
             s["hours"] += rec["duration"] / 3600
             s["messages"] += rec["messages"]
+            c = chat_counts(rec)
+            s["dropped"] += c["dropped"]
+            s["malformed"] += c["malformed"]
+            s["low_chat"] += chat_warning("", **c, duration=rec["duration"]) is not None
             s["segments"] += rec["segments"]
             s["shards"] += len(rec["shards"])
             s["bytes"] += sum(sh["bytes"] for sh in rec["shards"])
@@ -200,12 +255,13 @@ class Store:
     def verify(self, checksums: bool = True) -> VerifyReport:
         rep = VerifyReport()
         referenced: set[str] = set()
-        for rec in self.records():
+        for rec in self.records(errors=rep.bad_records):
             rep.vods += 1
             for sh in rec["shards"]:
                 rep.shards += 1
                 referenced.add(sh["path"])
                 rep.problems.extend(self._verify_shard(sh, checksums))
+        rep.problems.extend(rep.bad_records)
         rep.orphans = [p for p in self.shard_files() if p not in referenced]
         return rep
 
@@ -234,7 +290,13 @@ class Store:
         """Remove orphan shards. Young orphans may belong to an ingest still running: keep them."""
         now = time.time()
         removed = []
-        for rel in self.verify(checksums=False).orphans:
+        rep = self.verify(checksums=False)
+        if rep.bad_records:
+            # The shards of an unreadable record would look like orphans: deleting them could
+            # lose committed data. A person decides first.
+            raise StoreError(f"not collecting garbage in {self.url}: {len(rep.bad_records)} bad VOD record(s), "
+                             f"first: {rep.bad_records[0]}")
+        for rel in rep.orphans:
             path = self.abspath(rel)
             try:
                 mtime = self.fs.modified(path).timestamp()
@@ -246,6 +308,23 @@ class Store:
                 self.fs.rm(path)
             removed.append(rel)
         return removed
+
+
+def chat_counts(rec: dict[str, Any]) -> dict[str, int]:
+    """A record's chat: messages kept, dropped (outside the video), malformed lines skipped."""
+    return {"kept": int(rec.get("messages", 0)), "dropped": int(rec.get("messages_dropped", 0)),
+            "malformed": int(rec.get("chat_skipped", 0))}
+
+
+def chat_warning(vod: str, kept: int, dropped: int, malformed: int, duration: float) -> str | None:
+    """Why a VOD's chat looks wrong (less than half of the log kept), or None. A chat log for
+    another video, or offsets against another start, keeps nothing and would train on silence."""
+    total = kept + dropped + malformed
+    if total and kept * 2 >= total:
+        return None
+    return (f"{vod} keeps {kept} of {total} chat messages ({dropped} outside the video's {duration:.0f} s, "
+            f"{malformed} malformed): is it the chat log of this video, with the right start "
+            "(--stream-start for raw IRC)?")
 
 
 def shard_info_dict(info: ShardInfo) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def synth_run(synth_store: Path, tmp_path_factory) -> dict:
     from vod2chat.trainer.main import main
 
     run = tmp_path_factory.mktemp("synth_run") / "run"
-    cfg = load_config(Config, REPO / "launch/demo.toml", [
+    cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={synth_store}", f"train.run_dir={run}", f'data.val_vods=["{SYNTH_VODS[-1]}"]',
         "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
         "train.progress=false", "train.num_samples=0"])

@@ -1,4 +1,4 @@
-"""`vod2chat demo --quick`: the whole chain (synth -> Ray ingest -> train -> eval -> generate) end
+"""`vod2chat demo --config launch/demo_debug.toml` (the quick variant): the whole chain (synth -> Ray ingest -> train -> eval -> generate) end
 to end on a tiny stream, every output written. (`make demo` is the same code at full size.)"""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from pathlib import Path
 
 from vod2chat.launch.cli import main as cli
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     out = tmp_path / "demo"
-    assert cli(["demo", "--out", str(out), "--quick"]) == 0
+    assert cli(["demo", "--config", str(REPO / "launch/demo_debug.toml"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Recall@1" in printed and "replay page" in printed
     report = json.loads((out / "run/eval-test.json").read_text())
@@ -22,3 +24,6 @@ def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
     assert chat and all({"t", "user", "text"} <= set(m) for m in chat)
     assert "[Events]" in (out / "chat.ass").read_text() and "<video" in (out / "replay.html").read_text()
     assert (out / "chat.irc").read_text().startswith("[")
+    # Each stage's config beside its output, loadable again with --config.
+    for saved in ("demo.toml", "run/config.toml", "run/eval-test.toml", "chat.toml"):
+        assert (out / saved).is_file(), saved

@@ -15,9 +15,10 @@ from vod2chat.ingest.download import DownloadConfig, DownloadError, chat_command
 from vod2chat.ingest.worker import pair_inputs
 
 FAKE_TWITCH_DL = r'''#!{python}
-import json, shutil, sys
+import json, os, shutil, sys
 args = sys.argv[1:]
 log = open({log!r}, "a"); log.write(" ".join(args) + "\n"); log.close()
+env = open({log!r} + ".env", "a"); env.write(os.environ.get("TWITCH_DL_DOWNLOAD_AUTH_TOKEN", "-") + "\n"); env.close()
 if {fail!r}:
     sys.stderr.write({fail!r}); sys.exit(1)
 if args[0] == "videos":
@@ -54,7 +55,7 @@ def test_commands(monkeypatch, tmp_path: Path):
     assert cmd[:3] == ["twitch-dl", "download", "123456"] and cmd[cmd.index("--quality") + 1] == "720p"
     assert "--auth-token" not in cmd
     monkeypatch.setenv("TWITCH_AUTH_TOKEN", "tok")
-    assert video_command(cfg, "123456", tmp_path / "x.mkv")[-2:] == ["--auth-token", "tok"]
+    assert "tok" not in video_command(cfg, "123456", tmp_path / "x.mkv")  # never on a command line (ps)
     assert chat_command(cfg, "123456", tmp_path / "c.json")[:4] == ["twitch-dl", "chat", "json", "123456"]
     cd = chat_command(DownloadConfig(chat_tool="chat-downloader"), "123456", tmp_path / "c.json")
     assert cd[:2] == ["chat_downloader", "https://www.twitch.tv/videos/123456"]
@@ -99,3 +100,15 @@ def test_failures_explain_themselves(tmp_path: Path, real_data: Path, stderr: st
 def test_missing_tool_says_how_to_install(tmp_path: Path):
     cfg = DownloadConfig(out=str(tmp_path), vods=["4444444"], twitch_dl="no-such-twitch-dl", progress=False)
     assert "pip install 'vod2chat[download]'" in main(cfg)["failed"][0]
+
+
+def test_auth_token_goes_through_the_environment_never_argv(tmp_path: Path, real_data: Path, monkeypatch):
+    exe, log = fake_tool(tmp_path, real_data)
+    monkeypatch.setenv("TWITCH_AUTH_TOKEN", "s3cr3t-token-value")
+    report = main(DownloadConfig(out=str(tmp_path / "vods"), vods=["5555555"], twitch_dl=str(exe), progress=False))
+    assert report["downloaded"] == ["5555555"]
+    calls = log.read_text().splitlines()
+    envs = Path(f"{log}.env").read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["download", "chat"]
+    assert not any("s3cr3t" in c for c in calls)  # what `ps` would show
+    assert envs[0] == "s3cr3t-token-value"  # what twitch-dl reads for `download --auth-token`

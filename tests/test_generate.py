@@ -90,7 +90,7 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     # As defined (CTRL): seen logits 2.0 -> 1.0, -1.0 -> -2.0; unseen unchanged.
     expected = torch.tensor([1.0, -2.0, 0.5, 3.0]).softmax(-1)
     n = 40000
-    draws = pick(logits.expand(n, -1), seen.expand(n, -1), SamplingConfig(temperature=1.0, repetition_penalty=2.0),
+    draws = pick(logits.expand(n, -1), seen.expand(n, -1), SamplingConfig(temperature=1.0, top_p=1.0, repetition_penalty=2.0),
                  torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).float() / n
     assert torch.allclose(freq, expected, atol=0.01), (freq, expected)
@@ -278,3 +278,27 @@ def test_generate_refuses_encoders_other_than_the_runs(random_encoder_run: Path,
     with pytest.raises(ValueError, match=r"(?s)resnet50.*random.*fake.*--video-weights"):
         main(cfg)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_generate_checks_its_inputs_and_outputs_before_any_work(random_encoder_run: Path, real_data: Path,
+                                                                 tmp_path: Path, capsys):
+    from vod2chat.launch.cli import main as cli
+
+    video = str(real_data / "video/in1.mp4")
+    base = ["generate", "--config", str(REPO / "launch/generate_debug.toml"), "--run", str(random_encoder_run)]
+    # A run on random-encoder features: the advice is --weights random, not downloading weights.
+    assert cli(["generate", "--run", str(random_encoder_run), "--vod", video, "--out", str(tmp_path / "a.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--weights random" in err and "download" not in err.lower() and len(err.strip().splitlines()) == 1
+    for flag in ("--out", "--irc", "--ass", "--html"):
+        target = tmp_path / "missing" / "x.out"
+        extra = [] if flag == "--out" else ["--out", str(tmp_path / "b.json")]
+        assert cli([*base, "--vod", video, flag, str(target), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {target}: folder {target.parent} does not exist" in err, err
+        assert not (tmp_path / "b.json").exists()  # refused before the work, not after it
+    assert cli([*base, "--vod", str(tmp_path / "nope.mp4")]) == 2
+    assert "nope.mp4: no such video file" in capsys.readouterr().err
+    # The debug variant runs as is (random encoders, CPU, greedy) and saves its config beside the chat.
+    assert cli([*base, "--vod", video, "--out", str(tmp_path / "c.json"), "--end", "3"]) == 0
+    assert load_config(GenerateConfig, tmp_path / "c.toml").sampling.temperature == 0.0

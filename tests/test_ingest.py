@@ -3,6 +3,7 @@ with an actor killed mid-run and a corrupt video among good ones."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -130,8 +131,42 @@ def test_store_refuses_other_encoders(real_data: Path, tmp_path: Path, encoders:
 
 def test_pairing_errors_name_the_file(tmp_path: Path):
     (tmp_path / "123.mkv").write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match="123.mkv"):
+    with pytest.raises(ValueError, match="no chat log for video .*123.mkv"):
         pair_inputs([str(tmp_path)], "s")
+
+
+def test_vod_ids_keep_their_dots_and_never_collide(tmp_path: Path):
+    def touch(*names: str) -> Path:
+        d = tmp_path / str(len(list(tmp_path.iterdir())))
+        d.mkdir()
+        for n in names:
+            (d / n).write_bytes(b"x")
+        return d
+
+    # Only known endings are cut: .json.gz is one ending; a generated <vod>.chat.json is not a chat for <vod>.
+    d = touch("2424877187.mkv", "2424877187.json.gz", "2424877187.chat.json", "77.MP4", "77.irc")
+    jobs = pair_inputs([str(d)], "s")
+    assert [(j.vod_id, Path(j.chat).name) for j in jobs] == [("2424877187", "2424877187.json.gz"), ("77", "77.irc")]
+    # Parts of one VOD once both became "3001" and one was dropped: now each is refused, by name and rule.
+    d = touch("3001.part1.mp4", "3001.part2.mp4", "3001.part1.json", "3001.part2.json", "v1.2.mp4", "v1.2.txt")
+    with pytest.raises(ValueError) as e:
+        pair_inputs([str(d)], "s")
+    for name in ("3001.part1.mp4", "3001.part2.mp4", "v1.2.mp4"):
+        assert f"{name}: vod_id '{name[:-4]}' is not usable in the store" in str(e.value)
+    assert "no dots" in str(e.value)
+    d = touch("5.mp4", "5.mkv", "5.json")
+    with pytest.raises(ValueError, match=r"two videos map to VOD id '5': .*5.mkv and .*5.mp4"):
+        pair_inputs([str(d)], "s")
+    d = touch("6.mp4", "6.json", "6.irc")
+    with pytest.raises(ValueError, match=r"two chat logs for VOD id '6'"):
+        pair_inputs([str(d)], "s")
+    with pytest.raises(ValueError, match=r"streamer 'a.b' is not usable"):  # a key field too
+        pair_inputs([str(d / "6.mp4"), str(d / "6.json")], "a.b")
+    d = touch("7.avi", "7.json")
+    with pytest.raises(ValueError, match=r"7.avi: neither a video"):
+        pair_inputs([str(d / "7.avi"), str(d / "7.json")], "s")
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        pair_inputs([str(d)], "s")
 
 
 # -- Ray --------------------------------------------------------------------------------
@@ -208,3 +243,48 @@ def test_corrupt_video_fails_alone(synth_vods: Path, real_data: Path, tmp_path: 
     assert list(summary.failed) == ["test/666"] and "666.mp4" in summary.failed["test/666"]
     assert "FAILED test/666" in summary.table()
     assert Store(cfg.store).verify().ok
+
+
+def test_summary_counts_chat_warns_and_never_retries_a_truncated_video(synth_vods: Path, tmp_path: Path,
+                                                                       local_ray, capsys, caplog):
+    from vod2chat.launch.cli import main as cli
+
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "500.mkv").symlink_to(synth_vods / "500.mkv")
+    (vods / "500.irc").symlink_to(synth_vods / "500.irc")
+    # A chat log for another video: 10 messages an hour in, 2 malformed lines, 1 inside the 40 s.
+    (vods / "501.mkv").symlink_to(synth_vods / "501.mkv")
+    lines = [f"[1:00:{s:02d}] <u{s}> far away" for s in range(10)] + ["garbage line", "[x] <u> bad", "[0:00:05] <u> here"]
+    (vods / "501.irc").write_text("\n".join(lines) + "\n")
+    data = (synth_vods / "502.mkv").read_bytes()
+    (vods / "502.mkv").write_bytes(data[: len(data) // 2])  # truncated: probes fine, decoding ends at ~20 s
+    (vods / "502.irc").symlink_to(synth_vods / "502.irc")
+    store = tmp_path / "store"
+    args = ["ingest", "--store", str(store), "--streamer", "test", "--weights", "random", "--device", "cpu",
+            "--num-actors", "1", "--set", "segment_s=10.0", "--set", "lookback_s=5.0", "--set", "segments_per_shard=4",
+            "--set", "max_retries=2", "--set", "progress=false", str(vods)]
+    assert cli(args) == 1  # a VOD failed
+    out = capsys.readouterr()
+    assert "0 retried part(s)" in out.out  # a truncated file fails the same way on any actor
+    assert "FAILED test/502: MediaError: " in out.out and "502.mkv: video ends at" in out.out
+    [row] = [ln.split() for ln in out.out.splitlines() if ln.startswith("test/501 ")]
+    assert row[1:] == ["1", "10", "2"]  # kept, dropped outside the video, malformed
+    assert "WARNING test/501 keeps 1 of 13 chat messages (10 outside the video's 40 s, 2 malformed)" in out.out
+    assert "test/501 keeps 1 of 13" in caplog.text  # also logged (the console) as it happens
+    assert not any(ln.startswith("WARNING test/500") for ln in out.out.splitlines())
+    # store ls shows the same counts and names the VOD.
+    assert cli(["store", "ls", str(store)]) == 0
+    ls = capsys.readouterr().out
+    [total] = [ln.split() for ln in ls.splitlines() if ln.startswith("total")]
+    assert total[1] == "2" and total[4:6] == ["10", "2"]
+    assert "WARNING test/501 keeps 1 of 13" in ls
+    # --strict: the same VOD is a failure before any work (planning refuses it, not retried).
+    from vod2chat.ingest.worker import ChatCoverageError, plan_vod
+
+    cfg = debug_cfg(tmp_path / "strict", strict=True)
+    job = VodJob("test", "501", str(vods / "501.mkv"), str(vods / "501.irc"))
+    with pytest.raises(ChatCoverageError, match=r"test/501 keeps 1 of 13.*--strict.*501.irc"):
+        plan_vod(job, cfg, {"video": {}, "audio": {}}, Store(cfg.store))
+    assert plan_vod(dataclasses.replace(job, vod_id="500", video=str(vods / "500.mkv"), chat=str(vods / "500.irc")),
+                    cfg, {"video": {}, "audio": {}}, Store(cfg.store)) is not None

@@ -175,3 +175,22 @@ def test_chat_follows_the_video(browser: Browser, real_data: Path, tmp_path: Pat
         if s["n"]:
             assert s["last"] == f": message number {s['n'] - 1}"
     assert browser.js("document.getElementById('count').textContent") == "0"
+
+
+HOSTILE = ["<!-- the old escape broke JSON.parse here", "</script><script>window.pwned = 1</script>",
+           "--> <![CDATA[ ]]>", "a & b &amp; c", "line\u2028separator\u2029paragraph", "<img src=x onerror='window.pwned=2'>",
+           "\\u003c/script\\u003e", "</SCRIPT >", "<b>bold</b> \"quoted\" 'single'", "emoji 🐸 and ünïcode"]
+
+
+def test_hostile_messages_render_as_text(browser: Browser, real_data: Path, tmp_path: Path):
+    msgs = [Message(0.1 + 0.2 * k, f"user<{k}>&", text) for k, text in enumerate(HOSTILE)]
+    page = tmp_path / "replay.html"
+    write_html(msgs, page, real_data / "video/in1.mp4", title="<!-- </script> title", embed_max_bytes=0)
+    browser.open(page.as_uri())
+    browser.wait_for("document.getElementById('video').readyState >= 1")
+    seek(browser, 5.0)
+    shown = browser.js("""[...document.querySelectorAll('#messages .msg')].map(d =>
+        [d.querySelector('.user').textContent, d.querySelector('.text').textContent])""")
+    assert shown == [[m.user, ": " + m.text] for m in msgs]  # every message, exactly as written
+    assert browser.js("window.pwned === undefined && document.querySelectorAll('#messages img, #messages b').length === 0")
+    assert browser.js("document.title") == "<!-- </script> title"

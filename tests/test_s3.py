@@ -115,7 +115,7 @@ def test_trainer_streams_from_s3(s3, tmp_path: Path):
 
     make_store("s3://vod2chat-test/store3")
     cfg = load_config(Config, REPO / "launch/debug.toml", [
-        "data.store=s3://vod2chat-test/store3", f"train.run_dir={tmp_path / 'run'}", "train.steps=10",
+        "data.store=s3://vod2chat-test/store3", 'data.val_vods=["1003"]', f"train.run_dir={tmp_path / 'run'}", "train.steps=10",
         "train.progress=false", "train.num_samples=0"])
     out = main(cfg)
     assert out["val/loss"] > 0 and (tmp_path / "run/checkpoints/step_0000010/meta.json").exists()

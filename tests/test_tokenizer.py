@@ -147,9 +147,10 @@ def test_tokenizer_command_trains_on_the_train_split_of_a_store(tmp_path: Path):
     make_store(tmp_path / "store", vods=4, segments=2)
     out = tmp_path / "tok" / "tok.json"
     debug = REPO / "launch/debug.toml"
-    assert cli(["tokenizer", "--store", str(tmp_path / "store"), "--config", str(debug), "--out", str(out)]) == 0
+    assert cli(["tokenizer", "--store", str(tmp_path / "store"), "--config", str(debug), "--out", str(out),
+                "data.val_vods=1003"]) == 0
     tok = ChatTokenizer.load(out)
-    cfg = load_config(Config, debug, [f"data.store={tmp_path / 'store'}"])
+    cfg = load_config(Config, debug, [f"data.store={tmp_path / 'store'}", "data.val_vods=1003"])
     texts = list(iter_texts(cfg.data, "train"))
     assert 0 < len(texts) < 4 * 2 * 4  # the held-out VOD's chat is not in it
     direct = ChatTokenizer.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)

@@ -1,16 +1,23 @@
 """Checkpoints that resume a run exactly, and never leave a half-written one behind.
 
     {run_dir}/checkpoints/step_0000500/
-        model.pt  optim.pt  sched.pt  rng_rank{r}.pt  meta.json  config.toml  tokenizer.json
+        model.pt  optim.pt  sched.pt  rng_rank{r}.pt  data_rank{r}.json  selection.json
+        meta.json  config.toml  tokenizer.json
 
 A checkpoint directory is written under a temporary name and renamed when complete, so a
-crash mid-save leaves the previous checkpoints untouched. meta.json is for people and for
-refusing a store whose features were made by other encoders.
+crash mid-save leaves the previous checkpoints untouched. meta.json is for people, for
+refusing a store whose features were made by other encoders, and lists every other file's
+size and sha256: a resume verifies them and falls back to the newest intact checkpoint.
+data_rank{r}.json holds rank r's stream states (trainer/stream.py), selection.json the shard
+list the run trains on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -22,6 +29,23 @@ import torch
 from vod2chat.config import save_config
 
 PREFIX = "step_"
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (missing, corrupt, truncated, or not plain tensors)."""
+
+
+def load_tensors(path: str | Path) -> Any:
+    """A checkpoint file, read with weights_only=True: run directories live on shared disks and
+    buckets, and a pickle planted there must never run. The error names the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised naming the file
+        why = ("it holds objects other than tensors and plain numbers (a pickle that could run code: refused)"
+               if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {str(e)[:200]}")
+        raise CheckpointError(f"{path}: not a readable vod2chat checkpoint file; {why}. "
+                              "Remove that checkpoint (or the run) and use another") from e
 
 
 def ckpt_root(run_dir: str | Path) -> Path:
@@ -72,19 +96,34 @@ def staging_dir(run_dir: str | Path, step: int) -> Path:
     return d
 
 
-def write_rank_state(stage: Path, rank: int) -> None:
+def write_rank_state(stage: Path, rank: int, data_state: dict[str, Any] | None = None) -> None:
     torch.save(rng_state(), stage / f"rng_rank{rank}.pt")
+    if data_state is not None:
+        (stage / f"data_rank{rank}.json").write_text(json.dumps(data_state, separators=(",", ":")))
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    sha, n = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+            n += len(block)
+    return {"bytes": n, "sha256": sha.hexdigest()}
 
 
 def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Any,
-            meta: dict[str, Any], tokenizer_path: str | Path, keep_last: int) -> Path:
-    """Main process only, after every rank wrote its RNG state into `stage`."""
+            meta: dict[str, Any], tokenizer_path: str | Path, keep_last: int,
+            selection: dict[str, Any] | None = None) -> Path:
+    """Main process only, after every rank wrote its RNG and data states into `stage`."""
     torch.save(model.state_dict(), stage / "model.pt")
     torch.save(optimizer.state_dict(), stage / "optim.pt")
     torch.save(scheduler.state_dict(), stage / "sched.pt")
     save_config(cfg, stage / "config.toml")
     shutil.copy(tokenizer_path, stage / "tokenizer.json")
-    (stage / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1, sort_keys=True))
+    if selection is not None:
+        (stage / "selection.json").write_text(json.dumps(selection, separators=(",", ":")))
+    files = {p.name: file_digest(p) for p in sorted(stage.iterdir()) if p.is_file() and p.name != "meta.json"}
+    (stage / "meta.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=1, sort_keys=True))
     final = stage.parent / f"{PREFIX}{step:07d}"
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
@@ -95,7 +134,54 @@ def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, sche
 
 
 def read_meta(ckpt: str | Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / "meta.json").read_text())
+    p = Path(ckpt) / "meta.json"
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: cannot read ({e}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{p}: not a checkpoint's meta.json (no integer 'step'); the checkpoint is damaged")
+    return meta
+
+
+def verify(ckpt: str | Path) -> list[str]:
+    """Problems with a checkpoint's files against the sizes and sha256 in its meta.json (a
+    checkpoint from before they were recorded: only that its weights exist)."""
+    ckpt = Path(ckpt)
+    try:
+        files = read_meta(ckpt).get("files")
+    except CheckpointError as e:
+        return [str(e)]
+    if not files:
+        return [] if (ckpt / "model.pt").exists() else [f"{ckpt / 'model.pt'}: missing"]
+    problems = []
+    for name, want in sorted(files.items()):
+        p = ckpt / name
+        if "/" in name or "\\" in name or name.startswith("."):
+            problems.append(f"{ckpt / 'meta.json'}: lists an odd file name {name!r}")
+        elif not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != want.get("bytes"):
+            problems.append(f"{p}: {p.stat().st_size} bytes, meta.json says {want.get('bytes')} (truncated?)")
+        elif file_digest(p)["sha256"] != want.get("sha256"):
+            problems.append(f"{p}: sha256 differs from meta.json's (altered or corrupt)")
+    return problems
+
+
+def latest_intact(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint whose files match its meta.json; each newer damaged one is named in
+    a warning and passed over (a node lost mid-write on shared storage, a truncated copy)."""
+    found, bad = list_checkpoints(run_dir), []
+    for ckpt in reversed(found):
+        problems = verify(ckpt)
+        if not problems:
+            return ckpt
+        bad.extend(problems)
+        log.warning("checkpoint %s is damaged, falling back to an older one: %s", ckpt, "; ".join(problems))
+    if found:  # a resume must never silently become a fresh run over a run's checkpoints
+        raise CheckpointError(f"no intact checkpoint in {ckpt_root(run_dir)}: {'; '.join(bad)}. "
+                              "Remove the damaged checkpoints to start afresh, or restore them")
+    return None
 
 
 def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | None, store: str) -> None:
@@ -112,14 +198,14 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
     ckpt = Path(ckpt)
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_tensors(ckpt / "model.pt"))
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(ckpt / "optim.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(load_tensors(ckpt / "optim.pt"))
     if scheduler is not None:
-        scheduler.load_state_dict(torch.load(ckpt / "sched.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(load_tensors(ckpt / "sched.pt"))
     rng = ckpt / f"rng_rank{rank}.pt"
     if rng.exists():
-        set_rng_state(torch.load(rng, map_location="cpu", weights_only=True))
+        set_rng_state(load_tensors(rng))
     return read_meta(ckpt)
 
 
@@ -144,10 +230,13 @@ def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") ->
     from vod2chat.trainer.tokenizer import ChatTokenizer
 
     ckpt = resolve(run_dir_or_ckpt)
+    problems = verify(ckpt)
+    if problems:
+        raise CheckpointError(f"checkpoint {ckpt} is damaged: {'; '.join(problems)}")
     cfg = load_config(Config, ckpt / "config.toml")
     tok = ChatTokenizer.load(ckpt / "tokenizer.json")
     cfg.model.vocab_size = tok.vocab_size
     model = VodChatModel(cfg.model)
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(load_tensors(ckpt / "model.pt"))
     model.to(device).eval()
     return model, tok, cfg, {**read_meta(ckpt), "checkpoint": str(ckpt)}

@@ -2,67 +2,77 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from vod2chat.config import param
 from vod2chat.trainer.model import ModelConfig
 
 
 @dataclass
 class DataConfig:
-    store: str = "./store"
-    streamers: list[str] = field(default_factory=list)  # empty: every streamer in the store
-    vods: list[str] = field(default_factory=list)  # "vod_id" or "streamer/vod_id"; empty: all
+    store: str = param("./store", "the shard store: a directory or fsspec URL", flag="--store")
+    streamers: list[str] = param(factory=list, help="empty: every streamer in the store")
+    vods: list[str] = param(factory=list, help="'vod_id' or 'streamer/vod_id'; empty: all")
     # Sampling share per streamer in training (unlisted: 1); empty: in proportion to data size.
-    streamer_weights: dict[str, float] = field(default_factory=dict)
-    val_vods: list[str] = field(default_factory=list)  # named held-out VODs (turn the hash split off)
-    test_vods: list[str] = field(default_factory=list)
-    val_fraction: float = 0.1  # held-out splits are by VOD (hash of its id), never by message
-    test_fraction: float = 0.1
-    split_seed: int = 0
-    window_s: float = 20.0  # A/V seen before each message: [t - window_s, t], never after t
-    context_messages: int = 4  # previous chat messages given as text context
-    max_context_tokens: int = 48
-    max_message_tokens: int = 32
-    shuffle_buffer: int = 512  # examples
-    num_workers: int = 0  # DataLoader workers per process
-    skip_errors: bool = False  # skip corrupt shards/samples with a warning instead of raising
+    streamer_weights: dict[str, float] = param(factory=dict, help="sampling share per streamer, e.g. {a = 2.0}")
+    val_vods: list[str] = param(factory=list, help="named held-out VODs (turn the hash split off)")
+    test_vods: list[str] = param(factory=list, help="named test VODs")
+    val_fraction: float = param(0.1, "held-out splits are by VOD (hash of its id), never by message")
+    test_fraction: float = param(0.1, "share of VODs held out for test (by hash)")
+    split_seed: int = param(0, "seed of the hash split")
+    window_s: float = param(20.0, "A/V seen before each message: [t - window_s, t], never after t")
+    context_messages: int = param(4, "previous chat messages given as text context")
+    max_context_tokens: int = param(48, "context tokens kept (the most recent)")
+    max_message_tokens: int = param(32, "message tokens trained on (longer ones are cut)")
+    shuffle_buffer: int = param(512, "examples")
+    num_workers: int = param(0, "DataLoader workers per process (never more than its CPUs)")
+    # A resume streams the shard list its checkpoint pinned; true: VODs committed since join at
+    # the resume step (recorded in meta.json's selection.changes).
+    join_new_vods: bool = param(False, "on resume, let VODs committed since the checkpoint join the training stream")
+    skip_errors: bool = param(False, "skip corrupt shards/samples with a warning instead of raising")
 
 
 @dataclass
 class TokenizerConfig:
-    path: str = ""  # a trained tokenizer.json; empty: train one on the train split, saved in the run
-    vocab_size: int = 4000
-    min_frequency: int = 2
+    path: str = param("", "a trained tokenizer.json; empty: train one on the train split, saved in the run")
+    vocab_size: int = param(4000, "BPE vocabulary when a tokenizer is trained")
+    min_frequency: int = param(2, "BPE merges seen fewer times are not learned")
 
 
 @dataclass
 class TrainConfig:
-    run_dir: str = "runs/debug"
-    steps: int = 1000
-    global_batch: int = 64  # examples per optimizer step over all processes
-    micro_batch: int = 16  # examples per forward pass per process; accumulation makes up the rest
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (fp16 needs a GPU: it does nothing on CPU)
-    eval_every: int = 200
-    eval_batches: int = 20
-    save_every: int = 500
-    keep_last: int = 3
-    log_every: int = 10
-    num_samples: int = 4  # generated messages logged next to real ones at each eval
-    seed: int = 0
-    resume: bool = False  # continue from the latest checkpoint in run_dir
-    progress: bool = True
+    run_dir: str = param("runs/debug", "checkpoints, TensorBoard logs and config.toml go here")
+    steps: int = param(1000, "optimizer steps")
+    global_batch: int = param(64, "examples per optimizer step over all processes")
+    micro_batch: int = param(16, "examples per forward pass per process; accumulation makes up the rest")
+    lr: float = param(3e-4, "peak learning rate (AdamW; linear warm-up, cosine decay)")
+    min_lr_ratio: float = param(0.1, "final learning rate as a fraction of lr")
+    warmup_steps: int = param(100, "linear warm-up steps")
+    weight_decay: float = param(0.1, "AdamW decay on matrices (not norms, biases)")
+    beta1: float = param(0.9, "AdamW beta1")
+    beta2: float = param(0.95, "AdamW beta2")
+    grad_clip: float = param(1.0, "gradient norm clip (0: off)")
+    mixed_precision: str = param("auto", "auto | no | bf16 | fp16 (fp16 needs a GPU: it does nothing on CPU)")
+    eval_every: int = param(200, "steps between validation passes")
+    eval_batches: int = param(20, "validation batches per pass")
+    save_every: int = param(500, "steps between checkpoints")
+    keep_last: int = param(3, "checkpoints kept")
+    log_every: int = param(10, "steps between TensorBoard scalars")
+    num_samples: int = param(4, "generated messages logged next to real ones at each eval")
+    seed: int = param(0, "model init and data order")
+    resume: bool = param(False, "continue from the latest checkpoint in run_dir", flag="--resume")
+    progress: bool = param(True, "a progress bar")
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = param(factory=ModelConfig)
+    data: DataConfig = param(factory=DataConfig)
+    tokenizer: TokenizerConfig = param(factory=TokenizerConfig)
+    train: TrainConfig = param(factory=TrainConfig)
+
+
+@dataclass
+class TokenizerRunConfig(Config):
+    """`vod2chat tokenizer`: a training config (its data selection and tokenizer sizes) and where the result goes."""
+    out: str = param("tokenizer.json", "where tokenizer.json goes (use it with tokenizer.path=...)")

@@ -9,6 +9,9 @@ Token layout:  <bos> ctx_1 <eos> ctx_2 <eos> ... <sep> message <eos>   (loss on 
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import itertools
 import random
 from dataclasses import dataclass
@@ -17,25 +20,28 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from vod2chat.shards.reader import Selection, ShardStream, select_records, shard_urls, shard_weights, shuffle
+from vod2chat.shards.reader import Selection, ShardStream, select_records, shard_checks, shard_urls, shuffle
 from vod2chat.shards.schema import Sample
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.tokenizer import ChatTokenizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Example:
     key: str  # sample key + message index: identifies the example across ranks
     t: float
-    video: np.ndarray  # float16 [Tv, 2048]
+    video: np.ndarray | torch.Tensor  # float16 [Tv, 2048] (an array, or a view of its segment's rows)
     video_time: np.ndarray  # float32 [Tv], seconds before t (>= 0)
-    audio: np.ndarray  # float16 [Ta, 128]
+    audio: np.ndarray | torch.Tensor  # [Ta, 128]
     audio_time: np.ndarray  # float32 [Ta], seconds between the window's end and t (>= 0)
     tokens: list[int]
     n_prefix: int  # tokens before the message: <bos> context <sep>
     text: str
     context: list[str]
+    ref: tuple[int, int, int] = (-1, -1, -1)  # (shard, sample position, message): where to re-read it
 
 
 def av_window(sample: Sample, t: float, window_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -50,12 +56,15 @@ def av_window(sample: Sample, t: float, window_s: float) -> tuple[np.ndarray, np
 
 def context_tokens(texts: list[str], tok: ChatTokenizer, max_tokens: int) -> list[int]:
     """The most recent context messages that fit, oldest first, each closed by <eos>."""
+    return _fit_context([tok.encode(t) for t in texts], tok.eos_id, max_tokens)
+
+
+def _fit_context(ids: list[list[int]], eos: int, max_tokens: int) -> list[int]:
     out: list[int] = []
-    for text in reversed(texts):
-        ids = tok.encode(text) + [tok.eos_id]
-        if len(out) + len(ids) > max_tokens:
+    for m in reversed(ids):
+        if len(out) + len(m) + 1 > max_tokens:
             break
-        out = ids + out
+        out = m + [eos] + out
     return out
 
 
@@ -66,48 +75,79 @@ def build_tokens(context: list[str], message: str | None, tok: ChatTokenizer, cf
     return prefix + tok.encode(message)[: cfg.max_message_tokens] + [tok.eos_id], len(prefix)
 
 
-def sample_examples(sample: Sample, tok: ChatTokenizer, cfg: DataConfig) -> Iterator[Example]:
-    history = [m["text"] for m in sample.chat["context"]]
-    for i, m in enumerate(sample.chat["messages"]):
-        t = float(m["t"])
-        video, video_time, audio, audio_time = av_window(sample, t, cfg.window_s)
-        ctx = history[-cfg.context_messages :] if cfg.context_messages else []
-        tokens, n_prefix = build_tokens(ctx, m["text"], tok, cfg)
-        yield Example(f"{sample.key}/{i}", t, video, video_time, audio, audio_time, tokens, n_prefix, m["text"], ctx)
-        history.append(m["text"])
+def sample_examples(sample: Sample, tok: ChatTokenizer, cfg: DataConfig, shard: int = -1, pos: int = -1,
+                    first: int = 0) -> Iterator[Example]:
+    """A segment's examples (from message `first` on), the same as av_window + build_tokens per
+    message but with the segment's work done once: features converted to float32 tensors once
+    (examples are views of them), window bounds found for all messages in one searchsorted, and
+    every text tokenized once (a message is later context for the next ones). Features stay in
+    the store's float16 up to the model, which standardises them in float32 on its device."""
+    msgs = sample.chat["messages"][first:] if first else sample.chat["messages"]
+    if not msgs:
+        return iter(())
+    n_ctx = cfg.context_messages
+    history = [m["text"] for m in sample.chat["context"]][-n_ctx:] if n_ctx else []
+    texts = [m["text"] for m in sample.chat["messages"]]
+    ids, h = [tok.encode(x) for x in history + texts], len(history)
+    video, audio = sample.video, sample.audio
+    vt, at = sample.video_times(), sample.audio_end_times()
+    t = np.array([float(m["t"]) for m in msgs])
+    # Rows in (t - window, t]: times are increasing, so the window is a contiguous range.
+    v0, v1 = np.searchsorted(vt, t - cfg.window_s, "right"), np.searchsorted(vt, t + 1e-6, "right")
+    a0, a1 = np.searchsorted(at, t - cfg.window_s, "right"), np.searchsorted(at, t + 1e-6, "right")
+    all_texts = history + texts
+    out = []
+    for j, m in enumerate(msgs):
+        i = first + j  # message index in the segment; all_texts[h + i] is its text
+        ctx_ids = ids[max(0, h + i - n_ctx) : h + i] if n_ctx else []
+        prefix = [tok.bos_id] + _fit_context(ctx_ids, tok.eos_id, cfg.max_context_tokens) + [tok.sep_id]
+        tokens = prefix + ids[h + i][: cfg.max_message_tokens] + [tok.eos_id]
+        ctx = all_texts[max(0, h + i - n_ctx) : h + i] if n_ctx else []
+        ti = t[j]
+        out.append(Example(f"{sample.key}/{i}", float(ti), video[v0[j] : v1[j]], (ti - vt[v0[j] : v1[j]]).astype(np.float32),
+                           audio[a0[j] : a1[j]], (ti - at[a0[j] : a1[j]]).clip(0).astype(np.float32), tokens,
+                           len(prefix), m["text"], ctx, (shard, pos, i)))
+    return iter(out)
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
-    """Pad to the longest in the batch. Masks are True where real data is."""
+    """Pad to the longest in the batch. Masks are True where real data is. Masks, times and
+    tokens are filled in whole-batch operations; features with one copy per example."""
     B = len(examples)
-    L = max(len(e.tokens) for e in examples)
-    Tv = max(1, max(len(e.video) for e in examples))
-    Ta = max(1, max(len(e.audio) for e in examples))
-    tokens = torch.full((B, L), pad_id, dtype=torch.long)
-    loss_mask = torch.zeros(B, L, dtype=torch.bool)
-    video = torch.zeros(B, Tv, examples[0].video.shape[1])
-    audio = torch.zeros(B, Ta, examples[0].audio.shape[1])
-    video_time, audio_time = torch.zeros(B, Tv), torch.zeros(B, Ta)
-    video_mask, audio_mask = torch.zeros(B, Tv, dtype=torch.bool), torch.zeros(B, Ta, dtype=torch.bool)
-    for b, e in enumerate(examples):
-        n = len(e.tokens)
-        tokens[b, :n] = torch.tensor(e.tokens)
-        # Position i predicts token i+1: the loss covers predictions of the message and its <eos>.
-        loss_mask[b, e.n_prefix - 1 : n - 1] = True
-        nv, na = len(e.video), len(e.audio)
-        video[b, :nv], video_time[b, :nv], video_mask[b, :nv] = torch.from_numpy(e.video.astype(np.float32)), torch.from_numpy(e.video_time), True
-        audio[b, :na], audio_time[b, :na], audio_mask[b, :na] = torch.from_numpy(e.audio.astype(np.float32)), torch.from_numpy(e.audio_time), True
+    lens = np.fromiter((len(e.tokens) for e in examples), np.int64, B)
+    nv = np.fromiter((len(e.video) for e in examples), np.int64, B)
+    na = np.fromiter((len(e.audio) for e in examples), np.int64, B)
+    n_prefix = np.fromiter((e.n_prefix for e in examples), np.int64, B)
+    L, Tv, Ta = int(lens.max()), max(1, int(nv.max())), max(1, int(na.max()))
+    pos = np.arange(L)[None]
+    real = pos < lens[:, None]
+    tokens = np.full((B, L), pad_id, np.int64)
+    tokens[real] = np.fromiter(itertools.chain.from_iterable(e.tokens for e in examples), np.int64, int(lens.sum()))
+    # Position i predicts token i+1: the loss covers predictions of the message and its <eos>.
+    loss_mask = (pos >= n_prefix[:, None] - 1) & (pos < lens[:, None] - 1)
+    video_mask, audio_mask = np.arange(Tv)[None] < nv[:, None], np.arange(Ta)[None] < na[:, None]
+    out = {}
+    for name, n, T, mask in (("video", nv, Tv, video_mask), ("audio", na, Ta, audio_mask)):
+        # float16 as stored: half the bytes to copy, pin and send; the model converts on its device.
+        rows = np.zeros((B, T, examples[0].__dict__[name].shape[1]), np.float16)
+        times = np.zeros((B, T), np.float32)
+        if n.sum():
+            for b, e in enumerate(examples):  # one block copy per example (a boolean-mask store is slower)
+                rows[b, : n[b]] = e.__dict__[name]
+            times[mask] = np.concatenate([e.__dict__[f"{name}_time"] for e in examples])
+        out[name], out[f"{name}_time"] = torch.from_numpy(rows), torch.from_numpy(times)
     return {
-        "tokens": tokens, "loss_mask": loss_mask,
-        "video": video, "video_time": video_time, "video_mask": video_mask,
-        "audio": audio, "audio_time": audio_time, "audio_mask": audio_mask,
-        "n_prefix": torch.tensor([e.n_prefix for e in examples]),
+        "tokens": torch.from_numpy(tokens), "loss_mask": torch.from_numpy(loss_mask),
+        "video": out["video"], "video_time": out["video_time"], "video_mask": torch.from_numpy(video_mask),
+        "audio": out["audio"], "audio_time": out["audio_time"], "audio_mask": torch.from_numpy(audio_mask),
+        "n_prefix": torch.from_numpy(n_prefix),
         "keys": [e.key for e in examples], "texts": [e.text for e in examples],
     }
 
 
 class ExampleStream(torch.utils.data.IterableDataset):
-    """Samples from the shard stream, cut into examples, shuffled with a seeded buffer."""
+    """Samples from the shard stream, cut into examples, shuffled with a seeded buffer
+    (evaluation: one pass; training uses the resumable TrainStream in trainer/stream.py)."""
 
     def __init__(self, samples: ShardStream, tok: ChatTokenizer, cfg: DataConfig, buffer: int, seed: int):
         super().__init__()
@@ -128,38 +168,82 @@ def selection(cfg: DataConfig, split: str) -> Selection:
                      test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
 
-def split_shards(cfg: DataConfig, split: str) -> tuple[list[str], list[float] | None]:
+def check_cut(records: list[dict[str, Any]], cfg: DataConfig) -> None:
+    """Segment length and look-back are per-VOD ingest settings (a store may mix them), so each
+    selected VOD must carry what the examples need: a look-back of at least data.window_s (or a
+    message early in a segment sees a truncated window) and at least data.context_messages of
+    chat context. Records without these fields (not written by `vod2chat ingest`) are trusted."""
+    short = [(f"{r['streamer']}/{r['vod_id']}", r["lookback_s"]) for r in records
+             if r.get("lookback_s") is not None and r["lookback_s"] + 1e-9 < cfg.window_s]
+    if short:
+        have = min(lb for _, lb in short)
+        raise ValueError(
+            f"data.window_s={cfg.window_s:g} needs {cfg.window_s:g} s of features before each segment, but "
+            f"{len(short)} selected VOD(s) were ingested with less look-back: "
+            + ", ".join(f"{v} ({lb:g} s)" for v, lb in short[:5]) + ("..." if len(short) > 5 else "")
+            + f". Set data.window_s<={have:g}, or re-ingest them with --set lookback_s={cfg.window_s:g} --replace")
+    few = [(f"{r['streamer']}/{r['vod_id']}", r["context_messages"]) for r in records
+           if r.get("context_messages") is not None and r["context_messages"] < cfg.context_messages]
+    if few:
+        raise ValueError(
+            f"data.context_messages={cfg.context_messages} but {len(few)} selected VOD(s) were ingested with fewer: "
+            + ", ".join(f"{v} ({n})" for v, n in few[:5]) + ("..." if len(few) > 5 else "")
+            + f". Set data.context_messages<={min(n for _, n in few)}, or re-ingest them with "
+            f"--set context_messages={cfg.context_messages} --replace")
+
+
+def split_shards(cfg: DataConfig, split: str) -> tuple[list[str], dict[str, tuple[str, int]]]:
+    """A split's shard urls and their (sha256, bytes) from the records, which reads verify."""
     store = Store(cfg.store)
     records = select_records(store, selection(cfg, split))
+    check_cut(records, cfg)
     urls = shard_urls(store, records)
     if not urls:
         raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
                          f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
-    return urls, shard_weights(records, cfg.streamer_weights)
+    return urls, shard_checks(store, records)
+
+
+def cpus_per_process() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, n // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def workers(requested: int) -> int:
+    """DataLoader workers: never more than the CPUs this process has (more only thrash)."""
+    n = min(requested, cpus_per_process())
+    if n < requested:
+        log.warning("data.num_workers=%d is more than the %d CPU(s) per process here: using %d", requested,
+                    cpus_per_process(), n)
+    return n
 
 
 def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: int, rank: int, world_size: int,
-                seed: int, train: bool) -> torch.utils.data.DataLoader:
-    """Training: an endless resampled stream per rank (ranks never wait on each other).
-    Evaluation: one pass, each example on exactly one rank. The split happens here, once:
-    do not pass this loader through accelerator.prepare, which would split it again."""
-    urls, weights = split_shards(cfg, split)
-    samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=train, shuffle_shards=train,
-                          buffer=0, skip_errors=cfg.skip_errors, weights=weights if train else None)
+                seed: int, train: bool = False) -> torch.utils.data.DataLoader:
+    """Evaluation: one pass, each example on exactly one rank (training streams are
+    trainer.stream.make_train_loader: endless, resumable). The split happens here, once: do not
+    pass this loader through accelerator.prepare, which would split it again."""
+    if train:
+        raise ValueError("make_loader is one pass for evaluation; training uses trainer.stream.make_train_loader")
+    urls, checks = split_shards(cfg, split)
+    samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=False, shuffle_shards=False,
+                          buffer=0, skip_errors=cfg.skip_errors, checks=checks)
     # Evaluation shuffles too (the same seeded order every time): a batch then mixes moments, so
     # the first eval_batches are not one segment and the A/V-shuffled ablation swaps real content.
     ds = ExampleStream(samples, tok, cfg, buffer=cfg.shuffle_buffer, seed=seed)
-    return torch.utils.data.DataLoader(ds, batch_size=micro_batch, num_workers=cfg.num_workers,
-                                       collate_fn=lambda b: collate(b, tok.pad_id),
-                                       # Its own generator: iter(loader) must not draw from the global
-                                       # RNG, or a resumed run's dropout would drift from the original.
+    return torch.utils.data.DataLoader(ds, batch_size=micro_batch, num_workers=workers(cfg.num_workers),
+                                       collate_fn=functools.partial(collate, pad_id=tok.pad_id),
                                        generator=torch.Generator().manual_seed(seed))
 
 
 def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:
     """Chat texts of a split, for training the tokenizer (context-only messages are skipped:
     they are also some other segment's messages)."""
-    for s in ShardStream(split_shards(cfg, split)[0], shuffle_shards=False, skip_errors=cfg.skip_errors):
+    urls, checks = split_shards(cfg, split)
+    for s in ShardStream(urls, shuffle_shards=False, skip_errors=cfg.skip_errors, checks=checks):
         for m in s.chat["messages"]:
             yield m["text"]
 
@@ -168,12 +252,12 @@ def feature_stats(cfg: DataConfig, max_shards: int = 64, per_shard: int = 8) -> 
     """Per-channel mean and std of the video and audio rows of the train split, from the first
     samples of up to max_shards shards spread evenly over it (a cheap, deterministic estimate
     that does not come from one VOD only)."""
-    urls = split_shards(cfg, "train")[0]
+    urls, checks = split_shards(cfg, "train")
     picked = [urls[round(i * (len(urls) - 1) / max(1, min(max_shards, len(urls)) - 1))]
               for i in range(min(max_shards, len(urls)))]
     acc: dict[str, list] = {}
     for url in dict.fromkeys(picked):
-        for s in itertools.islice(ShardStream([url], shuffle_shards=False, skip_errors=cfg.skip_errors), per_shard):
+        for s in itertools.islice(ShardStream([url], shuffle_shards=False, skip_errors=cfg.skip_errors, checks=checks), per_shard):
             for name, rows in (("video", s.video), ("audio", s.audio)):
                 x = torch.from_numpy(rows.astype(np.float64))
                 n, s1, s2 = acc.setdefault(name, [0, 0.0, 0.0])

@@ -20,12 +20,10 @@ the run in train.run_dir from its latest checkpoint.
 
 from __future__ import annotations
 
-import argparse
-import itertools
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 if __name__ == "__main__" and __package__ in (None, ""):
     # `accelerate launch trainer/main.py` runs this file as a script, which puts trainer/ first on sys.path,
@@ -39,17 +37,27 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import load_config, save_config, to_dict
+from vod2chat.config import ArgParser, add_config_args, config_from_args, normalise_argv, run_command, save_config, to_dict
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, flat_dict, grad_accum_steps, load,
-                                    log_samples, mixed_precision, save, to_device, train_step)
+                                    log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
+from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
-    tc, run_dir = cfg.train, Path(cfg.train.run_dir)
+    tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
+    tc.resume = tc.resume or restarted()
+    # Saved absolute: eval and generate read the run's store from any working directory.
+    cfg.data.store = Store(cfg.data.store).require().canonical_url
+    if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
+        cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
+    if not tc.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
+        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
+                         "continue it, or choose a new train.run_dir")
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -65,24 +73,28 @@ def main(cfg: Config) -> dict[str, float]:
     model = VodChatModel(cfg.model)
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    start = load(acc, cfg, model, optimizer, scheduler, store_fps)
+    start, ckpt = load(acc, cfg, model, optimizer, scheduler, store_fps)
     if start == 0:  # a resumed run has its own statistics, from the checkpoint
         acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data))
     if acc.is_main_process:
         save_config(cfg, run_dir / "config.toml")
         acc.init_trackers("tb", config=flat_dict(to_dict(cfg)))
-    train_loader = make_loader(cfg.data, tok, "train", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed, True)
-    val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed, False)
-    batches: Iterator = itertools.islice(iter(train_loader), start * accum, None)  # the data position
+    plan = plan_data(cfg, ckpt, start, acc.process_index, acc.num_processes)  # the data position: O(1)
+    batches = make_train_loader(plan.shards, tok, cfg.data, tc.micro_batch, tc.seed, plan.states, plan.num_workers)
+    val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed)
     meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
             "tokenizer": {"vocab_size": tok.vocab_size}}
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (tc.progress and acc.is_main_process))
     metrics: dict[str, float] = {}
+    startup: dict[str, float] = {}
     t0 = time.perf_counter()
     for step in bar:
         micro = [to_device(next(batches), acc.device) for _ in range(accum)]
         out = train_step(model, optimizer, scheduler, micro, acc, tc.grad_clip)
         done = step + 1
+        if step == start:  # start-up cost: from entering main() to the first step done (resume included)
+            startup = {"train/startup_s": time.perf_counter() - t_start}
+            acc.log(startup, step=done)
         if done % tc.log_every == 0 or done == tc.steps:
             dt, t0 = time.perf_counter() - t0, time.perf_counter()
             n = min(tc.log_every, done - start) or 1
@@ -97,21 +109,32 @@ def main(cfg: Config) -> dict[str, float]:
             if acc.is_main_process and tc.num_samples:
                 log_samples(acc, model, val_loader, tok, cfg, done)
         if done % tc.save_every == 0 or done == tc.steps:
-            save(acc, cfg, done, model, optimizer, scheduler, tok_path, meta)
+            save(acc, cfg, done, model, optimizer, scheduler, tok_path, meta, plan, batches)
     acc.end_training()
-    return metrics
+    return {**metrics, **startup}
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None, help="TOML config (launch/debug.toml, launch/base.toml)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.run_dir")
-    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.steps=100 data.store=./store")
-    a = p.parse_args(argv)
-    cfg = load_config(Config, a.config, a.overrides)
-    cfg.train.resume = cfg.train.resume or a.resume
-    return cfg
+def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
+    """The flags `vod2chat train` has too (both are generated from Config): (config, --debug)."""
+    import argparse
+
+    p = ArgParser(prog="trainer/main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_config_args(p, Config, config_help="TOML config (launch/debug.toml, launch/base.toml)")
+    a = p.parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    return config_from_args(a), a.debug
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """`python trainer/main.py`, `torchrun ... trainer/main.py`, `accelerate launch trainer/main.py`: a user
+    error is one line per rank (the traceback only with --debug), exit status 2."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+
+    def run() -> int:
+        main(parse_args(argv)[0])
+        return 0
+    return run_command("trainer/main.py", run, debug=debug)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli())

@@ -31,22 +31,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from vod2chat.config import param
+
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 4000  # the trainer sets it from the tokenizer
-    d_model: int = 256
-    n_heads: int = 4
-    n_enc_layers: int = 2
-    n_dec_layers: int = 4
-    d_ff: int = 1024
-    dropout: float = 0.1
-    max_len: int = 128  # tokens per example: <bos> context <sep> message <eos>
-    video_dim: int = 2048
-    audio_dim: int = 128
-    max_time_s: float = 64.0  # ages are clamped to [0, max_time_s]: set it >= the data window
-    use_video: bool = True  # both False: a text-only model (the ablation baseline)
-    use_audio: bool = True
+    vocab_size: int = param(4000, "the trainer sets it from the tokenizer")
+    d_model: int = param(256)
+    n_heads: int = param(4)
+    n_enc_layers: int = param(2)
+    n_dec_layers: int = param(4)
+    d_ff: int = param(1024)
+    dropout: float = param(0.1)
+    max_len: int = param(128, "tokens per example: <bos> context <sep> message <eos>")
+    video_dim: int = param(2048)
+    audio_dim: int = param(128)
+    max_time_s: float = param(64.0, "ages are clamped to [0, max_time_s]: set it >= the data window")
+    use_video: bool = param(True, "both False: a text-only model (the ablation baseline)")
+    use_audio: bool = param(True)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:

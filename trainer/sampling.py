@@ -6,22 +6,28 @@ cache and each row sees exactly what it would see alone.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from vod2chat.config import param
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    repetition_penalty: float = 1.0  # 1: off (CTRL-style: divide positive logits, multiply negative)
-    max_new_tokens: int = 32
+    temperature: float = param(1.0, "0: greedy")
+    top_k: int = param(0, "0: off")
+    top_p: float = param(0.9, "nucleus sampling: the smallest set of tokens reaching this probability; 1: off")
+    repetition_penalty: float = param(1.0, "1: off (CTRL-style: divide positive logits, multiply negative)")
+    max_new_tokens: int = param(0, "tokens per message; 0: the run's data.max_message_tokens")
+
+    def resolved(self, max_message_tokens: int) -> "SamplingConfig":
+        """A copy whose max_new_tokens is set (0 means the longest message the run was trained on)."""
+        return dataclasses.replace(self, max_new_tokens=self.max_new_tokens or max_message_tokens)
 
 
 def pick(logits: torch.Tensor, seen: torch.Tensor, sc: SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -49,6 +55,8 @@ def generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tenso
              eos_id: int, sc: SamplingConfig, use_cache: bool = True,
              gen: torch.Generator | None = None) -> list[list[int]]:
     """New tokens for each prefix (without the prefix, without <eos>)."""
+    if sc.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, got {sc.max_new_tokens}: use SamplingConfig.resolved()")
     B, device = len(prefixes), memory.device
     lens = torch.tensor([len(p) for p in prefixes], device=device)
     total = int(lens.max()) + sc.max_new_tokens

@@ -7,8 +7,11 @@ generation and the benchmarks use `token_loss`/`to_device` from here, never the 
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import os
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ from accelerate import Accelerator
 from vod2chat.trainer.sampling import generate_batch
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config, TrainConfig
-from vod2chat.trainer.data import iter_texts
+from vod2chat.trainer import stream
+from vod2chat.trainer.data import iter_texts, workers
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
@@ -48,6 +52,7 @@ def grad_accum_steps(tc: TrainConfig, world_size: int) -> int:
 def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator) -> tuple[ChatTokenizer, Path]:
     path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer.json"
     if not path.exists() and acc.is_main_process:
+        stream.pin_selection(cfg.data)  # fails fast, naming the VODs, if the split holds no message
         tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
         tok.save(path)
     acc.wait_for_everyone()
@@ -70,7 +75,10 @@ def build_optimizer(model: VodChatModel, tc: TrainConfig) -> tuple[torch.optim.O
 
 # -- steps -----------------------------------------------------------------------------
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Features travel as float16 (as stored: half the bytes to pin and copy) and become
+    float32 on the device."""
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return {k: v.float() if torch.is_tensor(v) and v.dtype == torch.float16 else v for k, v in out.items()}
 
 
 def shuffle_av(batch: dict[str, Any]) -> dict[str, Any]:
@@ -126,27 +134,77 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int)
     return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
 
 
+@dataclass
+class DataPlan:
+    """What this rank streams: the pinned shard list, its history, and where each worker starts."""
+
+    shards: list[dict[str, Any]]
+    states: list[dict[str, Any]]
+    num_workers: int
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int) -> DataPlan:
+    """A fresh run pins the train split's shards; a resume continues the checkpoint's pinned
+    list (new VODs join only with data.join_new_vods, appended, the step recorded) and each
+    stream's saved state (remapped when processes, workers or shards changed)."""
+    nw = workers(cfg.data.num_workers)
+    shards = stream.load_pinned(ckpt) if ckpt else None
+    changes = list(checkpoint.read_meta(ckpt).get("selection", {}).get("changes", [])) if ckpt else []
+    if shards is None:
+        shards = stream.pin_selection(cfg.data)
+        if ckpt:
+            changes.append({"step": step, "event": "selected anew: the checkpoint pinned no selection"})
+    elif cfg.data.join_new_vods:
+        new = stream.join_new(shards, stream.pin_selection(cfg.data))
+        if new:
+            shards = shards + new
+            changes.append({"step": step, "event": "joined", "shards": len(new),
+                            "vods": sorted({f"{sh['streamer']}/{sh['vod_id']}" for sh in new})})
+    stream.check_has_messages(shards, cfg.data.store)
+    saved, lay = stream.read_saved(ckpt) if ckpt else (None, None)
+    states = stream.start_states(saved, lay, rank, world_size, nw, len(shards), cfg.train.seed, step)
+    return DataPlan(shards, states, nw, changes)
+
+
+def restarted() -> bool:
+    """torchrun --max-restarts brought this process back after a rank died: resume."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def save(acc: Accelerator, cfg: Config, step: int, model, optimizer, scheduler, tok_path: Path,
-         meta: dict[str, Any]) -> None:
+         meta: dict[str, Any], plan: DataPlan, batches: stream.TrainBatches) -> None:
     stage = checkpoint.staging_dir(cfg.train.run_dir, step)
     acc.wait_for_everyone()
-    checkpoint.write_rank_state(stage, acc.process_index)
+    checkpoint.write_rank_state(stage, acc.process_index, batches.state())
     acc.wait_for_everyone()
     if acc.is_main_process:
+        skipped = sorted({p for r in range(acc.num_processes)
+                          for s in json.loads((stage / f"data_rank{r}.json").read_text())["streams"]
+                          for p in s.get("skipped", [])})
+        data = {"layout": stream.layout(acc.num_processes, plan.num_workers, len(plan.shards)),
+                "skipped_shards": skipped}
+        sel = {"file": stream.SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
+               "vods": len({(sh["streamer"], sh["vod_id"]) for sh in plan.shards})}
         checkpoint.publish(stage, step, acc.unwrap_model(model), optimizer, scheduler, cfg,
-                           {**meta, "data": {"batches_per_rank": step * meta["grad_accum"]}}, tok_path,
-                           cfg.train.keep_last)
+                           {**meta, "data": data, "selection": sel}, tok_path, cfg.train.keep_last,
+                           selection={"store": cfg.data.store, "shards": plan.shards})
     acc.wait_for_everyone()
 
 
-def load(acc: Accelerator, cfg: Config, model, optimizer, scheduler, store_fps: dict[str, Any] | None) -> int:
-    """Resume from the latest checkpoint: returns the step to continue from (0: fresh run)."""
-    ckpt = checkpoint.latest(cfg.train.run_dir) if cfg.train.resume else None
+def load(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
+         store_fps: dict[str, Any] | None) -> tuple[int, Path | None]:
+    """Resume from the newest intact checkpoint: (the step to continue from, the checkpoint);
+    (0, None): a fresh run."""
+    ckpt = checkpoint.latest_intact(cfg.train.run_dir) if cfg.train.resume else None
     if ckpt is None:
-        return 0
+        return 0, None
     checkpoint.check_fingerprints(checkpoint.read_meta(ckpt), store_fps, cfg.data.store)
     meta = checkpoint.load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
-    return int(meta["step"])
+    if not (ckpt / f"rng_rank{acc.process_index}.pt").exists():
+        # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
+        torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
+    return int(meta["step"]), ckpt
 
 
 def log_samples(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config, step: int) -> None:

@@ -65,6 +65,11 @@ class ChatTokenizer:
             return []
         return self._tk.encode(" " + text, add_special_tokens=False).ids
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """encode() of many texts in one call (the Rust side loops): once per segment's messages."""
+        enc = self._tk.encode_batch([" " + t for t in texts], add_special_tokens=False)
+        return [e.ids if t else [] for e, t in zip(enc, texts)]
+
     def decode(self, ids: Iterable[int], skip_special: bool = True) -> str:
         text = self._tk.decode(list(ids), skip_special_tokens=skip_special)
         return text[1:] if text.startswith(" ") else text

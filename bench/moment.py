@@ -1,0 +1,199 @@
+"""Does the model find the moment? Brief events, delayed reactions, two channels, vs a Bayes oracle.
+
+    .venv/bin/python bench/moment.py                    # the README table: windows 8 and 20, 1,500 steps
+    .venv/bin/python bench/moment.py --steps 300 --vods 2 --duration 120 --out bench_out/moment_small
+
+1. Synthesizes `vod2chat synth --kind events` streams for two channels (forest, harbor: the
+   same event types, different words): per channel `--vods` training VODs, one validation VOD
+   and one test VOD, each with its `{vod_id}.truth.json`.
+2. Ingests them as two streamers of one store (random-initialised encoders, 20 s look-back
+   so that a 20 s window is a full one).
+3. Trains launch/demo.toml's model for `--steps` steps at each `--windows` value.
+4. Evaluates each run on the test VODs (one per channel) with the truth: the oracle, the
+   channel marginal, the model and its ablations, and the gain over the marginal each closes.
+5. Generation: `vod2chat generate` on each test VOD, and how often what it writes is a
+   reaction to an event that really happened in the last 2 to 8 s, against how often the
+   oracle's own samples would be.
+
+Everything is reused when it is already in --out (videos, store, runs, evaluations): delete a
+run's directory to retrain it. Every figure printed is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+CHANNELS = ("forest", "harbor")
+ROWS = ("oracle", "marginal", "full", "av_shuffled", "audio_only", "video_only", "chat_only")
+
+
+def vod_ids(channel: int, n_train: int) -> dict[str, list[str]]:
+    base = 200000 + 1000 * (channel + 1)
+    ids = [str(base + i) for i in range(n_train + 2)]
+    return {"train": ids[:n_train], "val": [ids[n_train]], "test": [ids[n_train + 1]]}
+
+
+def synth_all(out: Path, n_train: int, duration: float, val_duration: float) -> dict[str, dict[str, list[str]]]:
+    from vod2chat.ingest.synth_events import synthesize_events
+
+    plan = {}
+    for c, channel in enumerate(CHANNELS):
+        ids = vod_ids(c, n_train)
+        for split, vods in ids.items():
+            for vod in vods:
+                if not (out / "vods" / channel / f"{vod}.mkv").exists():
+                    synthesize_events(out / "vods" / channel, seed=int(vod), vod_id=vod, channel=channel,
+                                      duration=val_duration if split == "val" else duration)
+        plan[channel] = ids
+    return plan
+
+
+def ingest_all(out: Path) -> str:
+    from vod2chat.config import load_config
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.shards.store import Store
+
+    store_url = str(out / "store")
+    cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
+                      [f"store={store_url}", "lookback_s=20.0", "progress=false"])
+    enc, store = Encoders(cfg), Store(store_url)
+    for channel in CHANNELS:
+        for job in pair_inputs([str(out / "vods" / channel)], channel):
+            res = ingest_vod(job, store, enc, cfg)
+            if res.status not in ("done", "skipped"):
+                raise RuntimeError(f"ingest of {job.video} failed: {res}")
+    return store_url
+
+
+def train(out: Path, store: str, plan: dict[str, Any], window: float, steps: int, name: str,
+          overrides: list[str]) -> Path:
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train_main
+
+    run = out / "runs" / name
+    if (run / "done.json").exists():
+        return run
+    val = [f"{c}/{v}" for c in CHANNELS for v in plan[c]["val"]]
+    test = [f"{c}/{v}" for c in CHANNELS for v in plan[c]["test"]]
+    cfg = load_config(Config, REPO / "launch/demo.toml", [
+        f"data.store={store}", f"train.run_dir={run}", f"train.steps={steps}", f"data.window_s={window}",
+        f"data.val_vods={json.dumps(val)}", f"data.test_vods={json.dumps(test)}", "train.progress=false",
+        f"train.eval_every={steps}", f"train.save_every={steps}", "train.num_samples=0", *overrides])
+    t0 = time.perf_counter()
+    metrics = train_main(cfg)
+    (run / "done.json").write_text(json.dumps({"train_s": time.perf_counter() - t0, **metrics}))
+    return run
+
+
+def evaluate(out: Path, run: Path, max_moments: int) -> dict[str, Any]:
+    from vod2chat.inference.evaluate import EvalConfig
+    from vod2chat.inference.evaluate import main as eval_main
+
+    path = run / "eval-moment.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return eval_main(EvalConfig(run=str(run), split="test", truth=str(out / "vods"), max_moments=max_moments,
+                                num_diversity_samples=0, out=str(path), progress=False))
+
+
+def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[str, float]:
+    """Share of generated messages that react to an event of the right type under way (2 to 8 s
+    before), for the model (vod2chat generate) and in expectation for the oracle at the same times."""
+    from vod2chat.inference import oracle
+    from vod2chat.inference.generate import GenerateConfig
+    from vod2chat.inference.generate import main as gen_main
+    from vod2chat.ingest.synth_events import load_truth
+
+    hits = wrong = n = 0
+    orc = 0.0
+    for channel in CHANNELS:
+        vod = plan[channel]["test"][0]
+        truth = load_truth(out / "vods" / channel / f"{vod}.truth.json")
+        path = run / f"generated-{vod}.json"
+        if not path.exists():
+            gen_main(GenerateConfig(run=str(run), vod=str(out / "vods" / channel / f"{vod}.mkv"), end=str(end),
+                                    out=str(path), streamer=channel, video_weights="random",
+                                    audio_weights="random", device="cpu"))
+        types = {text: src for src, texts in truth.texts.items() if src != "chatter" for text in texts}
+        for m in json.loads(path.read_text()):
+            probs = oracle.text_probs(truth, m["t"])
+            active = {types[x] for x in probs if x in types}
+            src = types.get(m["text"].strip())
+            n += 1
+            hits += src is not None and src in active
+            wrong += src is not None and src not in active
+            orc += sum(p for x, p in probs.items() if x in types)
+    return {"messages": n, "model": hits / max(1, n), "model_wrong": wrong / max(1, n), "oracle": orc / max(1, n)}
+
+
+def table(results: dict[float, dict[str, Any]]) -> str:
+    lines = ["| window | ranking by | R@1 | R@5 | R@10 | mean rank | MRR | oracle gain closed |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for window, rep in results.items():
+        o = rep["oracle"]
+        for row in ROWS:
+            if row in ("oracle", "marginal"):
+                m, frac = o[row], (1.0 if row == "oracle" else 0.0)
+            elif row in o["model"]:
+                m, frac = o["model"][row], o["closed_mrr"][row]
+            else:
+                continue
+            label = {"oracle": "Bayes oracle (knows the events)", "marginal": "channel marginal"}.get(row, f"model: {row}")
+            lines.append(f"| {window:g} s | {label} | {m['R@1']:.3f} | {m['R@5']:.3f} | {m['R@10']:.3f} | "
+                         f"{m['MR']:.1f} | {m['MRR']:.3f} | {frac:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="bench_out/moment")
+    p.add_argument("--vods", type=int, default=3, help="training VODs per channel")
+    p.add_argument("--duration", type=float, default=300.0, help="seconds per training and test VOD")
+    p.add_argument("--val-duration", type=float, default=60.0)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--windows", default="8,20")
+    p.add_argument("--max-moments", type=int, default=0, help="test moments evaluated (0: all)")
+    p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
+    p.add_argument("--tag", default="", help="run name suffix (variants)")
+    p.add_argument("overrides", nargs="*", help="training config overrides, e.g. model.n_enc_layers=3")
+    a = p.parse_args()
+
+    out = Path(a.out)
+    t0 = time.perf_counter()
+    plan = synth_all(out, a.vods, a.duration, a.val_duration)
+    t_synth = time.perf_counter() - t0
+    store = ingest_all(out)
+    t_ingest = time.perf_counter() - t0 - t_synth
+    print(f"synthesized in {t_synth:.0f} s, ingested in {t_ingest:.0f} s", file=sys.stderr)
+    results, gens, train_s = {}, {}, {}
+    for window in (float(w) for w in a.windows.split(",")):
+        run = train(out, store, plan, window, a.steps, f"w{window:g}-s{a.steps}{a.tag}", a.overrides)
+        train_s[window] = json.loads((run / "done.json").read_text())["train_s"]
+        results[window] = evaluate(out, run, a.max_moments)
+        if a.generate_s:
+            gens[window] = generation(out, run, plan, a.generate_s)
+    print(f"\n{a.steps} steps of launch/demo.toml's model; test: one held-out VOD per channel "
+          f"({next(iter(results.values()))['oracle']['moments']} moments); overrides: {' '.join(a.overrides) or 'none'}\n")
+    print(table(results))
+    if gens:
+        print("\n| window | generated messages | reacting to the event that happened: model | oracle | model / oracle "
+              "| reacting to an event that did not happen: model |\n|---:|---:|---:|---:|---:|---:|")
+        for window, g in gens.items():
+            print(f"| {window:g} s | {g['messages']} | {g['model']:.3f} | {g['oracle']:.3f} | "
+                  f"{g['model'] / max(g['oracle'], 1e-9):.0%} | {g['model_wrong']:.3f} |")
+    print(f"\ntraining wall time per window: {', '.join(f'{w:g} s: {s:.0f} s' for w, s in train_s.items())}; "
+          f"total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
