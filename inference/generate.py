@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vod2chat.config import param, save_config
-from vod2chat.shards.schema import Sample
+from vod2chat.shards.schema import ChatBlock, Sample, SegmentMeta, sample_key
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, av_window, build_tokens, collate
@@ -131,12 +131,11 @@ def chat_rate(records: list[dict[str, Any]]) -> float:
 
 
 def training_users(data: DataConfig, records: list[dict[str, Any]]) -> Counter:
-    from vod2chat.shards.reader import shard_urls
+    from vod2chat.shards.reader import read_chat, shard_urls
     from vod2chat.shards.store import Store
-    from vod2chat.inference.evaluate import iter_chat
 
     urls = shard_urls(Store(data.store), records)[:USER_SHARDS]
-    return Counter(m["user"] for chat in iter_chat(urls) for m in chat["messages"] if m.get("user"))
+    return Counter(m["user"] for chat in read_chat(urls) for m in chat["messages"] if m.get("user"))
 
 
 def draw_users(n: int, users: Counter, rng: np.random.Generator) -> list[str]:
@@ -173,6 +172,8 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    # The run's features were computed in some precision (fp32, bf16 autocast): compute in the same one.
+    tag = str(want["video"].get("precision", "auto")) if want else "auto"
     # Before any weights are looked for: a run on random-encoder features needs those same encoders,
     # and "download the ResNet-50 weights" would be the wrong advice.
     for kind, given in (("video", cfg.video_weights), ("audio", cfg.audio_weights)):
@@ -181,7 +182,7 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
             raise ValueError(f"run {cfg.run} was trained on a store made with random-initialised {kind} encoders: "
                              "pass --weights random (the same encoders) to generate for it")
     icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
-                        fps=fps, device=device)
+                        fps=fps, device=device, precision=tag.split()[0])
     enc = Encoders(icfg)
     have = same_json(enc.fingerprints())
     try:
@@ -210,9 +211,9 @@ def compute_features(media: Any, start: float, end: float, window_s: float, enc:
         if media.video_stream is not None else np.zeros((0, enc.video.dim), np.float16)
     audio = embed_audio(media, range(a0, max(a0, a1)), enc.audio, None) \
         if media.audio_stream is not None else np.zeros((0, enc.audio.dim), np.float16)
-    meta = {"video_t0": v0 / fps, "fps": fps, "audio_t0": a0 * hop, "audio_hop": hop, "audio_win": hop,
-            "start": start, "end": end}
-    return Sample("generate__range__000000", video, audio, {"context": [], "messages": []}, meta)
+    meta = SegmentMeta(streamer="generate", vod_id="range", segment=0, start=start, end=end, lookback=start - lo,
+                       video_t0=v0 / fps, fps=fps, audio_t0=a0 * hop, audio_hop=hop, audio_win=hop)
+    return Sample(sample_key("generate", "range", 0), video, audio, ChatBlock().as_dict(), meta.as_dict())
 
 
 # -- decoding ----------------------------------------------------------------------------------

@@ -8,15 +8,17 @@ rewrite the same shard name without ever duplicating data. The record is written
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
 import logging
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -29,7 +31,7 @@ from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
-from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, check_name, sample_key
+from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, check_name, sample_key
 from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
 
 log = logging.getLogger(__name__)
@@ -71,13 +73,30 @@ class VodPlan:
 
 
 class Encoders:
-    """The two feature encoders, built once per process (or per Ray actor) and reused."""
+    """The two feature encoders, built once per process (or per Ray actor) and reused, with the
+    thread that decodes ahead of them and the seconds spent per stage."""
 
     def __init__(self, cfg: IngestConfig):
         device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.video = VideoEncoder(weights=cfg.video_weights, device=device, batch_size=cfg.video_batch)
-        self.audio = AudioEncoder(weights=cfg.audio_weights, pca=cfg.audio_pca, device=device)
+        self.video = VideoEncoder(weights=cfg.video_weights, device=device, batch_size=cfg.video_batch,
+                                  precision=cfg.precision)
+        self.audio = AudioEncoder(weights=cfg.audio_weights, pca=cfg.audio_pca, device=device,
+                                  precision=cfg.precision)
         self.fps = cfg.fps
+        self.stages: collections.Counter[str] = collections.Counter()  # seconds per stage, see take_stages
+        self._decoder: ThreadPoolExecutor | None = None
+
+    def decoder(self) -> ThreadPoolExecutor:
+        """One thread that decodes the next chunk while an encoder runs on this one (decoders
+        release the GIL); one, so decord's reader is never used by two threads at once."""
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="vod2chat-decode")
+        return self._decoder
+
+    def take_stages(self) -> dict[str, float]:
+        """Seconds per stage since the last call (decode, ResNet-50, VGGish, write, waiting)."""
+        out, self.stages = dict(self.stages), collections.Counter()
+        return out
 
     def fingerprints(self) -> dict[str, dict[str, Any]]:
         # fps is part of the video feature space: the same frames at 2 fps mean other rows.
@@ -264,24 +283,84 @@ def embed_audio(media: MediaInfo, rows: range, enc: AudioEncoder, audio_path: st
     return np.concatenate(out)
 
 
+def _timed(stages: collections.Counter[str], name: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return fn(*a, **kw)
+    finally:
+        stages[name] += time.perf_counter() - t0
+
+
+def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Encoders, cfg: IngestConfig,
+               audio_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Video rows (frames at k / fps through ResNet-50) and audio rows (VGGish windows), chunk
+    by chunk. With cfg.prefetch the next chunk (video, then audio) is decoded in enc's decode
+    thread while the encoder runs on this one; time per stage is added to enc.stages."""
+    st, threads = enc.stages, cfg.decode_threads or torch.get_num_threads()
+    hw = cfg.decode_device if cfg.decode_device != "auto" else enc.video.device.type
+    hwaccel = "cuda" if hw == "cuda" else None
+    steps: list[tuple[Callable[[], Any], Callable[[Any], np.ndarray], str]] = []
+    for c in range(video_rows.start, video_rows.stop, VIDEO_CHUNK_ROWS):
+        times = [k / cfg.fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, video_rows.stop))]
+        steps.append((lambda times=times: _timed(st, "decode video", read_frames, media, times,
+                                                 size=enc.video.input_size, backend=cfg.decode_backend,
+                                                 threads=threads, seek_keyframes=cfg.seek_keyframes,
+                                                 hwaccel=hwaccel),
+                      lambda frames: _timed(st, "ResNet-50", enc.video.encode, frames), "video"))
+
+    def vggish(wave: np.ndarray, n: int) -> np.ndarray:
+        feats = _timed(st, "VGGish", enc.audio.encode, wave)
+        if len(feats) != n:
+            raise RuntimeError(f"{media.path}: audio encoder gave {len(feats)} rows for {n} windows")
+        return feats
+
+    for c in range(audio_rows.start, audio_rows.stop, AUDIO_CHUNK_ROWS):
+        stop = min(c + AUDIO_CHUNK_ROWS, audio_rows.stop)
+        steps.append((lambda c=c, stop=stop: _timed(st, "decode audio", read_audio, media, c * align.AUDIO_HOP,
+                                                    stop * align.AUDIO_HOP, align.AUDIO_SR, audio_path=audio_path),
+                      lambda wave, n=stop - c: vggish(wave, n), "audio"))
+    out: dict[str, list[np.ndarray]] = {"video": [np.zeros((0, enc.video.dim), np.float16)],
+                                        "audio": [np.zeros((0, enc.audio.dim), np.float16)]}
+    pending: Future | None = enc.decoder().submit(steps[0][0]) if cfg.prefetch and steps else None
+    for i, (decode, encode, kind) in enumerate(steps):
+        if pending is None:
+            data = decode()
+        else:
+            data = _timed(st, "waiting for decode", pending.result)
+            pending = enc.decoder().submit(steps[i + 1][0]) if i + 1 < len(steps) else None
+        out[kind].append(encode(data))
+    return np.concatenate(out["video"]), np.concatenate(out["audio"])
+
+
+def check_part_fingerprints(plan: VodPlan, enc: Encoders) -> None:
+    """A worker whose encoders differ from the plan's (other weights, another precision on
+    another node's hardware) must not write into the VOD: its features live in another space."""
+    have = {k: fingerprint_id(v) for k, v in enc.fingerprints().items()}
+    want = plan.settings["fingerprint_ids"]
+    if have != want:
+        raise StoreError(
+            f"{plan.job.streamer}/{plan.job.vod_id}: this worker's encoders ({enc.video.device}, precision "
+            f"{enc.video.precision}) have fingerprints {have}, the ingest was planned with {want}; give every "
+            "node the same weights and an explicit precision (--set precision=fp32 or bf16)")
+
+
 def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> list[Sample]:
+    check_part_fingerprints(plan, enc)
     segs = plan.parts[part]
     v0, a0 = segs[0].v0, segs[0].a0
     local = local_job(plan.job, cfg)  # the plan may have been made on another node
     media = dataclasses.replace(plan.media, path=local.video)
-    video = embed_video(media, range(v0, segs[-1].v1), cfg.fps, enc.video, cfg.decode_backend)
-    audio = embed_audio(media, range(a0, segs[-1].a1), enc.audio, local.audio)
+    video, audio = embed_rows(media, range(v0, segs[-1].v1), range(a0, segs[-1].a1), enc, cfg, local.audio)
     fps = enc.fingerprints()
     last = len(plan.segments) - 1
     samples = []
     for seg in segs:
-        meta = {
-            "streamer": plan.job.streamer, "vod_id": plan.job.vod_id, "segment": seg.index,
-            "start": seg.start, "end": seg.end, "lookback": cfg.lookback_s,
-            "video_t0": seg.v0 / cfg.fps, "fps": cfg.fps,
-            "audio_t0": seg.a0 * align.AUDIO_HOP, "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
-            "fingerprints": {k: fingerprint_id(v) for k, v in fps.items()},
-        }
+        meta = SegmentMeta(
+            streamer=plan.job.streamer, vod_id=plan.job.vod_id, segment=seg.index,
+            start=seg.start, end=seg.end, lookback=cfg.lookback_s, video_t0=seg.v0 / cfg.fps, fps=cfg.fps,
+            audio_t0=seg.a0 * align.AUDIO_HOP, audio_hop=align.AUDIO_HOP, audio_win=align.AUDIO_HOP,
+            fingerprints={k: fingerprint_id(v) for k, v in fps.items()},
+        ).as_dict()
         chat = align.chat_for_segment(plan.times, plan.messages, seg, seg.index == last, cfg.context_messages)
         samples.append(Sample(
             key=sample_key(plan.job.streamer, plan.job.vod_id, seg.index),
@@ -294,7 +373,8 @@ def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> 
 def ingest_part(plan: VodPlan, part: int, store: Store, enc: Encoders, cfg: IngestConfig) -> ShardInfo:
     """Embed one part and write it as one shard. Idempotent: a retry rewrites the same name."""
     rel = store.shard_rel(plan.job.streamer, plan.job.vod_id, plan.shard_base + part)
-    return store.write_shard(rel, part_samples(plan, part, enc, cfg))
+    samples = part_samples(plan, part, enc, cfg)
+    return _timed(enc.stages, "write", store.write_shard, rel, samples)
 
 
 def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprints: dict[str, Any],

@@ -329,3 +329,35 @@ def chat_warning(vod: str, kept: int, dropped: int, malformed: int, duration: fl
 
 def shard_info_dict(info: ShardInfo) -> dict[str, Any]:
     return asdict(info)
+
+
+# -- JSON files beside the records (eval candidate sets, configs) ---------------------------
+def read_json(url: str) -> dict[str, Any] | None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        try:
+            obj = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON only: nothing read is executed
+            raise ValueError(f"{url}: not a JSON file ({e}); remove it to rebuild") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{url}: expected a JSON object, got {type(obj).__name__}; remove it to rebuild")
+    return obj
+
+
+def write_json_atomic(url: str, obj: Any) -> None:
+    """Readers never see half a file: a local file is renamed into place; an object store's
+    PUT is already atomic."""
+    fs, path = fsspec.core.url_to_fs(url)
+    data = json.dumps(obj, ensure_ascii=False, indent=0).encode("utf-8")
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if not local:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex[:8]}-{posixpath.basename(path)}")
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)

@@ -173,3 +173,34 @@ def test_streamer_weights_balance_a_huge_channel(tmp_path: Path):
 
     assert share_small(None) < 0.15  # by data size: 1 shard in 13
     assert 0.4 < share_small(shard_weights(recs, {"huge": 1.0, "small": 1.0})) < 0.6
+
+
+def test_segment_meta_and_chat_block_are_the_only_way_in_and_out(tmp_path):
+    """Typed records round-trip through a real shard; a meta.json without the contract's fields is refused."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from vod2chat.shards.reader import read_chat
+    from vod2chat.shards.schema import ChatBlock, Sample, SchemaError, SegmentMeta, decode_sample, encode_sample, sample_key
+    from vod2chat.shards.store import Store
+
+    meta = SegmentMeta(streamer="s", vod_id="1", segment=0, start=0.0, end=10.0, lookback=5.0, video_t0=-5.0,
+                       fps=1.0, audio_t0=-4.8, audio_hop=0.96, audio_win=0.96, fingerprints={"video": "x"})
+    chat = ChatBlock(context=[{"t": -1.0, "user": "a", "text": "before"}], messages=[{"t": 2.0, "user": "b", "text": "hi"}])
+    sample = Sample(sample_key("s", "1", 0), np.zeros((15, 2048), np.float16), np.zeros((15, 128), np.float16),
+                    chat.as_dict(), meta.as_dict())
+    store = Store(str(tmp_path / "store"))
+    info = store.write_shard(store.shard_rel("s", "1", 0), [sample])
+    back = decode_sample(encode_sample(sample))
+    assert back.segment_meta() == meta and back.chat_block() == chat
+    assert list(read_chat([store.full_url(info.path)])) == [chat.as_dict()]  # chat without the features
+    raw = encode_sample(sample)
+    raw["meta.json"] = json.dumps({"schema": 1, "fps": 1.0}).encode()
+    with pytest.raises(SchemaError, match=r"meta.json lacks \['streamer'"):
+        decode_sample(raw)
+    raw = encode_sample(sample)
+    raw["chat.json"] = b'["not", "a", "block"]'
+    with pytest.raises(SchemaError, match="chat.json must be"):
+        decode_sample(raw)

@@ -62,3 +62,31 @@ def test_training_on_a_missing_store_says_so(tmp_path: Path, capsys):
     assert cli(["train", "--config", str(DEBUG), "--store", str(tmp_path / "nope"),
                 f"train.run_dir={tmp_path / 'run'}"]) == 2
     assert "no such store" in capsys.readouterr().err
+
+
+def test_missing_weights_at_ingest_surface_alone(tmp_path: Path, monkeypatch, capsys):
+    """The weights error, said once, before Ray starts: not buried under an actor-death traceback."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # no weights in this cache
+    assert cli(["synth", "--config", str(REPO / "launch/synth_debug.toml"), "--out", str(tmp_path / "vods")]) == 0
+    capsys.readouterr()
+    assert cli(["ingest", "--store", str(tmp_path / "store"), "--streamer", "s", "--device", "cpu",
+                str(tmp_path / "vods")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vod2chat ingest: error: ResNet-50 weights not found") and "--weights random" in err
+    assert "ray" not in err.lower() and "Traceback" not in err and err.count("error:") == 1
+    assert not (tmp_path / "store").exists()  # refused before any work
+
+
+def test_ray_wrapped_errors_are_reduced_to_their_cause():
+    from vod2chat.config import one_line
+
+    try:
+        import ray.exceptions
+    except ImportError:
+        pytest.skip("ray")
+
+    class Inner(ValueError):
+        pass
+    wrapped = ray.exceptions.RayTaskError("f", "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                          "vod2chat.ingest.chat.ChatError: x.irc:3: unparseable", Inner("x"))
+    assert one_line(wrapped) == "x.irc:3: unparseable"

@@ -200,6 +200,8 @@ def reseal(ckpt: Path, path: Path) -> None:
     that the planted file reaches the loader (checksums catch accidents, not attacks)."""
     import hashlib
 
+    if path.name == "meta.json":
+        return
     meta = json.loads((ckpt / "meta.json").read_text())
     if path.parent == ckpt and path.name in meta.get("files", {}):
         meta["files"][path.name] = {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -219,7 +221,9 @@ def train_resume(store: Path, run: Path):
 
 @pytest.mark.parametrize("target,command", [
     ("ckpt/model.pt", "resume"), ("ckpt/optim.pt", "resume"), ("ckpt/sched.pt", "resume"),
-    ("ckpt/rng_rank0.pt", "resume"), ("run/tokenizer.json", "resume"),
+    ("ckpt/rng_rank0.pt", "resume"), ("run/tokenizer.json", "resume"), ("ckpt/data_rank0.json", "resume"),
+    ("ckpt/selection.json", "resume"), ("ckpt/meta.json", "resume"), ("ckpt/config.toml", "eval"),
+    ("ckpt/meta.json", "eval"),
     ("ckpt/model.pt", "eval"), ("ckpt/tokenizer.json", "eval"), ("ckpt/model.pt", "generate"),
     ("ckpt/tokenizer.json", "generate"),
 ])
@@ -287,3 +291,37 @@ def test_planted_pickles_in_a_store_never_run(tiny_run, tmp_path: Path, capsys):
         assert not marker.exists() and "1000.json" in text, (command, text)
     text = failure_text(train_resume(store, tmp_path / "run2"), capsys)
     assert not marker.exists() and "1000.json" in text, text
+
+
+def test_a_pickled_feature_array_in_a_shard_never_runs(tmp_path: Path, capsys):
+    """A shard whose video.npy holds a pickled object array, its record resealed to match."""
+    import hashlib
+    import io
+    import tarfile
+
+    import numpy as np
+
+    root = tmp_path / "store"
+    make_store(root, vods=4, segments=2)
+    marker = tmp_path / "marker"
+    shard = root / "shards/fake/1000-00000.tar"
+    with tarfile.open(shard) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+    evil = io.BytesIO()
+    np.save(evil, np.array([Payload(marker)], dtype=object), allow_pickle=True)
+    with tarfile.open(shard, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for m, data in members:
+            if m.name.endswith(".video.npy"):
+                data = evil.getvalue()
+                m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+    np.load(io.BytesIO(evil.getvalue()), allow_pickle=True)  # the payload is live ...
+    assert marker.exists()
+    marker.unlink()
+    rec_path = root / "vods/fake/1000.json"
+    rec = json.loads(rec_path.read_text())
+    rec["shards"][0].update(bytes=shard.stat().st_size, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
+    rec_path.write_text(json.dumps(rec))
+    text = failure_text(train_resume(root, tmp_path / "run"), capsys)  # a fresh run (nothing to resume)
+    assert not marker.exists(), "a pickled array in a shard ran code"  # ... but never here
+    assert "1000" in text and "bject" in text, text

@@ -74,13 +74,24 @@ def check_has_messages(shards: list[dict[str, Any]], store: str, split: str = "t
                      "`vod2chat store ls` shows messages per VOD), or select other VODs with data.vods/data.streamers")
 
 
+def read_json(p: Path) -> Any:
+    """A JSON file of a checkpoint (shared storage: anything may be there); errors name it."""
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"{p}: cannot read as JSON ({e}); the checkpoint is damaged") from None
+
+
 def load_pinned(ckpt: Path) -> list[dict[str, Any]] | None:
     """The selection a checkpoint trained on (None: an older checkpoint without one). Paths come
     from a file on shared storage: each must be a plain shard path inside the store."""
     p = ckpt / SELECTION_FILE
     if not p.exists():
         return None
-    shards = json.loads(p.read_text())["shards"]
+    shards = read_json(p)
+    shards = shards.get("shards") if isinstance(shards, dict) else None
+    if not isinstance(shards, list):
+        raise ValueError(f"{p}: no 'shards' list; the checkpoint is damaged")
     for sh in shards:
         if not isinstance(sh, dict) or any(k not in sh for k in PIN_KEYS):
             raise ValueError(f"{p}: every shard needs {PIN_KEYS}; the checkpoint is damaged")
@@ -139,11 +150,11 @@ def start_states(saved: list[dict[str, Any]] | None, old_layout: dict[str, int] 
 
 def read_saved(ckpt: Path) -> tuple[list[dict[str, Any]] | None, dict[str, int] | None]:
     """Every rank's saved data state of a checkpoint, and the layout it was saved with."""
-    meta = json.loads((ckpt / "meta.json").read_text())
+    meta = read_json(ckpt / "meta.json")
     lay = meta.get("data", {}).get("layout")
     if lay is None:
         return None, None
-    saved = [json.loads((ckpt / f"data_rank{r}.json").read_text()) for r in range(lay["world_size"])]
+    saved = [read_json(ckpt / f"data_rank{r}.json") for r in range(lay["world_size"])]
     return saved, lay
 
 
@@ -353,8 +364,7 @@ def advance(shards: list[dict[str, Any]], tok: ChatTokenizer, cfg: DataConfig, m
     st = state
     for _ in range(n_batches):
         st = next(it)[1].value
-    st["buffer"] = [list(r) for r in st["buffer"]]
-    return st
+    return json.loads(json.dumps(st))  # as a checkpoint stores it
 
 
 def _json_default(o: Any) -> Any:
