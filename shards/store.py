@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import tarfile
 import time
 import uuid
@@ -164,6 +165,26 @@ class Store:
         with f:
             f.write(json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8"))
         self._publish(target, rel)
+
+    def commit_vod(self, record: dict[str, Any]) -> None:
+        """Commit a VOD's record, then remove the shards of the record it replaces (never before:
+        a crash in between leaves orphans for `gc`, never a VOD without its data)."""
+        old = self.read_record(record["streamer"], record["vod_id"])
+        self.commit_record(record)
+        if old is not None:
+            keep = {sh["path"] for sh in record["shards"]}
+            for sh in old["shards"]:
+                if sh["path"] not in keep and self.fs.exists(self.abspath(sh["path"])):
+                    self.fs.rm(self.abspath(sh["path"]))
+
+    @staticmethod
+    def next_shard_index(record: dict[str, Any] | None) -> int:
+        """The first shard number past every shard of `record` (0 without one): a replacement
+        writes new names, so the old shards stay readable until the new record commits."""
+        if record is None:
+            return 0
+        numbers = (re.search(r"-(\d+)\.tar$", sh["path"]) for sh in record["shards"])
+        return 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
 
     # -- records -------------------------------------------------------------------------
     def _load_record(self, path: str) -> dict[str, Any]:

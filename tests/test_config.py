@@ -254,8 +254,8 @@ def test_the_cycle_finder_finds_cycles_and_the_graph_sees_lazy_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     graph = import_graph()
-    # generate imports ingest.worker inside a function: the walk sees it.
-    assert "vod2chat.ingest.worker" in graph["vod2chat.inference.generate"]
+    # generate imports ingest.features inside a function: the walk sees it.
+    assert "vod2chat.ingest.features" in graph["vod2chat.inference.generate"]
     assert "vod2chat.trainer.main" in graph["vod2chat.launch.cli"]
 
 

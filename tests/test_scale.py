@@ -247,3 +247,37 @@ def test_a_killed_rank_is_brought_back_by_torchrun_from_the_checkpoint(store_dir
     for key in common:
         assert second[key] == pytest.approx(first[key], abs=1e-5), f"rank/step {key}: {second[key]} vs {first[key]}"
     assert checkpoint.read_meta(run / "checkpoints/step_0000014")["world_size"] == 2
+
+
+def test_fast_examples_and_collate_equal_the_per_message_definition(store_dir: Path, tok):
+    """The segment-at-once path (one searchsorted, texts tokenized once, block collate) builds
+    exactly what av_window + build_tokens define per message."""
+    import torch
+
+    from vod2chat.shards.reader import read_store
+    from vod2chat.trainer.data import av_window, build_tokens, collate, sample_examples
+
+    dcfg = data_cfg(store_dir, "data.context_messages=3", "data.max_context_tokens=12", "data.max_message_tokens=3")
+    samples = list(read_store(str(store_dir), shuffle_shards=False))[:6]
+    examples = [e for s in samples for e in sample_examples(s, tok, dcfg)]
+    assert len(examples) == sum(len(s.chat["messages"]) for s in samples)
+    for s in samples:
+        history = [m["text"] for m in s.chat["context"]]
+        for i, (m, e) in enumerate(zip(s.chat["messages"], sample_examples(s, tok, dcfg))):
+            v, vt, a, at = av_window(s, float(m["t"]), dcfg.window_s)
+            ctx = history[-dcfg.context_messages:]
+            tokens, n_prefix = build_tokens(ctx, m["text"], tok, dcfg)
+            np.testing.assert_array_equal(np.asarray(e.video), v)
+            np.testing.assert_array_equal(e.video_time, vt)
+            np.testing.assert_array_equal(np.asarray(e.audio), a)
+            np.testing.assert_array_equal(e.audio_time, at)
+            assert (e.tokens, e.n_prefix, e.context, e.key) == (tokens, n_prefix, ctx, f"{s.key}/{i}")
+            history.append(m["text"])
+    b = collate(examples, tok.pad_id)
+    for j, e in enumerate(examples):
+        n, nv, na = len(e.tokens), len(e.video), len(e.audio)
+        assert b["tokens"][j, :n].tolist() == e.tokens and (b["tokens"][j, n:] == tok.pad_id).all()
+        assert b["loss_mask"][j].nonzero().flatten().tolist() == list(range(e.n_prefix - 1, n - 1))
+        assert torch.equal(b["video"][j, :nv].float(), torch.as_tensor(np.asarray(e.video, np.float32)))
+        assert b["video_mask"][j].sum() == nv and b["audio_mask"][j].sum() == na
+        assert (b["video"][j, nv:] == 0).all() and torch.equal(b["audio_time"][j, :na], torch.from_numpy(e.audio_time))

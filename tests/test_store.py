@@ -204,3 +204,21 @@ def test_segment_meta_and_chat_block_are_the_only_way_in_and_out(tmp_path):
     raw["chat.json"] = b'["not", "a", "block"]'
     with pytest.raises(SchemaError, match="chat.json must be"):
         decode_sample(raw)
+
+
+def test_store_operations_replace_hand_rolled_ones(tmp_path):
+    """Next shard number past a record's shards; commit_vod removes a replaced record's shards only after the commit."""
+    from store_factory import make_store
+    from vod2chat.shards.store import Store
+
+    store = make_store(tmp_path / "store", vods=1, segments=2)
+    rec = store.read_record("fake", "1000")
+    assert Store.next_shard_index(None) == 0
+    assert Store.next_shard_index(rec) == 1 + max(int(sh["path"][-9:-4]) for sh in rec["shards"])
+    old_paths = [sh["path"] for sh in rec["shards"]]
+    k = Store.next_shard_index(rec)
+    new = store.write_shard(store.shard_rel("fake", "1000", k), [])
+    store.commit_vod({**rec, "shards": [{"path": new.path, "samples": 0, "bytes": new.bytes, "sha256": new.sha256,
+                                         "messages": 0}]})
+    assert [sh["path"] for sh in store.read_record("fake", "1000")["shards"]] == [new.path]
+    assert not any((tmp_path / "store" / p).exists() for p in old_paths) and (tmp_path / "store" / new.path).exists()
