@@ -319,7 +319,7 @@ class Live:
         self.device = resolve_device(cfg.device)
         self.model, self.tok, run_cfg, meta = checkpoint.load_run(cfg.run, self.device)
         self.data = run_cfg.data
-        gcfg = GenerateConfig(vod=cfg.source, video_weights=cfg.video_weights, audio_weights=cfg.audio_weights,
+        gcfg = GenerateConfig(run=cfg.run, vod=cfg.source, video_weights=cfg.video_weights, audio_weights=cfg.audio_weights,
                               audio_pca=cfg.audio_pca)
         self.enc, icfg = build_encoders(gcfg, meta, str(self.device))
         self.fps = icfg.fps
