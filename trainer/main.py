@@ -11,11 +11,16 @@
     # many nodes (run on every node; only the rank and the head's address change)
     accelerate launch --config_file launch/accelerate/multi_node.yaml --machine_rank $RANK \
         --main_process_ip $HEAD_IP trainer/main.py --config launch/base.toml data.store=s3://bucket/store
+    # a dead rank brings the job back from the latest checkpoint (restarted workers resume by themselves)
+    torchrun --nproc_per_node 8 --max-restarts 3 trainer/main.py --config launch/base.toml
+    # a Ray cluster: Ray Train workers run this same main (trainer/ray_train.py)
+    vod2chat train --config launch/base.toml --address auto --num-workers 16
     # then
     tensorboard --logdir runs/
 
 Any config field can be overridden as section.key=value after --config; --resume continues
-the run in train.run_dir from its latest checkpoint.
+the run in train.run_dir from its newest intact checkpoint, data stream included (O(1): the
+checkpoint holds every reader's stream state; trainer/stream.py).
 """
 
 from __future__ import annotations
