@@ -459,3 +459,8 @@ def write_irc(messages: Iterable[Message], path: str | Path) -> None:
             raise ValueError(f"cannot write {m} as tcd irc text: needs t >= 0, text, and a user without '>'")
         lines.append(f"[{_stamp(m.t)}] <{m.user}> {text}\n")
     Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+# Public names for live chat (inference/twitch_irc.py): one IRC line at a time, as read here.
+parse_irc_line = _parse_irc
+irc_privmsg = _irc_privmsg

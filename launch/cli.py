@@ -156,6 +156,13 @@ def run_generate(cfg: Any) -> int:
     return 0
 
 
+def run_live(cfg: Any) -> int:
+    from vod2chat.inference.live import main as live_main
+
+    live_main(cfg)  # ends cleanly (0) when the source ends, stalls or is interrupted
+    return 0
+
+
 _WEIGHTS = {"--weights": (("video_weights", "audio_weights"),
                           "'random' for random-initialised encoders (offline demos; recorded in the store)")}
 
@@ -195,6 +202,11 @@ COMMANDS: list[Command] = [
             "vod2chat.inference.generate:GenerateConfig", run_generate,
             "Features are computed on the fly with the encoders the run's store was made with (their fingerprints "
             "must match the checkpoint's).", aliases=_WEIGHTS),
+    Command("live", "chat for a stream while it happens: JSON lines, and an overlay page for OBS",
+            "vod2chat.inference.live:LiveConfig", run_live,
+            "Follows a video file still being written, an HLS playlist URL, or MPEG-TS on stdin (--source -). "
+            "Messages are JSON lines on stdout (and --out); --serve 127.0.0.1:PORT serves the overlay page; "
+            "--chat irc://irc.chat.twitch.tv/CHANNEL reads the channel's chat as context.", aliases=_WEIGHTS),
 ]
 
 
