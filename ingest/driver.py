@@ -21,6 +21,7 @@ from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.encoders import check_weights
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
 from vod2chat.shards.store import ShardInfo, Store, chat_counts, chat_warning
@@ -154,6 +155,9 @@ def main(cfg: IngestConfig) -> IngestSummary:
     """Ingest every VOD of cfg.inputs into cfg.store on a local Ray or the cluster at cfg.address."""
     t0 = time.perf_counter()
     jobs = pair_inputs(cfg.inputs, cfg.streamer)
+    # The driver runs on a node of the cluster (`ray up` puts the weights on every node): a missing
+    # file is reported here, alone, before any actor starts.
+    check_weights(cfg.video_weights, cfg.audio_weights)
     store, summary = Store(cfg.store), IngestSummary()
     init_ray(cfg.address)
     pool = _Pool(cfg)

@@ -155,6 +155,13 @@ def resolve_weights(weights: str | os.PathLike | None, what: str, releases: tupl
     )
 
 
+def check_weights(video_weights: str | None, audio_weights: str | None) -> None:
+    """Raise WeightsNotFound now, in the calling process, rather than from inside every Ray actor
+    (where the same message arrives buried in an actor-death traceback)."""
+    resolve_weights(video_weights, "ResNet-50", RESNET50_RELEASES, "--video-weights")
+    resolve_weights(audio_weights, "VGGish", VGGISH_RELEASES, "--audio-weights")
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A state_dict from a .pth file, loaded safely (weights_only). Some releases (the VGGish PCA
     params) pickle numpy arrays: those numpy types alone are allowed through."""

@@ -8,37 +8,31 @@ rewrite the same shard name without ever duplicating data. The record is written
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
-import numpy as np
-import torch
 
 from vod2chat.ingest import align
 from vod2chat.ingest.chat import CHAT_SUFFIXES, Message, parse_chat
 from vod2chat.ingest.config import IngestConfig
-from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from vod2chat.ingest.encoders import fingerprint_id
+from vod2chat.ingest.features import Encoders, _timed, embed_rows  # Encoders: importable from here too
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
-from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
-from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, check_name, sample_key
+from vod2chat.ingest.media import MediaInfo, probe
+from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, check_name, sample_key
 from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".flv", ".mov", ".ts", ".m4v")
-VIDEO_CHUNK_ROWS = 120  # frames decoded and embedded at a time: bounds memory on 4-hour VODs
-AUDIO_CHUNK_ROWS = 256  # VGGish windows at a time (~4 min of 16 kHz audio)
 
 
 class ChatCoverageError(NotRetryable, ValueError):
@@ -70,37 +64,6 @@ class VodPlan:
     settings: dict[str, Any]
     settings_id: str
     times: list[float] = field(default_factory=list)
-
-
-class Encoders:
-    """The two feature encoders, built once per process (or per Ray actor) and reused, with the
-    thread that decodes ahead of them and the seconds spent per stage."""
-
-    def __init__(self, cfg: IngestConfig):
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.video = VideoEncoder(weights=cfg.video_weights, device=device, batch_size=cfg.video_batch,
-                                  precision=cfg.precision)
-        self.audio = AudioEncoder(weights=cfg.audio_weights, pca=cfg.audio_pca, device=device,
-                                  precision=cfg.precision)
-        self.fps = cfg.fps
-        self.stages: collections.Counter[str] = collections.Counter()  # seconds per stage, see take_stages
-        self._decoder: ThreadPoolExecutor | None = None
-
-    def decoder(self) -> ThreadPoolExecutor:
-        """One thread that decodes the next chunk while an encoder runs on this one (decoders
-        release the GIL); one, so decord's reader is never used by two threads at once."""
-        if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(1, thread_name_prefix="vod2chat-decode")
-        return self._decoder
-
-    def take_stages(self) -> dict[str, float]:
-        """Seconds per stage since the last call (decode, ResNet-50, VGGish, write, waiting)."""
-        out, self.stages = dict(self.stages), collections.Counter()
-        return out
-
-    def fingerprints(self) -> dict[str, dict[str, Any]]:
-        # fps is part of the video feature space: the same frames at 2 fps mean other rows.
-        return {"video": {**self.video.fingerprint, "fps": self.fps}, "audio": dict(self.audio.fingerprint)}
 
 
 # -- pairing ---------------------------------------------------------------------------
@@ -244,8 +207,7 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
                 f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
             )
-        numbers = (re.search(r"-(\d+)\.tar$", s["path"]) for s in old["shards"])
-        shard_base = 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
+        shard_base = store.next_shard_index(old)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
     warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),
@@ -263,78 +225,6 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
 
 
 # -- the work --------------------------------------------------------------------------
-def embed_video(media: MediaInfo, rows: range, fps: float, enc: VideoEncoder, backend: str) -> np.ndarray:
-    out = [np.zeros((0, enc.dim), np.float16)]
-    for c in range(rows.start, rows.stop, VIDEO_CHUNK_ROWS):
-        times = [k / fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, rows.stop))]
-        out.append(enc.encode(read_frames(media, times, size=enc.input_size, backend=backend)))
-    return np.concatenate(out)
-
-
-def embed_audio(media: MediaInfo, rows: range, enc: AudioEncoder, audio_path: str | None) -> np.ndarray:
-    out = [np.zeros((0, enc.dim), np.float16)]
-    for c in range(rows.start, rows.stop, AUDIO_CHUNK_ROWS):
-        stop = min(c + AUDIO_CHUNK_ROWS, rows.stop)
-        wave = read_audio(media, c * align.AUDIO_HOP, stop * align.AUDIO_HOP, align.AUDIO_SR, audio_path=audio_path)
-        feats = enc.encode(wave)
-        if len(feats) != stop - c:
-            raise RuntimeError(f"{media.path}: audio encoder gave {len(feats)} rows for {stop - c} windows")
-        out.append(feats)
-    return np.concatenate(out)
-
-
-def _timed(stages: collections.Counter[str], name: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-    t0 = time.perf_counter()
-    try:
-        return fn(*a, **kw)
-    finally:
-        stages[name] += time.perf_counter() - t0
-
-
-def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Encoders, cfg: IngestConfig,
-               audio_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Video rows (frames at k / fps through ResNet-50) and audio rows (VGGish windows), chunk
-    by chunk. With cfg.prefetch the next chunk (video, then audio) is decoded in enc's decode
-    thread while the encoder runs on this one; time per stage is added to enc.stages."""
-    hw = cfg.decode_device if cfg.decode_device != "auto" else enc.video.device.type
-    # Decoder threads: on a CPU actor decoding ahead runs beside torch's threads on the same
-    # cores, so one thread (more only oversubscribe them); with a GPU the CPUs are the decoder's.
-    auto_threads = 1 if cfg.prefetch and enc.video.device.type == "cpu" else torch.get_num_threads()
-    st, threads = enc.stages, cfg.decode_threads or auto_threads
-    hwaccel = "cuda" if hw == "cuda" else None
-    steps: list[tuple[Callable[[], Any], Callable[[Any], np.ndarray], str]] = []
-    for c in range(video_rows.start, video_rows.stop, VIDEO_CHUNK_ROWS):
-        times = [k / cfg.fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, video_rows.stop))]
-        steps.append((lambda times=times: _timed(st, "decode video", read_frames, media, times,
-                                                 size=enc.video.input_size, backend=cfg.decode_backend,
-                                                 threads=threads, seek_keyframes=cfg.seek_keyframes,
-                                                 hwaccel=hwaccel),
-                      lambda frames: _timed(st, "ResNet-50", enc.video.encode, frames), "video"))
-
-    def vggish(wave: np.ndarray, n: int) -> np.ndarray:
-        feats = _timed(st, "VGGish", enc.audio.encode, wave)
-        if len(feats) != n:
-            raise RuntimeError(f"{media.path}: audio encoder gave {len(feats)} rows for {n} windows")
-        return feats
-
-    for c in range(audio_rows.start, audio_rows.stop, AUDIO_CHUNK_ROWS):
-        stop = min(c + AUDIO_CHUNK_ROWS, audio_rows.stop)
-        steps.append((lambda c=c, stop=stop: _timed(st, "decode audio", read_audio, media, c * align.AUDIO_HOP,
-                                                    stop * align.AUDIO_HOP, align.AUDIO_SR, audio_path=audio_path),
-                      lambda wave, n=stop - c: vggish(wave, n), "audio"))
-    out: dict[str, list[np.ndarray]] = {"video": [np.zeros((0, enc.video.dim), np.float16)],
-                                        "audio": [np.zeros((0, enc.audio.dim), np.float16)]}
-    pending: Future | None = enc.decoder().submit(steps[0][0]) if cfg.prefetch and steps else None
-    for i, (decode, encode, kind) in enumerate(steps):
-        if pending is None:
-            data = decode()
-        else:
-            data = _timed(st, "waiting for decode", pending.result)
-            pending = enc.decoder().submit(steps[i + 1][0]) if i + 1 < len(steps) else None
-        out[kind].append(encode(data))
-    return np.concatenate(out["video"]), np.concatenate(out["audio"])
-
-
 def check_part_fingerprints(plan: VodPlan, enc: Encoders) -> None:
     """A worker whose encoders differ from the plan's (other weights, another precision on
     another node's hardware) must not write into the VOD: its features live in another space."""
@@ -358,13 +248,12 @@ def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> 
     last = len(plan.segments) - 1
     samples = []
     for seg in segs:
-        meta = {
-            "streamer": plan.job.streamer, "vod_id": plan.job.vod_id, "segment": seg.index,
-            "start": seg.start, "end": seg.end, "lookback": cfg.lookback_s,
-            "video_t0": seg.v0 / cfg.fps, "fps": cfg.fps,
-            "audio_t0": seg.a0 * align.AUDIO_HOP, "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
-            "fingerprints": {k: fingerprint_id(v) for k, v in fps.items()},
-        }
+        meta = SegmentMeta(
+            streamer=plan.job.streamer, vod_id=plan.job.vod_id, segment=seg.index,
+            start=seg.start, end=seg.end, lookback=cfg.lookback_s, video_t0=seg.v0 / cfg.fps, fps=cfg.fps,
+            audio_t0=seg.a0 * align.AUDIO_HOP, audio_hop=align.AUDIO_HOP, audio_win=align.AUDIO_HOP,
+            fingerprints={k: fingerprint_id(v) for k, v in fps.items()},
+        ).as_dict()
         chat = align.chat_for_segment(plan.times, plan.messages, seg, seg.index == last, cfg.context_messages)
         samples.append(Sample(
             key=sample_key(plan.job.streamer, plan.job.vod_id, seg.index),
@@ -386,7 +275,6 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
     """Write the VOD record (the commit point), then drop shards of a replaced record."""
     if len(shards) != len(plan.parts):
         raise StoreError(f"{plan.job.vod_id}: {len(shards)} shards for {len(plan.parts)} parts; not committing")
-    old = store.read_record(plan.job.streamer, plan.job.vod_id)
     record = {
         "schema": SCHEMA_VERSION, "streamer": plan.job.streamer, "vod_id": plan.job.vod_id,
         "duration": plan.media.duration, "segments": len(plan.segments),
@@ -398,12 +286,7 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
         "shards": [shard_info_dict(s) for s in shards],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ingest_wall_s": round(wall_s, 3),
     }
-    store.commit_record(record)
-    if old is not None:
-        keep = {s.path for s in shards}
-        for sh in old["shards"]:
-            if sh["path"] not in keep and store.fs.exists(store.abspath(sh["path"])):
-                store.fs.rm(store.abspath(sh["path"]))
+    store.commit_vod(record)
     return record
 
 
