@@ -27,4 +27,4 @@ bench: $(STAMP)
 	$(PY) bench/moment.py
 
 clean:
-	rm -rf demo_out store runs synth bench_out
+	rm -rf demo_out store runs synth bench_out real_vods

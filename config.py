@@ -320,6 +320,20 @@ def add_config_args(p: argparse.ArgumentParser, cls: type, config: str | None = 
     p.set_defaults(_positional=[path for path, _, _ in positional])
 
 
+def parse_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse, with bare arguments (overrides, input files) allowed anywhere among the flags:
+    `--train.run-dir r train.steps=5 --store s` (argparse alone takes positionals in one run)."""
+    a, extra = p.parse_known_args(normalise_argv(argv))
+    flags = [x for x in extra if x.startswith("-")]
+    if flags:
+        p.error(f"unrecognized arguments: {' '.join(flags)}")
+    if extra:
+        if not hasattr(a, "_args"):
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        a._args = list(a._args) + extra
+    return a
+
+
 def config_from_args(a: argparse.Namespace) -> Any:
     """The config that `add_config_args`' flags describe: the TOML file, then flags, then overrides."""
     cls = a._config_cls
@@ -378,8 +392,16 @@ def normalise_argv(argv: list[str]) -> list[str]:
 
 
 # -- running a command ---------------------------------------------------------------------
+_INNER = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|NotFound|Refused)\w*): ", re.M)
+
+
 def one_line(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
+    if type(e).__module__.startswith("ray."):
+        # Ray wraps a remote error in its traceback text: the user's cause is the last exception line.
+        found = list(_INNER.finditer(msg))
+        if found:
+            msg = msg[found[-1].end():].strip()
     if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename and str(e.filename) not in msg:
         msg = f"{msg}: {e.filename}"
     if isinstance(e, KeyError):

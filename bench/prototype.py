@@ -3,11 +3,14 @@ run it side by side with vod2chat on the same machine, data and weights. Not use
 
 What the prototype did, and what this file reproduces (its choices, not ours):
 
-- Ingest: the VOD is cut into 10-second chunks; EVERY frame of a chunk is decoded at the
-  source frame rate and pushed through ResNet-50 one frame at a time (batch size 1); the
-  chunk's frames are averaged into one 2048-d vector. No audio. Then, for every chat line,
-  one `.pt` file holds that line and a copy of its chunk's vector: features are duplicated
-  once per message, and a message sees the average of its whole chunk, future frames included.
+- Ingest (its README: `fps_for_sampling=1.0`): the VOD is cut into 10-second chunks; every
+  frame is decoded in order (a sequential reader must), and frames sampled at 1 fps go through
+  torchvision's Resize(256)/CenterCrop(224) and ResNet-50, a chunk's frames as one batch,
+  averaged into one 2048-d vector; the chunk's 16 kHz mono audio goes through torchvggish's
+  log-mel examples and VGGish, averaged into one 128-d vector. Then, for every chat line, one
+  `.pt` file (torch.save) holds that line and a copy of its chunk's vectors: features are
+  duplicated once per message, and a message sees the average of its whole chunk, future
+  frames included.
 - Text: a word-level vocabulary (lower-cased whitespace words, every word seen in training),
   so each new emote or username is a new row of the embedding and of the output layer.
 - Model: the A/V memory is ONE vector per example (an average over all rows), projected to
@@ -18,7 +21,7 @@ What the prototype did, and what this file reproduces (its choices, not ours):
     vocab = WordVocab.build(texts)
     model = PrototypeModel(PrototypeConfig(vocab_size=len(vocab), d_model=256, ...))
     loss = prototype_loss(model, prototype_batch(vod2chat_batch, vocab, max_len=34))
-    prototype_ingest(video_path, messages, out_dir, resnet)      # one .pt per chat line
+    prototype_ingest(video_path, messages, out_dir, resnet, vggish)   # one .pt per chat line
 """
 
 from __future__ import annotations
@@ -129,7 +132,7 @@ def prototype_loss(model: nn.Module, b: dict[str, Tensor]) -> tuple[Tensor, int]
     return loss, int((targets != WordVocab.pad_id).sum())
 
 
-# -- ingest: every frame, one at a time, one .pt per chat line ----------------------------
+# -- ingest: 10 s chunks, 1 fps frames + VGGish audio, one .pt per chat line ---------------
 def resnet50_trunk(state_dict_path: str | None = None, seed: int = 0) -> nn.Module:
     """torchvision ResNet-50 with the classifier removed (pooled 2048-d output), in eval mode."""
     import torchvision
@@ -143,7 +146,7 @@ def resnet50_trunk(state_dict_path: str | None = None, seed: int = 0) -> nn.Modu
 
 
 def imagenet_transform():
-    """The torchvision ImageNet recipe the prototype applied to each PIL frame."""
+    """The torchvision ImageNet recipe the prototype applied to each sampled PIL frame."""
     from torchvision import transforms as T
 
     return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
@@ -152,58 +155,127 @@ def imagenet_transform():
 
 @dataclass
 class PrototypeIngestStats:
-    frames: int = 0
+    seconds: float = 0.0  # VOD seconds ingested
+    frames_decoded: int = 0
+    frames: int = 0  # frames through ResNet-50
+    audio_examples: int = 0  # 0.96 s log-mel examples through VGGish
     chunks: int = 0
     files: int = 0
     bytes: int = 0
-    decode_s: float = 0.0  # demux + decode + PIL conversion + transform
-    embed_s: float = 0.0  # ResNet-50 forward passes
+    decode_s: float = 0.0  # demux + decode of every frame (a sequential reader must)
+    resize_s: float = 0.0  # to PIL + Resize(256) + CenterCrop(224) + normalise, sampled frames only
+    embed_s: float = 0.0  # ResNet-50, one batch per chunk
+    audio_decode_s: float = 0.0  # the audio track to 16 kHz mono
+    vggish_s: float = 0.0  # torchvggish log-mel examples + VGGish, per chunk
     write_s: float = 0.0  # torch.save of the per-message files
+
+    def stages(self) -> dict[str, float]:
+        return {"decode video": self.decode_s, "resize": self.resize_s, "ResNet-50": self.embed_s,
+                "decode audio": self.audio_decode_s, "VGGish": self.vggish_s, "write": self.write_s}
+
+
+def _audio_16k(video_path: str | Path, seconds: float) -> Any:
+    """The whole audio track as 16 kHz mono float32 (what `ffmpeg -ac 1 -ar 16000` gave the prototype)."""
+    import av
+    import numpy as np
+
+    parts = []
+    with av.open(str(video_path)) as c:
+        if not c.streams.audio:
+            return np.zeros(int(seconds * 16000), np.float32)
+        rs = av.AudioResampler(format="flt", layout="mono", rate=16000)
+        for frame in c.decode(audio=0):
+            if frame.time is not None and frame.time > seconds:
+                break
+            parts += [o.to_ndarray().reshape(-1) for o in rs.resample(frame)]
+        parts += [o.to_ndarray().reshape(-1) for o in rs.resample(None)]
+    return np.concatenate(parts)[: int(seconds * 16000)] if parts else np.zeros(0, np.float32)
 
 
 @torch.inference_mode()
-def chunk_features(video_path: str | Path, net: nn.Module, stats: PrototypeIngestStats,
-                   chunk_s: float = CHUNK_S) -> dict[int, Tensor]:
-    """chunk index -> the mean ResNet-50 vector of every frame decoded in it (PyAV, full rate)."""
+def chunk_features(video_path: str | Path, net: nn.Module, vggish: nn.Module | None, stats: PrototypeIngestStats,
+                   chunk_s: float = CHUNK_S, fps: float = 1.0, max_seconds: float | None = None
+                   ) -> dict[int, dict[str, Tensor]]:
+    """chunk index -> {"video": mean ResNet-50 vector of the chunk's frames sampled at `fps`,
+    "audio": mean VGGish vector of the chunk's 16 kHz audio}. PyAV decodes every frame in order
+    and keeps every (source fps / fps)-th, as the prototype's frame loop did."""
     import av
+    from torchvggish import vggish_input
 
     tf = imagenet_transform()
-    sums: dict[int, Tensor] = {}
-    counts: Counter[int] = Counter()
+    out: dict[int, dict[str, Tensor]] = {}
+    batch: list[Tensor] = []
+    chunk = 0
+
+    def flush(k: int) -> None:
+        if batch:
+            t0 = time.perf_counter()
+            x = torch.stack(batch).to(next(net.parameters()).device)
+            out.setdefault(k, {})["video"] = net(x).mean(0).cpu()  # the chunk as one batch
+            stats.embed_s += time.perf_counter() - t0
+            stats.frames += len(batch)
+            batch.clear()
+
     with av.open(str(video_path)) as container:
-        frames = container.decode(video=0)
+        stream = container.streams.video[0]
+        src_fps = float(stream.average_rate or stream.guessed_rate or 30)
+        every = max(1, round(src_fps / fps))
+        duration = float(container.duration or 0) / av.time_base
+        end = min(duration, max_seconds) if max_seconds else duration
+        frames = container.decode(stream)
+        i = 0
         while True:
             t0 = time.perf_counter()
             frame = next(frames, None)
-            if frame is None:
+            stats.decode_s += time.perf_counter() - t0
+            if frame is None or (frame.time or 0.0) >= end:
                 break
-            x = tf(frame.to_image())[None]
-            t1 = time.perf_counter()
-            feat = net(x)[0]  # one frame at a time, as the prototype did
-            stats.decode_s += t1 - t0
-            stats.embed_s += time.perf_counter() - t1
-            k = int(float(frame.time or 0.0) // chunk_s)
-            sums[k] = sums[k] + feat if k in sums else feat.clone()
-            counts[k] += 1
-            stats.frames += 1
-    stats.chunks = len(sums)
-    return {k: sums[k] / counts[k] for k in sums}
+            stats.frames_decoded += 1
+            k = int((frame.time or 0.0) // chunk_s)
+            if k != chunk:
+                flush(chunk)
+                chunk = k
+            if i % every == 0:
+                t0 = time.perf_counter()
+                batch.append(tf(frame.to_image()))
+                stats.resize_s += time.perf_counter() - t0
+            i += 1
+        flush(chunk)
+    stats.seconds = end
+    if vggish is not None:
+        t0 = time.perf_counter()
+        wave = _audio_16k(video_path, end)
+        stats.audio_decode_s += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        n = int(chunk_s * 16000)
+        for k in range(0, (len(wave) + n - 1) // n):
+            ex = vggish_input.waveform_to_examples(wave[k * n : (k + 1) * n], 16000)
+            if len(ex):
+                dev = next(vggish.parameters()).device
+                out.setdefault(k, {})["audio"] = vggish(ex.detach().to(dev)).mean(0).cpu()
+                stats.audio_examples += len(ex)
+        stats.vggish_s += time.perf_counter() - t0
+    stats.chunks = len(out)
+    return out
 
 
 def prototype_ingest(video_path: str | Path, messages: Sequence[Any], out_dir: str | Path, net: nn.Module,
-                     chunk_s: float = CHUNK_S) -> PrototypeIngestStats:
-    """The prototype's whole ingest of one VOD. `messages` have .t, .user, .text."""
+                     vggish: nn.Module | None = None, chunk_s: float = CHUNK_S,
+                     max_seconds: float | None = None) -> PrototypeIngestStats:
+    """The prototype's whole ingest of one VOD (or its first `max_seconds`). `messages` have
+    .t, .user, .text; each gets a file with a copy of its chunk's vectors."""
     stats = PrototypeIngestStats()
-    feats = chunk_features(video_path, net, stats, chunk_s)
+    feats = chunk_features(video_path, net, vggish, stats, chunk_s, max_seconds=max_seconds)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i, m in enumerate(messages):
         k = int(m.t // chunk_s)
-        if k not in feats:  # a message outside the video: the prototype had nothing to pair it with
+        if k not in feats or m.t >= stats.seconds:  # outside the video: nothing to pair it with
             continue
         path = out / f"{i:08d}.pt"
-        torch.save({"video": feats[k].clone(), "t": float(m.t), "user": m.user, "text": m.text}, path)
+        torch.save({**{name: v.clone() for name, v in feats[k].items()}, "t": float(m.t), "user": m.user,
+                    "text": m.text}, path)
         stats.files += 1
         stats.bytes += path.stat().st_size
     stats.write_s = time.perf_counter() - t0

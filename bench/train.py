@@ -20,8 +20,11 @@ as real chat's. Every figure printed is measured in this run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
 
 import numpy as np
 import torch
@@ -40,7 +44,7 @@ from vod2chat.ingest import align
 from vod2chat.shards.schema import Sample, sample_key
 from vod2chat.shards.store import Store, shard_info_dict
 from vod2chat.trainer.config import DataConfig, TrainConfig
-from vod2chat.trainer import stream
+from vod2chat.trainer import checkpoint, stream
 from vod2chat.trainer.data import iter_texts
 from vod2chat.trainer.steps import build_optimizer, to_device, token_loss, train_step
 from vod2chat.trainer.model import ModelConfig, VodChatModel
@@ -276,6 +280,167 @@ def bench_models(args, mcfg: ModelConfig, batches: list[dict[str, Any]], vocab: 
     }
 
 
+# -- (c) the loader alone at base.toml's data settings, per CPU core -----------------------
+def base_data(root: Path, val_vod: str) -> Any:
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+
+    return load_config(Config, REPO / "launch/base.toml", [f"data.store={root}", f"data.val_vods=[\"{val_vod}\"]",
+                                                            "data.num_workers=0"])
+
+
+def train_flops_per_example(m: ModelConfig, rows: float, tokens: float) -> float:
+    """Matmul FLOPs of one training example (forward x 3: forward + backward): projections and
+    MLPs (2 FLOPs per weight per row/token), attention scores and mixing, the vocabulary head."""
+    d, ff, S, L = m.d_model, m.d_ff, rows, tokens
+    enc = m.n_enc_layers * (2 * S * (4 * d * d + 2 * d * ff) + 4 * S * S * d)
+    dec = m.n_dec_layers * (2 * L * (6 * d * d + 2 * d * ff) + 2 * S * 2 * d * d + 4 * L * L * d + 4 * L * S * d)
+    inputs = 2 * S * d * (2048 + 128) / 2  # about half the rows are video (2048-d), half audio (128-d)
+    return 3 * (enc + dec + inputs + 2 * L * d * m.vocab_size)
+
+
+def bench_loader_per_core(args, root: Path, tok: ChatTokenizer, val_vod: str) -> dict[str, Any]:
+    from bench.loader_reference import old_batches
+
+    cfg = base_data(root, val_vod)
+    dcfg, mb = cfg.data, cfg.train.micro_batch
+    shards = stream.pin_selection(dcfg)
+    urls = [Store(dcfg.store).full_url(sh["path"]) for sh in shards]
+    new = stream.make_train_loader(shards, tok, dcfg, mb, args.seed,
+                                   stream.start_states(None, None, 0, 1, 0, len(shards), args.seed, 0), 0)
+    old = old_batches(urls, tok, dcfg, mb, args.seed)
+    seen: list[dict[str, Any]] = []  # batches kept to measure their shapes
+
+    def new_step(i: int) -> tuple[int, int]:
+        b = next(new)
+        if len(seen) < 50:
+            seen.append(b)
+        return len(b["keys"]), 0
+
+    # Warm-up fills both shuffle buffers; contenders alternate every 5 batches.
+    rates = interleaved({"new": new_step, "old": lambda i: (len(next(old)["keys"]), 0)},
+                        dcfg.shuffle_buffer // mb + 2, args.loader_batches, 5, torch.device("cpu"))
+    rows = np.mean([float((b["video_mask"].sum(1) + b["audio_mask"].sum(1)).float().mean()) + 1 for b in seen])
+    toks = np.mean([float((b["tokens"] != tok.pad_id).sum(1).float().mean()) for b in seen])
+    mcfg = dataclasses.replace(cfg.model, vocab_size=cfg.tokenizer.vocab_size)
+    flops = train_flops_per_example(mcfg, rows, toks)
+    params = VodChatModel(mcfg).num_params()
+    return {"new": rates["new"], "old": rates["old"], "micro_batch": mb, "buffer": dcfg.shuffle_buffer,
+            "rows": rows, "tokens": toks, "flops": flops, "params": params}
+
+
+def report_loader_per_core(r: dict[str, Any], args) -> str:
+    new, old = r["new"], r["old"]
+    need = args.gpu_tflops * 1e12 / r["flops"]
+    rows = [
+        "| what | vod2chat loader | before (bench/loader_reference.py) | ratio |",
+        "|---|---|---|---|",
+        f"| examples per CPU-second (= per core), 1 process, no workers | {fmt(new.examples_cpu_s)} | "
+        f"{fmt(old.examples_cpu_s)} | **{ratio(new.examples_cpu_s, old.examples_cpu_s)}** |",
+        f"| examples per wall-second | {fmt(new.examples_s)} | {fmt(old.examples_s)} | "
+        f"{ratio(new.examples_s, old.examples_s)} |",
+        f"| CPU cores to feed one GPU at {args.gpu_tflops:.0f} TFLOP/s | {need / new.examples_cpu_s:.1f} | "
+        f"{need / old.examples_cpu_s:.1f} | - |",
+        "",
+        f"base.toml data settings (micro-batch {r['micro_batch']}, shuffle buffer {r['buffer']}); one GPU's need: "
+        f"base.toml's model ({r['params'] / 1e6:.1f} M parameters at vocabulary {base_vocab()}) on these batches "
+        f"({r['rows']:.1f} A/V rows and {r['tokens']:.1f} tokens per example) costs {r['flops'] / 1e9:.1f} GFLOP per "
+        f"training example (matmuls x 3 for forward + backward, trainer bench train_flops_per_example); at "
+        f"--gpu-tflops {args.gpu_tflops:.0f} sustained (bf16 H100: ~990 peak dense, ~40% utilisation) that is "
+        f"{fmt(need)} examples/s per GPU; cores per GPU = that / examples per CPU-second.",
+    ]
+    return "\n".join(rows)
+
+
+def base_vocab() -> int:
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+
+    return load_config(Config, REPO / "launch/base.toml").tokenizer.vocab_size
+
+
+# -- (d) resume cost: start to first step at step 10 and at step 10,000 ---------------------
+def far_checkpoint(src: Path, dst: Path, step: int, shards: list[dict[str, Any]], tok: ChatTokenizer, dcfg: DataConfig,
+                   micro_batch: int, seed: int, accum: int) -> float:
+    """A copy of checkpoint `src` whose step, LR schedule and data state say `step`. The data
+    state is REAL: the saved stream state run forward by stream.advance (the same draws,
+    positions and buffer as the full stream, without decoding features or tokenizing). Model and
+    optimizer tensors are src's: their loading cost does not depend on the step."""
+    shutil.copytree(src, dst)
+    saved = json.loads((src / "data_rank0.json").read_text())
+    t0 = time.perf_counter()
+    meta = checkpoint.read_meta(src)
+    saved["streams"] = [stream.advance(shards, tok, dcfg, micro_batch, seed, st, (step - meta["step"]) * accum)
+                        for st in saved["streams"]]
+    took = time.perf_counter() - t0
+    (dst / "data_rank0.json").write_text(json.dumps(saved, separators=(",", ":")))
+    sched = checkpoint.load_tensors(src / "sched.pt")
+    sched["last_epoch"], sched["_step_count"] = step, step + 1
+    torch.save(sched, dst / "sched.pt")
+    meta["step"] = step
+    meta["files"] = {p.name: checkpoint.file_digest(p) for p in sorted(dst.iterdir()) if p.name != "meta.json"}
+    (dst / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+    return took
+
+
+def bench_resume(args, root: Path, tok_path: Path, val_vod: str, tmp: Path) -> dict[str, Any]:
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train_main
+
+    def cfg(run: Path, *extra: str) -> Config:
+        return load_config(Config, REPO / "launch/debug.toml", [
+            f"data.store={root}", f"data.val_vods=[\"{val_vod}\"]", f"tokenizer.path={tok_path}", f"train.run_dir={run}",
+            "train.progress=false", "train.num_samples=0", "train.eval_batches=1", "train.eval_every=1000000",
+            "train.keep_last=100", f"data.window_s={args.window_s}", f"data.shuffle_buffer={args.shuffle_buffer}",
+            f"train.micro_batch={args.batch}", f"train.global_batch={args.batch}", *extra])
+
+    first = tmp / "first"
+    c = cfg(first, "train.steps=10", "train.save_every=10")
+    train_main(c)
+    runs = {10: tmp / "at10", args.resume_far: tmp / "far"}
+    shutil.copytree(first, runs[10], ignore=shutil.ignore_patterns("tb"))
+    (runs[args.resume_far] / "checkpoints").mkdir(parents=True)
+    shards = stream.load_pinned(first / "checkpoints/step_0000010")
+    advance_s = far_checkpoint(first / "checkpoints/step_0000010",
+                               runs[args.resume_far] / f"checkpoints/step_{args.resume_far:07d}", args.resume_far,
+                               shards, ChatTokenizer.load(tok_path), c.data, args.batch, args.seed, 1)
+    reread = {}  # shards a resume reads before its first step: those its buffers and queues name
+    for step, run in runs.items():
+        st = json.loads((run / f"checkpoints/step_{step:07d}/data_rank0.json").read_text())
+        reread[step] = len({r[0] for s in st["streams"] for r in s["buffer"] + s["queue"]})
+    startup: dict[int, list[float]] = {k: [] for k in runs}
+    for rep in range(args.resume_reps):
+        for step, run in runs.items():  # alternating: load on the machine hits both alike
+            shutil.rmtree(run / "tb", ignore_errors=True)
+            for extra in (run / "checkpoints").glob(f"step_{step + 1:07d}"):
+                shutil.rmtree(extra)
+            out = train_main(cfg(run, f"train.steps={step + 1}", "train.resume=true", f"train.save_every={10**9}"))
+            startup[step].append(out["train/startup_s"])
+    return {"startup": startup, "advance_s": advance_s, "reread": reread}
+
+
+def report_resume(r: dict[str, Any], args, loader_rate: float | None) -> str:
+    near, far = (min(v) for v in r["startup"].values())
+    rows = [
+        "| resume at step | wall seconds from start to the first step (min of "
+        f"{args.resume_reps}) | shards re-read for the stream state |",
+        "|---:|---:|---:|",
+        f"| 10 | {near:.2f} | {r['reread'][10]} |",
+        f"| {args.resume_far:,} | {far:.2f} | {r['reread'][args.resume_far]} |",
+        "",
+        f"ratio {far / near:.2f}x (goal: equal within noise; the cost is the shards the saved buffers and queues "
+        f"name, a few whatever the step). The step-{args.resume_far:,} checkpoint carries a real "
+        f"stream state: the step-10 one run forward by stream.advance ({r['advance_s']:.1f} s, features not decoded);"
+        f" its model and optimizer tensors are step 10's.",
+    ]
+    if loader_rate:
+        rows.append(f"Replaying the stream instead (the old islice resume) would decode and collate "
+                    f"{args.resume_far * args.batch:,} examples first: about {args.resume_far * args.batch / loader_rate:,.0f} s "
+                    f"at the old loader's measured {fmt(loader_rate)} examples/s.")
+    return "\n".join(rows)
+
+
 # -- report -------------------------------------------------------------------------------
 def fmt(x: float | None, nd: int = 1) -> str:
     if x is None:
@@ -367,6 +532,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--store", default="", help="reuse/keep the bench store here (default: a temporary directory)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sections", default="abcd", help="a: data path, b: model, c: loader per core, d: resume cost")
+    p.add_argument("--loader-batches", type=int, default=40, help="(c) timed batches per loader")
+    p.add_argument("--gpu-tflops", type=float, default=400.0,
+                   help="(c) sustained training TFLOP/s of one GPU (H100 bf16: ~990 peak dense, ~40%% utilisation)")
+    p.add_argument("--resume-far", type=int, default=10_000, help="(d) the far resume step")
+    p.add_argument("--resume-reps", type=int, default=2, help="(d) resumes timed per step")
     return p.parse_args(argv)
 
 
@@ -410,21 +581,41 @@ def main(argv: list[str] | None = None) -> None:
           f"d_ff={mcfg.d_ff}; {args.steps} timed steps each (+{args.warmup} warm-up), contenders alternating every "
           f"{args.block} step(s); load average before: {os.getloadavg()[0]:.2f}\n")
 
-    t1 = time.perf_counter()
-    loader = bench_loader(args, dcfg, tok, TrainRig(args, mcfg, acc), device)
-    print("## (a) data path: trainer.steps.train_step fed by make_loader vs the same batches in memory\n")
-    print(report_loader(loader, args, device))
-    print(f"\n({time.perf_counter() - t1:.0f}s)\n")
-
-    t1 = time.perf_counter()
-    models = bench_models(args, mcfg, loader["batches"], vocab, device)
-    print("## (b) model: forward+backward on the same examples, same width and depth\n")
-    print(report_models(models, args, device))
-    print(f"\n({time.perf_counter() - t1:.0f}s; total {time.perf_counter() - t0:.0f}s; "
-          f"load average after: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
-    print("\nNotes: the prototype decodes only the message (it had no chat context) over one averaged vector, so "
-          "it does less work per example by design; vod2chat's extra cost buys full temporal A/V sequences, "
-          "context and a causal (valid) training objective.")
+    val_vod = str(2000 + args.vods - 1)
+    if "a" in args.sections or "b" in args.sections:
+        t1 = time.perf_counter()
+        loader = bench_loader(args, dcfg, tok, TrainRig(args, mcfg, acc), device)
+        print("## (a) data path: trainer.steps.train_step fed by make_train_loader vs the same batches in memory\n")
+        print(report_loader(loader, args, device))
+        print(f"\n({time.perf_counter() - t1:.0f}s)\n")
+    if "b" in args.sections:
+        t1 = time.perf_counter()
+        models = bench_models(args, mcfg, loader["batches"], vocab, device)
+        print("## (b) model: forward+backward on the same examples, same width and depth\n")
+        print(report_models(models, args, device))
+        print(f"\n({time.perf_counter() - t1:.0f}s)")
+        print("\nNotes: the prototype decodes only the message (it had no chat context) over one averaged vector, "
+              "so it does less work per example by design; vod2chat's extra cost buys full temporal A/V sequences, "
+              "context and a causal (valid) training objective.\n")
+    old_rate = None
+    if "c" in args.sections:
+        t1 = time.perf_counter()
+        per_core = bench_loader_per_core(args, root, tok, val_vod)
+        old_rate = per_core["old"].examples_s
+        print("## (c) the training loader alone, base.toml's data settings: vod2chat vs before, per core\n")
+        print(report_loader_per_core(per_core, args))
+        print(f"\n({time.perf_counter() - t1:.0f}s)\n")
+    if "d" in args.sections:
+        t1 = time.perf_counter()
+        tok_path = Path(tempfile.mkdtemp(prefix="vod2chat-bench-tok-")) / "tokenizer.json"
+        tok.save(tok_path)
+        with tempfile.TemporaryDirectory(prefix="vod2chat-bench-resume-") as d:
+            resume = bench_resume(args, root, tok_path, val_vod, Path(d))
+        print("## (d) resume cost: wall seconds from entering trainer.main.main to the first step done\n")
+        print(report_resume(resume, args, old_rate))
+        print(f"\n({time.perf_counter() - t1:.0f}s)\n")
+    print(f"total {time.perf_counter() - t0:.0f}s; load average after: {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} CPUs")
     if tmp is not None:
         tmp.cleanup()
 

@@ -41,23 +41,21 @@ import heapq
 import json
 import logging
 import math
-import posixpath
 import sys
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from vod2chat.config import param, save_config
 from vod2chat.inference import oracle
 from vod2chat.ingest.synth_events import find_truths, load_truth
-from vod2chat.shards.reader import ShardStream, open_shards, reraise, select_records, shard_urls
-from vod2chat.shards.store import Store
+from vod2chat.shards.reader import ShardStream, read_chat, select_records, shard_urls
+from vod2chat.shards.schema import parse_key
+from vod2chat.shards.store import Store, read_json, write_json_atomic
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, check_cut, collate, sample_examples, selection
@@ -240,21 +238,13 @@ def build_candidates(real: str, context: Sequence[str], pool: TextPool, n: int, 
     return out
 
 
-def iter_chat(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """chat.json of every sample, without decoding the feature arrays."""
-    raw = tar_file_expander(open_shards(urls, reraise), handler=reraise, select_files=lambda f: f.endswith(".chat.json"))
-    for sample in group_by_keys(raw):
-        if "chat.json" in sample:
-            yield json.loads(sample["chat.json"])
-
-
 def training_pool(store: Store, data: DataConfig) -> TextPool:
     urls = shard_urls(store, select_records(store, selection(data, "train")))
     if not urls:
         raise ValueError(f"store {store.url} has no training VODs to draw candidates from (split settings: "
                          f"val_vods={data.val_vods} test_vods={data.test_vods}, fractions {data.val_fraction}/"
                          f"{data.test_fraction})")
-    return TextPool.build(m["text"] for chat in iter_chat(urls) for m in chat["messages"])
+    return TextPool.build(m["text"] for chat in read_chat(urls) for m in chat["messages"])
 
 
 def split_vods(store: Store, data: DataConfig, split: str) -> list[str]:
@@ -272,41 +262,6 @@ def candidates_id(store: Store, data: DataConfig, split: str, ec: EvalConfig) ->
 def default_candidates_path(store: Store, ident: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
     return store.full_url(f"eval/candidates-{ident['split']}-seed{ident['seed']}-{h}.json")
-
-
-def read_json(url: str) -> dict[str, Any] | None:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as f:
-        try:
-            obj = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON only: nothing read is executed
-            raise ValueError(f"{url}: not a JSON file ({e}); remove it to rebuild") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{url}: expected a JSON object, got {type(obj).__name__}; remove it to rebuild")
-    return obj
-
-
-def write_json_atomic(url: str, obj: Any) -> None:
-    """Readers never see half a file: a local file is renamed into place; an object store's
-    PUT is already atomic."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    data = json.dumps(obj, ensure_ascii=False, indent=0).encode("utf-8")
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-    if not local:
-        with fs.open(path, "wb") as f:
-            f.write(data)
-        return
-    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex[:8]}-{posixpath.basename(path)}")
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
 
 
 def load_candidates(moments: list[Example], path: str, ident: dict[str, Any],
@@ -498,7 +453,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
                for name in cfg.ablations}
     report: dict[str, Any] = {
         "run": cfg.run, "checkpoint": meta["checkpoint"], "step": meta.get("step"), "store": data.store,
-        "split": cfg.split, "moments": len(moments), "vods": len({e.key.split("__")[1] for e in moments}),
+        "split": cfg.split, "moments": len(moments), "vods": len({parse_key(e.key)[1] for e in moments}),
         "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
         "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
     }
@@ -529,7 +484,7 @@ def oracle_report(moments: list[Example], sets: dict[str, list[str]], results: d
     """The oracle and the channel marginal next to every ablation, on the moments whose VOD has a
     truth file (summed log-likelihood ranks)."""
     truths = {vod: load_truth(p) for vod, p in find_truths(truth_dir).items()}
-    idx = [i for i, e in enumerate(moments) if e.key.split("__")[1] in truths]
+    idx = [i for i, e in enumerate(moments) if parse_key(e.key)[1] in truths]
     if not idx:
         raise ValueError(f"no truth file in {truth_dir} for any evaluated VOD: expected <vod_id>.truth.json "
                          "(written by `vod2chat synth --kind events`)")
@@ -537,7 +492,7 @@ def oracle_report(moments: list[Example], sets: dict[str, list[str]], results: d
     orc, marg = [], []
     for i in idx:
         e = moments[i]
-        vod = e.key.split("__")[1]
+        vod = parse_key(e.key)[1]
         orc.append(oracle.rank_candidates(oracle.text_probs(truths[vod], e.t), sets[e.key]))
         marg.append(oracle.rank_candidates(marginals[vod], sets[e.key]))
     out = {"truth": truth_dir, "moments": len(idx), "oracle": oracle.mean_metrics(orc),

@@ -131,12 +131,11 @@ def chat_rate(records: list[dict[str, Any]]) -> float:
 
 
 def training_users(data: DataConfig, records: list[dict[str, Any]]) -> Counter:
-    from vod2chat.shards.reader import shard_urls
+    from vod2chat.shards.reader import read_chat, shard_urls
     from vod2chat.shards.store import Store
-    from vod2chat.inference.evaluate import iter_chat
 
     urls = shard_urls(Store(data.store), records)[:USER_SHARDS]
-    return Counter(m["user"] for chat in iter_chat(urls) for m in chat["messages"] if m.get("user"))
+    return Counter(m["user"] for chat in read_chat(urls) for m in chat["messages"] if m.get("user"))
 
 
 def draw_users(n: int, users: Counter, rng: np.random.Generator) -> list[str]:
@@ -169,10 +168,12 @@ def check_paths(cfg: GenerateConfig) -> None:
 def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
     """The ingest encoders at the fps the run's features were made at; refuses other weights."""
     from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders
+    from vod2chat.ingest.features import Encoders
 
     want = meta.get("fingerprints")
     fps = float(want["video"].get("fps", 1.0)) if want else IngestConfig.fps
+    # The run's features were computed in some precision (fp32, bf16 autocast): compute in the same one.
+    tag = str(want["video"].get("precision", "auto")) if want else "auto"
     # Before any weights are looked for: a run on random-encoder features needs those same encoders,
     # and "download the ResNet-50 weights" would be the wrong advice.
     for kind, given in (("video", cfg.video_weights), ("audio", cfg.audio_weights)):
@@ -181,7 +182,7 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
             raise ValueError(f"run {cfg.run} was trained on a store made with random-initialised {kind} encoders: "
                              "pass --weights random (the same encoders) to generate for it")
     icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
-                        fps=fps, device=device)
+                        fps=fps, device=device, precision=tag.split()[0])
     enc = Encoders(icfg)
     have = same_json(enc.fingerprints())
     try:
@@ -191,28 +192,6 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
         raise ValueError(f"{e}\nFor generate: pass the encoder weights the run's store was ingested with "
                          "(--video-weights/--audio-weights, or --weights random if it used random encoders).") from e
     return enc, icfg
-
-
-def compute_features(media: Any, start: float, end: float, window_s: float, enc: Any, icfg: Any) -> Sample:
-    """Feature rows on the store's global grids that a message in [start, end] can see:
-    video row k at k / fps, audio row j over [j * hop, (j + 1) * hop), from start - window."""
-    from vod2chat.ingest import align
-    from vod2chat.ingest.worker import embed_audio, embed_video
-
-    fps, hop = icfg.fps, align.AUDIO_HOP
-    lo = max(0.0, start - window_s)
-    nv, na = align.n_video_rows(media.duration, fps), align.n_audio_rows(media.duration)
-    v0 = min(nv, math.ceil(lo * fps - 1e-9))
-    v1 = min(nv, math.floor(end * fps + 1e-9) + 1)
-    a0 = min(na, math.floor(lo / hop))
-    a1 = min(na, math.floor(end / hop + 1e-9))
-    video = embed_video(media, range(v0, max(v0, v1)), fps, enc.video, icfg.decode_backend) \
-        if media.video_stream is not None else np.zeros((0, enc.video.dim), np.float16)
-    audio = embed_audio(media, range(a0, max(a0, a1)), enc.audio, None) \
-        if media.audio_stream is not None else np.zeros((0, enc.audio.dim), np.float16)
-    meta = {"video_t0": v0 / fps, "fps": fps, "audio_t0": a0 * hop, "audio_hop": hop, "audio_win": hop,
-            "start": start, "end": end}
-    return Sample("generate__range__000000", video, audio, {"context": [], "messages": []}, meta)
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -250,7 +229,8 @@ def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times
 
 # -- main ----------------------------------------------------------------------------------
 def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    from vod2chat.ingest.chat import Message, write_irc
+    from vod2chat.ingest.chat import Message, write_irc, write_json
+    from vod2chat.ingest.features import embed_range
     from vod2chat.ingest.media import probe
     from vod2chat.inference.evaluate import resolve_device
     from vod2chat.inference.replay import write_ass, write_html
@@ -287,7 +267,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
         users = Counter()
 
     t_feat = time.perf_counter()
-    sample = compute_features(media, start, end, data.window_s, enc, icfg)
+    sample = embed_range(media, start, end, data.window_s, enc, icfg)
     t_feat = time.perf_counter() - t_feat
     rng = np.random.default_rng(cfg.seed)
     times = poisson_times(start, end, rate, rng)
@@ -300,9 +280,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     msgs = [Message(t, u, x) for t, u, x in zip(times, names, texts) if x]
 
     out = Path(cfg.out) if cfg.out else Path(cfg.vod).with_suffix(".chat.json")
-    # One message per line: diffable, greppable, still one JSON document.
-    out.write_text("[\n" + ",\n".join(json.dumps(dataclasses.asdict(m), ensure_ascii=False) for m in msgs) + "\n]\n",
-                   encoding="utf-8")
+    write_json(msgs, out)
     written = [out]
     save_config(cfg, out.with_suffix(".toml"))  # what produced the chat, loadable with --config
     if cfg.irc:

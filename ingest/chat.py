@@ -279,6 +279,21 @@ def _read_chat_downloader(payload: Any, stream_start: float | None) -> Iterator[
         yield i, Message(t, user.strip(), text) if user.strip() and text else "empty author or message"
 
 
+def _read_vod2chat(payload: Any, stream_start: float | None) -> Iterator[Item]:
+    """What `vod2chat generate` writes (write_json): [{"t", "user", "text"}, ...]."""
+    for i, c in enumerate(payload):
+        if not isinstance(c, dict):
+            yield i, "not a JSON object"
+            continue
+        try:
+            t = float(c["t"])
+        except (KeyError, TypeError, ValueError):
+            yield i, "no numeric t"
+            continue
+        user, text = str(c.get("user") or "").strip(), _clean(str(c.get("text") or ""))
+        yield i, Message(t, user, text) if user and text else "empty user or text"
+
+
 READERS: dict[str, Reader] = {
     "tcd-irc": _read_tcd,
     "irc-tags": _read_irc_tags,
@@ -286,6 +301,7 @@ READERS: dict[str, Reader] = {
     "v5-rechat": _read_v5,
     "twitch-dl": _read_twitch_dl,
     "chat-downloader": _read_chat_downloader,
+    "vod2chat": _read_vod2chat,
 }
 TEXT_FORMATS = ("tcd-irc", "irc-tags", "ass")
 
@@ -329,12 +345,15 @@ def _detect(payload: Any, path: Path) -> str:
             return "twitch-dl"
         if "time_in_seconds" in first or {"author", "message"} <= first.keys():
             return "chat-downloader"
+        if {"t", "user", "text"} <= first.keys():
+            return "vod2chat"
     if isinstance(first, str) and " PRIVMSG " in first:
         return "irc-tags"
     raise ChatFormatError(
         f"{path}: JSON is not a known chat layout (tried v5-rechat {{comments:[{{content_offset_seconds}}]}}, "
         f"twitch-dl {{comments:[{{contentOffsetSeconds}}]}}, chat-downloader [{{author, message, "
-        f"time_in_seconds}}], irc-tags {{messages:[...]}}); an empty comment list has no chat to read"
+        f"time_in_seconds}}], irc-tags {{messages:[...]}}, vod2chat [{{t, user, text}}]); an empty comment list "
+        "has no chat to read"
     )
 
 
@@ -420,6 +439,13 @@ def _stamp(t: float) -> str:
     return f"{base}.{frac:03d}" if frac % 10 else f"{base}.{frac // 10:02d}"  # tcd writes .50
 
 
+def write_json(messages: Iterable[Message], path: str | Path) -> None:
+    """The vod2chat chat JSON [{"t", "user", "text"}], one message per line: diffable, greppable,
+    still one JSON document, and read back by parse_chat (format "vod2chat")."""
+    Path(path).write_text("[\n" + ",\n".join(json.dumps({"t": m.t, "user": m.user, "text": m.text}, ensure_ascii=False)
+                                              for m in messages) + "\n]\n", encoding="utf-8")
+
+
 def write_irc(messages: Iterable[Message], path: str | Path) -> None:
     """Write tcd irc text; t is kept to the millisecond ([0:00:01.50], [0:02:07.467]).
 
@@ -433,3 +459,8 @@ def write_irc(messages: Iterable[Message], path: str | Path) -> None:
             raise ValueError(f"cannot write {m} as tcd irc text: needs t >= 0, text, and a user without '>'")
         lines.append(f"[{_stamp(m.t)}] <{m.user}> {text}\n")
     Path(path).write_text("".join(lines), encoding="utf-8")
+
+
+# Public names for live chat (inference/twitch_irc.py): one IRC line at a time, as read here.
+parse_irc_line = _parse_irc
+irc_privmsg = _irc_privmsg

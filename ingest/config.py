@@ -25,11 +25,18 @@ class IngestConfig:
     audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
     audio_pca: str | None = param(None, "VGGish PCA params path")
     device: str = param("auto", "auto | cpu | cuda")
+    # In the encoders' fingerprints: a store never mixes precisions, so give it explicitly on mixed clusters.
+    precision: str = param("auto", "fp32 | bf16 | fp16 | auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32)")
     video_batch: int = param(32, "frames per ResNet-50 forward pass")
+    # Throughput: torch threads are the actor's CPUs.
+    prefetch: bool = param(True, "decode the next frames or audio in a thread while the encoders run")
+    decode_threads: int = param(0, "decoder threads (0: 1 beside torch on a CPU actor that decodes ahead, else the actor's CPUs)")
+    seek_keyframes: bool = param(True, "PyAV: jump to the keyframe before a sampled time instead of decoding up to it")
+    decode_device: str = param("auto", "auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda")
     # Media and chat details.
     video_stream: int | None = param(None, "stream index (default: the best)")
     audio_stream: int | None = param(None, "stream index (default: the best)")
-    decode_backend: str = param("auto", "auto | decord | pyav")
+    decode_backend: str = param("auto", "auto (pyav) | decord | pyav")
     stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
     input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")
@@ -38,7 +45,10 @@ class IngestConfig:
     strict: bool = param(False, "fail a VOD that keeps less than half of its chat (or none) instead of a warning")
     # Ray fan-out.
     address: str | None = param(None, "None: a local Ray; 'auto': the cluster this node belongs to")
-    num_actors: int = param(0, "0: one per GPU, else one per 2 CPUs")
-    cpus_per_actor: float = param(1.0, "Ray CPUs per actor")
+    num_actors: int = param(0, "0: one per GPU, else one per cpus_per_actor CPUs")
+    # Capped at the CPUs a node has, so a 2-core machine runs one actor on both cores (two torch
+    # processes on the same cores slow each other down).
+    cpus_per_actor: float = param(4.0, "Ray CPUs each actor reserves and uses (torch and decoder threads)")
+    parts_in_flight: int = param(2, "parts queued per actor, so the next one waits there, not in the driver")
     max_retries: int = param(2, "retries of a part whose actor died")
     progress: bool = param(True, "progress bars")

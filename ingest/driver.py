@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
 from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.encoders import check_weights
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
 from vod2chat.shards.store import ShardInfo, Store, chat_counts, chat_warning
@@ -34,17 +36,24 @@ class IngestActor:
     """Holds the encoders; every method is a one-line call into ingest.worker."""
 
     def __init__(self, cfg: IngestConfig):
+        # As many torch threads as CPUs reserved: Ray's default for an actor is one.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(cpus)))
         self.cfg, self.store, self.enc = cfg, Store(cfg.store), Encoders(cfg)
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "fingerprints": self.enc.fingerprints()}
+                "fingerprints": self.enc.fingerprints(), "torch_threads": torch.get_num_threads()}
 
     def plan(self, job: VodJob) -> VodPlan | None:
         return plan_vod(job, self.cfg, self.enc.fingerprints(), self.store)
 
-    def part(self, plan: VodPlan, i: int) -> tuple[ShardInfo, str]:
-        return ingest_part(plan, i, self.store, self.enc, self.cfg), ray.get_runtime_context().get_node_id()
+    def part(self, plan: VodPlan, i: int) -> tuple[ShardInfo, str, dict[str, float]]:
+        t0 = time.perf_counter()
+        info = ingest_part(plan, i, self.store, self.enc, self.cfg)
+        stages = self.enc.take_stages()
+        stages["in actor"] = time.perf_counter() - t0
+        return info, ray.get_runtime_context().get_node_id(), stages
 
 
 @dataclass
@@ -58,6 +67,7 @@ class IngestSummary:
     wall_s: float = 0.0
     nodes: set[str] = field(default_factory=set)
     retries: int = 0
+    stages: dict[str, float] = field(default_factory=dict)  # seconds: start-up, plan, per-stage sums over parts
     chat: dict[str, dict[str, int]] = field(default_factory=dict)  # vod -> kept / dropped / malformed
     warnings: list[str] = field(default_factory=list)  # VODs that keep less than half of their chat
 
@@ -82,6 +92,8 @@ class IngestSummary:
             f"on {len(self.nodes)} node(s), {self.retries} retried part(s)",
             f"speed: {rate:.1f} VOD-seconds per wall-second ({self.wall_s:.1f} s wall)",
         ]
+        if self.stages:
+            lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"FAILED {vod}: {err}" for vod, err in sorted(self.failed.items())]
         return "\n".join(lines)
@@ -98,8 +110,12 @@ def init_ray(address: str | None) -> None:
         ray.init(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
 
 
-def _actor_options(cfg: IngestConfig, use_gpu: bool) -> dict[str, Any]:
-    return {"num_gpus": 1, "num_cpus": cfg.cpus_per_actor} if use_gpu else {"num_cpus": cfg.cpus_per_actor}
+def _actor_options(cpus: float, use_gpu: bool) -> dict[str, Any]:
+    return {"num_gpus": 1, "num_cpus": cpus} if use_gpu else {"num_cpus": cpus}
+
+
+def _largest_node_cpus() -> float:
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=1.0) or 1.0
 
 
 class _Pool:
@@ -114,8 +130,13 @@ class _Pool:
         if use_gpu and not (cfg.num_actors or gpus):
             raise ValueError("device=cuda but the cluster has no GPUs yet: pass --num-actors N to have the "
                              "autoscaler start N GPU workers")
-        n = cfg.num_actors or (int(gpus) if use_gpu else max(1, int(cpus // max(cfg.cpus_per_actor, 1) // 2)))
-        self.cfg, self.opts = cfg, _actor_options(cfg, use_gpu)
+        # CPUs per actor: never more than a node has (an actor that cannot fit would wait forever),
+        # and shared out when more CPU actors are asked for than fit at that size.
+        per = min(cfg.cpus_per_actor, _largest_node_cpus()) if cfg.cpus_per_actor > 0 else 1.0
+        n = cfg.num_actors or (int(gpus) if use_gpu else max(1, int(cpus // per)))
+        if not use_gpu and n * per > cpus:
+            per = max(cpus // n, min(1.0, cpus / n))
+        self.cfg, self.opts = cfg, _actor_options(per, use_gpu)
         self.actors = [self._new(i) for i in range(n)]
 
     def _new(self, slot: int) -> Any:
@@ -134,10 +155,14 @@ def main(cfg: IngestConfig) -> IngestSummary:
     """Ingest every VOD of cfg.inputs into cfg.store on a local Ray or the cluster at cfg.address."""
     t0 = time.perf_counter()
     jobs = pair_inputs(cfg.inputs, cfg.streamer)
+    # The driver runs on a node of the cluster (`ray up` puts the weights on every node): a missing
+    # file is reported here, alone, before any actor starts.
+    check_weights(cfg.video_weights, cfg.audio_weights)
     store, summary = Store(cfg.store), IngestSummary()
     init_ray(cfg.address)
     pool = _Pool(cfg)
     fingerprints = ray.get(pool.actors[0].info.remote())["fingerprints"]
+    summary.stages["start-up"] = time.perf_counter() - t0
     store.check_fingerprints(fingerprints)
 
     # Plan every VOD (probe + chat parse) on the actors: they see the files as workers will.
@@ -155,30 +180,33 @@ def main(cfg: IngestConfig) -> IngestSummary:
         else:
             plans[vod] = plan
     store.check_fingerprints(fingerprints)
+    summary.stages["plan"] = time.perf_counter() - t0 - summary.stages["start-up"]
 
     plan_refs = {vod: ray.put(p) for vod, p in plans.items()}  # shipped once, not once per part
     queue = deque((vod, i, 0) for vod, p in plans.items() for i in range(len(p.parts)))
     shards: dict[str, dict[int, ShardInfo]] = {vod: {} for vod in plans}
     total_s = sum(p.media.duration for p in plans.values())
     bar = tqdm(total=len(queue), unit="part", desc="ingest", disable=not cfg.progress)
-    running: dict[Any, tuple[int, str, int, int]] = {}
-    free = deque(range(len(pool.actors)))
+    running: dict[Any, tuple[int, Any, str, int, int]] = {}
+    # Each actor appears parts_in_flight times: its next part waits in its queue, not in the driver.
+    free = deque(slot for _ in range(max(1, cfg.parts_in_flight)) for slot in range(len(pool.actors)))
     while queue or running:
         while queue and free:
             vod, i, tries = queue.popleft()
             if vod in summary.failed:
                 continue
             slot = free.popleft()
-            running[pool.actors[slot].part.remote(plan_refs[vod], i)] = (slot, vod, i, tries)
+            actor = pool.actors[slot]
+            running[actor.part.remote(plan_refs[vod], i)] = (slot, actor, vod, i, tries)
         if not running:
             continue
         [ref], _ = ray.wait(list(running), num_returns=1)
-        slot, vod, i, tries = running.pop(ref)
+        slot, actor, vod, i, tries = running.pop(ref)
         try:
-            info, node = ray.get(ref)
+            info, node, stages = ray.get(ref)
         except Exception as e:  # noqa: BLE001
-            if isinstance(e, RayActorError):
-                pool.replace(slot)  # the process is gone (OOM, killed, node lost)
+            if isinstance(e, RayActorError) and pool.actors[slot] is actor:
+                pool.replace(slot)  # the process is gone (OOM, killed, node lost); once per death
             if tries < cfg.max_retries and not isinstance(getattr(e, "cause", None) or e, NotRetryable):
                 summary.retries += 1
                 log.warning("retrying %s part %d (%s)", vod, i, _reason(e))
@@ -189,6 +217,8 @@ def main(cfg: IngestConfig) -> IngestSummary:
             continue
         free.append(slot)
         summary.nodes.add(node)
+        for k, v in stages.items():
+            summary.stages[k] = summary.stages.get(k, 0.0) + v
         shards[vod][i] = info
         bar.update(1)
         if len(shards[vod]) == len(plans[vod].parts) and vod not in summary.failed:

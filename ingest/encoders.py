@@ -9,8 +9,10 @@ that provide the weights.
 Each encoder carries a `fingerprint`: a JSON-serialisable dict naming everything that decides its
 feature space (model, weights identity, input geometry, post-processing, output dim and dtype).
 Features with different fingerprints must never be mixed; `fingerprint_id` is its short hash.
-Compute precision is deliberately not in it: fp32 on CPU and bf16/fp16 autocast on CUDA give the
-same features up to rounding, and one store may be ingested by CPU and GPU workers together.
+Compute precision is in it ("precision": fp32, or bf16/fp16 autocast): reduced precision moves
+features by more than float16 storage rounding, so a store never mixes them silently. CPU and
+GPU workers can fill one store together when they compute in the same precision (pass
+`precision` explicitly then; "auto" is bf16 on CUDA and on CPUs with native bf16, else fp32).
 
 Audio framing: row j of AudioEncoder.encode is VGGish on samples [j*15360, (j+1)*15360) only.
 VGGish's own framing (25 ms STFT windows every 10 ms, 96 frames per example) needs 15600
@@ -153,6 +155,13 @@ def resolve_weights(weights: str | os.PathLike | None, what: str, releases: tupl
     )
 
 
+def check_weights(video_weights: str | None, audio_weights: str | None) -> None:
+    """Raise WeightsNotFound now, in the calling process, rather than from inside every Ray actor
+    (where the same message arrives buried in an actor-death traceback)."""
+    resolve_weights(video_weights, "ResNet-50", RESNET50_RELEASES, "--video-weights")
+    resolve_weights(audio_weights, "VGGish", VGGISH_RELEASES, "--audio-weights")
+
+
 def load_state_dict(path: Path) -> dict[str, Any]:
     """A state_dict from a .pth file, loaded safely (weights_only). Some releases (the VGGish PCA
     params) pickle numpy arrays: those numpy types alone are allowed through."""
@@ -212,12 +221,35 @@ def random_init(build: Callable[[], nn.Module], name: str, seed: int = RANDOM_SE
     return model, _RANDOM_HASHES[key]
 
 
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 on CUDA (fp32's range: random-init activations cannot overflow),
-    fp16 on GPUs without bf16, none (fp32) on CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: where bf16 convolutions beat fp32 on a CPU. Without them (AVX2 only)
+    oneDNN emulates bf16 and ResNet-50 runs several times slower than in fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """fp32 | bf16 | fp16 for `precision` on `device`: "auto" is bf16 on CUDA (fp32's range:
+    random-init activations cannot overflow; fp16 on GPUs without bf16) and on CPUs with native
+    bf16, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def _precision_tag(precision: str) -> str:
+    return "fp32" if precision == "fp32" else f"{precision} autocast"
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager[Any]:
@@ -248,9 +280,11 @@ class VideoEncoder:
     dim = 2048
     input_size = (224, 224)
 
-    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64):
+    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 64,
+                 precision: str = "auto"):
         self.device = torch.device(device)
-        self.amp = _amp_dtype(self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.amp = _AMP[self.precision]
         self.batch_size = int(batch_size)
         self.weights_path = resolve_weights(weights, "ResNet-50", RESNET50_RELEASES, "--video-weights")
         if self.weights_path is None:
@@ -267,12 +301,16 @@ class VideoEncoder:
             "input_size": list(self.input_size), "input": "uint8 RGB",
             "resize": "bilinear+antialias, only if not already 224x224",
             "normalize": "imagenet", "postprocess": "global average pool (fc=Identity)",
-            "dim": self.dim, "dtype": "float16",
+            "precision": _precision_tag(self.precision), "dim": self.dim, "dtype": "float16",
         }
 
     def _prepare(self, frames: np.ndarray) -> torch.Tensor:
-        # uint8 goes to the device as is (4x less traffic than float), converted there.
-        x = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device, non_blocking=True)
+        # uint8 goes to the device as is (4x less traffic than float), converted there; from
+        # pinned memory on CUDA so the copy is a real asynchronous DMA.
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()
         if tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
@@ -361,9 +399,11 @@ class AudioEncoder:
     hop = 0.96
     window = 0.96
 
-    def __init__(self, weights: str | None = None, pca: str | None = None, device: str = "cpu", batch_size: int = 256):
+    def __init__(self, weights: str | None = None, pca: str | None = None, device: str = "cpu", batch_size: int = 256,
+                 precision: str = "auto"):
         self.device = torch.device(device)
-        self.amp = _amp_dtype(self.device)
+        self.precision = resolve_precision(precision, self.device)
+        self.amp = _AMP[self.precision]
         self.batch_size = int(batch_size)
         self.weights_path = resolve_weights(weights, "VGGish", VGGISH_RELEASES, "--audio-weights")
         self.pca_path = self._find_pca(pca)  # before the slow part: a missing file fails fast
@@ -385,7 +425,7 @@ class AudioEncoder:
             "model": "vggish", "impl": "torchvggish", **_weights_identity(self.weights_path, rhash),
             "sample_rate": self.sample_rate, "window": self.window, "hop": self.hop, "window_samples": self.samples,
             "log_mel": "stft 25ms/10ms hann, 64 mel 125-7500Hz, log(x+0.01), 96 frames; 240-sample tail reflected",
-            **post, "dim": self.dim, "dtype": "float16",
+            **post, "precision": _precision_tag(self.precision), "dim": self.dim, "dtype": "float16",
         }
 
     def _find_pca(self, pca: str | None) -> Path | None:

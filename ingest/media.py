@@ -13,13 +13,16 @@ that ends well before its own declared duration is truncated and raises MediaErr
 Streams are chosen explicitly (`probe` lists them all): by default the video stream with the
 largest resolution and the audio stream with the highest sample rate; callers can pass indices.
 
-Backends for frames: "pyav" (seek + sequential decode, scaled by swscale straight to the target
-size) and "decord" (VideoReader.get_batch). decord has no stream selection and known bugs: it
-can hang inside native code (dmlc/decord#269, #373, #375) and over-report its frame count, so
-"auto" uses it only on single-video-stream files, every decord call runs in a worker thread
-with a timeout, its indices are clamped to what duration * fps allows, and any decord failure
-falls back to PyAV for that call with a warning naming the file. Both backends scale with
-bilinear swscale, so they agree to the pixel on ordinary files.
+Backends for frames: "pyav" (seek to the keyframe before each sampled time when that skips
+frames, decode on from there, scale only the sampled frames by swscale straight to the target
+size) and "decord" (VideoReader.get_batch). "auto" is PyAV: on H.264 with 2 s GOPs sampled at
+1 fps it costs as much CPU as decord at 480p30 and less at 1080p60 (decord converts every
+decoded frame, sampled or not), and far less on small frames (`bench/ingest.py --levers`).
+decord has no stream selection and known bugs: it can hang inside native code
+(dmlc/decord#269, #373, #375) and over-report its frame count, so every decord call runs in a
+worker thread with a timeout, its indices are clamped to what duration * fps allows, and any
+decord failure falls back to PyAV for that call with a warning naming the file. Both backends
+scale with bilinear swscale, so they agree to the pixel on ordinary files.
 """
 from __future__ import annotations
 
@@ -69,10 +72,23 @@ class MediaInfo:
 
 
 # -- probing --------------------------------------------------------------------------------
-def _open(path: str | Path) -> av.container.InputContainer:
+_hw_unavailable: set[str] = set()  # hardware decoders that failed to open in this process
+
+
+def _open(path: str | Path, hwaccel: str | None = None) -> av.container.InputContainer:
+    """Open a media file; with `hwaccel` ("cuda": NVDEC) video decodes on that device where it
+    can (frames come back to host memory), else on the CPU, with one warning per process."""
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such media file")
+    if hwaccel and hwaccel not in _hw_unavailable:
+        from av.codec.hwaccel import HWAccel
+
+        try:
+            return av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
+        except Exception as e:  # noqa: BLE001 - no such device or driver here: decode on the CPU
+            _hw_unavailable.add(hwaccel)
+            log.warning("%s decoding is unavailable (%s: %s); decoding on the CPU", hwaccel, type(e).__name__, e)
     try:
         return av.open(path)
     except av.FFmpegError as e:
@@ -183,8 +199,12 @@ def _check_times(info: MediaInfo, times: Sequence[float]) -> np.ndarray:
 
 
 def read_frames(info: MediaInfo, times: Sequence[float], size: tuple[int, int] = (224, 224),
-                backend: str = "auto", timeout_s: float = 120.0) -> np.ndarray:
-    """RGB frames shown at `times` (seconds), squashed to size=(W, H): uint8 [N, H, W, 3]."""
+                backend: str = "auto", timeout_s: float = 120.0, threads: int = 0,
+                seek_keyframes: bool = True, hwaccel: str | None = None) -> np.ndarray:
+    """RGB frames shown at `times` (seconds), squashed to size=(W, H): uint8 [N, H, W, 3].
+    `threads`: decoder threads (0: the decoder's own choice, one per core). `seek_keyframes`
+    (PyAV): seek to a keyframe rather than decode frames no requested time shows. `hwaccel`:
+    decode on that device ("cuda": NVDEC) with PyAV, falling back to the CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown decode backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if info.video_stream is None:
@@ -193,13 +213,13 @@ def read_frames(info: MediaInfo, times: Sequence[float], size: tuple[int, int] =
     w, h = int(size[0]), int(size[1])
     if len(t) == 0:
         return np.zeros((0, h, w, 3), np.uint8)
-    if backend == "decord" or (backend == "auto" and decord_can_read(info)):
+    if backend == "decord":
         try:
-            return _read_frames_decord(info, t, w, h, timeout_s)
+            return _read_frames_decord(info, t, w, h, timeout_s, threads)
         except Exception as e:  # any decord failure: PyAV is slower but tells the truth
             log.warning("%s: decord failed (%s: %s); decoding these %d frames with PyAV", info.path,
                         type(e).__name__, e, len(t))
-    return _read_frames_pyav(info, t, w, h)
+    return _read_frames_pyav(info, t, w, h, threads, seek_keyframes, hwaccel)
 
 
 def _decoded(container: av.container.InputContainer, stream: av.stream.Stream, path: str,
@@ -247,11 +267,35 @@ def _seek_decode(c: av.container.InputContainer, s: av.stream.Stream, path: str,
         target, back = target - back, back * 2
 
 
-class _FrameCursor:
-    """Walks one video stream forward, seeking only when it must (backwards, or past a gap)."""
+def _keyframe_times(c: av.container.InputContainer, s: av.stream.Stream, origin: Fraction, t0: float,
+                    t1: float) -> np.ndarray:
+    """Times of the keyframes from the one at or before t0 to t1, from packets alone (demuxing
+    costs little next to decoding). Empty if the container cannot say (no pts, no key flags)."""
+    keys: list[float] = []
+    try:
+        c.seek(int((Fraction(max(t0, 0.0)) + origin) / s.time_base), stream=s, backward=True)
+        for p in c.demux(s):
+            if p.pts is None:
+                continue
+            pt = float(p.pts * s.time_base - origin)
+            if p.is_keyframe:
+                keys.append(pt)
+            if pt > t1 + 1.0 and keys and keys[-1] > t1:
+                break
+    except av.FFmpegError:
+        return np.zeros(0)
+    return np.asarray(sorted(keys))
 
-    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream, path: str, fps: float):
+
+class _FrameCursor:
+    """Walks one video stream forward, seeking only when it must (backwards, or past a gap), or
+    when it saves decoding: a keyframe between the next frame and the requested time means the
+    frames before it need not be decoded at all (1 fps from 30 fps with 2 s GOPs: half of them)."""
+
+    def __init__(self, container: av.container.InputContainer, stream: av.stream.Stream, path: str, fps: float,
+                 keyframes: np.ndarray | None = None):
         self.c, self.s, self.path = container, stream, path
+        self.keyframes = keyframes if keyframes is not None else np.zeros(0)
         self.origin = _origin(container)
         self.dt = 1.0 / fps if fps > 0 else 0.04
         self.tol = _time_tol(fps)
@@ -273,8 +317,14 @@ class _FrameCursor:
         self.prev, self.prev_t = None, -math.inf
         self._pull()
 
+    def _key_ahead(self, t: float) -> bool:
+        """A keyframe after the next decoded frame and at or before t: decoding up to it is wasted."""
+        i = np.searchsorted(self.keyframes, t + self.tol, side="right") - 1
+        return i >= 0 and self.keyframes[i] > self.next_t + self.tol
+
     def frame_at(self, t: float) -> av.VideoFrame:
-        if self.frames is None or t + self.tol < self.prev_t or self.next_t + RESEEK_GAP_S < t:
+        if (self.frames is None or t + self.tol < self.prev_t or self.next_t + RESEEK_GAP_S < t
+                or self._key_ahead(t)):
             self._seek(t)
         while self.next is not None and self.next_t <= t + self.tol:
             self.prev, self.prev_t = self.next, self.next_t
@@ -287,14 +337,19 @@ class _FrameCursor:
         return self.prev
 
 
-def _read_frames_pyav(info: MediaInfo, t: np.ndarray, w: int, h: int) -> np.ndarray:
+def _read_frames_pyav(info: MediaInfo, t: np.ndarray, w: int, h: int, threads: int = 0,
+                     seek_keyframes: bool = True, hwaccel: str | None = None) -> np.ndarray:
     out = np.empty((len(t), h, w, 3), np.uint8)
     declared_end = _stream_end(_stream_info(info, info.video_stream)) or info.duration
-    with _open(info.path) as c:
+    with _open(info.path, hwaccel) as c:
         try:
             stream = c.streams[info.video_stream]
+            # Frame threads (x264 writes one slice per frame, so slice threads would not help);
+            # a keyframe seek below discards at most `threads` frames in flight.
             stream.thread_type = "AUTO"
-            cursor = _FrameCursor(c, stream, info.path, info.fps)
+            stream.codec_context.thread_count = threads
+            keys = _keyframe_times(c, stream, _origin(c), float(t.min()), float(t.max())) if seek_keyframes else None
+            cursor = _FrameCursor(c, stream, info.path, info.fps, keys)
             scaler = av.video.reformatter.VideoReformatter()
             last: tuple[av.VideoFrame | None, np.ndarray | None] = (None, None)
             for i in np.argsort(t, kind="stable"):
@@ -351,15 +406,15 @@ def _run_with_timeout(fn: Callable[[], Any], timeout_s: float, what: str) -> Any
     return box["value"]
 
 
-def _decord_reader(path: str, w: int, h: int) -> Any:
+def _decord_reader(path: str, w: int, h: int, threads: int = 1) -> Any:
     import decord
 
     st = os.stat(path)
-    key = (path, st.st_mtime_ns, st.st_size, w, h)
+    key = (path, st.st_mtime_ns, st.st_size, w, h, threads)
     with _decord_lock:
         vr = _decord_readers.get(key)
     if vr is None:
-        vr = decord.VideoReader(path, width=w, height=h, ctx=decord.cpu(0), num_threads=1)
+        vr = decord.VideoReader(path, width=w, height=h, ctx=decord.cpu(0), num_threads=max(1, threads))
         with _decord_lock:
             _decord_readers.clear()  # one VOD at a time per process: don't keep old readers alive
             _decord_readers[key] = vr
@@ -389,12 +444,13 @@ def _decord_indices(info: MediaInfo, vr: Any, t: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, n - 1)
 
 
-def _read_frames_decord(info: MediaInfo, t: np.ndarray, w: int, h: int, timeout_s: float) -> np.ndarray:
+def _read_frames_decord(info: MediaInfo, t: np.ndarray, w: int, h: int, timeout_s: float,
+                        threads: int = 1) -> np.ndarray:
     if info.path in _decord_broken:
         raise RuntimeError("decord failed on this file before")
 
     def work() -> np.ndarray:
-        vr = _decord_reader(info.path, w, h)
+        vr = _decord_reader(info.path, w, h, threads)
         idx = _decord_indices(info, vr, t)
         return np.asarray(vr.get_batch(idx.tolist()).asnumpy())
 

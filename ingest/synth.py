@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import av
 import numpy as np
@@ -239,3 +239,49 @@ def synthesize(out_dir: str | Path, seed: int = 0, duration: float = 120.0, vod_
     tmp.replace(video)
     write_irc(stream.messages, chat)
     return video, chat
+
+
+# -- live: the same stream written as it happens ----------------------------------------------
+def write_live(stream: Stream, sink: str | Path | Any, fps: int = 10, size: tuple[int, int] = (160, 90),
+               speed: float = 1.0, fmt: str = "mpegts", segment_s: float = 1.0) -> float:
+    """Write the stream as a live encoder would: frame i leaves at `start + i / fps / speed` of the
+    wall clock (speed 0: as fast as possible), each packet flushed to `sink` as it is muxed.
+
+    sink: a path (a growing file, what OBS or `ffmpeg -f mpegts out.ts` leave behind), a binary
+    file object (a pipe), or with fmt="hls" the path of a playlist that grows by a segment every
+    `segment_s` and ends with #EXT-X-ENDLIST. Returns the wall time (time.time()) of stream t = 0.
+    """
+    import time
+
+    w, h = size
+    key = max(1, int(round(min(KEYFRAME_S, segment_s if fmt == "hls" else KEYFRAME_S) * fps)))
+    options = {"flush_packets": "1"}
+    if fmt == "mpegts":
+        options["pes_payload_size"] = "0"  # one PES per audio frame: no muxer-side audio buffering
+    elif fmt == "hls":
+        options.update(hls_time=str(segment_s), hls_list_size="0", hls_segment_type="mpegts")
+    else:
+        raise ValueError(f"write_live writes mpegts or hls, not {fmt!r}")
+    target = str(sink) if isinstance(sink, (str, Path)) else sink
+    with av.open(target, "w", format=fmt, options=options) as out:
+        vs = out.add_stream("libx264", rate=fps, options={
+            "preset": "ultrafast", "tune": "zerolatency", "crf": "20",
+            "x264-params": f"keyint={key}:min-keyint={key}:scenecut=0:threads=1"})
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aus = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        chunk = aus.codec_context.frame_size or 1024
+        n_video, n_audio = round(stream.duration * fps), round(stream.duration * AUDIO_RATE)
+        a_next, t0 = 0, time.time()
+        audio_at = lambda first, n: render_audio(stream.scenes, first, n)  # noqa: E731
+        for i in range(n_video):
+            if speed > 0:
+                time.sleep(max(0.0, t0 + i / fps / speed - time.time()))
+            t = i / fps
+            frame = av.VideoFrame.from_ndarray(render_frame(stream.scene_at(t), t, size), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            while a_next < min(n_audio, round((i + 1) / fps * AUDIO_RATE)):
+                a_next = _write_audio(out, aus, audio_at, a_next, min(chunk, n_audio - a_next))
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+        out.mux(aus.encode(None))
+    return t0

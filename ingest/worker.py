@@ -12,31 +12,27 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import numpy as np
-import torch
 
 from vod2chat.ingest import align
 from vod2chat.ingest.chat import CHAT_SUFFIXES, Message, parse_chat
 from vod2chat.ingest.config import IngestConfig
-from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder, fingerprint_id
+from vod2chat.ingest.encoders import fingerprint_id
+from vod2chat.ingest.features import Encoders, _timed, embed_rows  # Encoders: importable from here too
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
-from vod2chat.ingest.media import MediaInfo, probe, read_audio, read_frames
-from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, check_name, sample_key
+from vod2chat.ingest.media import MediaInfo, probe
+from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, check_name, sample_key
 from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
 
 log = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".flv", ".mov", ".ts", ".m4v")
-VIDEO_CHUNK_ROWS = 120  # frames decoded and embedded at a time: bounds memory on 4-hour VODs
-AUDIO_CHUNK_ROWS = 256  # VGGish windows at a time (~4 min of 16 kHz audio)
 
 
 class ChatCoverageError(NotRetryable, ValueError):
@@ -68,20 +64,6 @@ class VodPlan:
     settings: dict[str, Any]
     settings_id: str
     times: list[float] = field(default_factory=list)
-
-
-class Encoders:
-    """The two feature encoders, built once per process (or per Ray actor) and reused."""
-
-    def __init__(self, cfg: IngestConfig):
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.video = VideoEncoder(weights=cfg.video_weights, device=device, batch_size=cfg.video_batch)
-        self.audio = AudioEncoder(weights=cfg.audio_weights, pca=cfg.audio_pca, device=device)
-        self.fps = cfg.fps
-
-    def fingerprints(self) -> dict[str, dict[str, Any]]:
-        # fps is part of the video feature space: the same frames at 2 fps mean other rows.
-        return {"video": {**self.video.fingerprint, "fps": self.fps}, "audio": dict(self.audio.fingerprint)}
 
 
 # -- pairing ---------------------------------------------------------------------------
@@ -225,8 +207,7 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
                 f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
             )
-        numbers = (re.search(r"-(\d+)\.tar$", s["path"]) for s in old["shards"])
-        shard_base = 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
+        shard_base = store.next_shard_index(old)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
     warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),
@@ -244,44 +225,35 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
 
 
 # -- the work --------------------------------------------------------------------------
-def embed_video(media: MediaInfo, rows: range, fps: float, enc: VideoEncoder, backend: str) -> np.ndarray:
-    out = [np.zeros((0, enc.dim), np.float16)]
-    for c in range(rows.start, rows.stop, VIDEO_CHUNK_ROWS):
-        times = [k / fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, rows.stop))]
-        out.append(enc.encode(read_frames(media, times, size=enc.input_size, backend=backend)))
-    return np.concatenate(out)
-
-
-def embed_audio(media: MediaInfo, rows: range, enc: AudioEncoder, audio_path: str | None) -> np.ndarray:
-    out = [np.zeros((0, enc.dim), np.float16)]
-    for c in range(rows.start, rows.stop, AUDIO_CHUNK_ROWS):
-        stop = min(c + AUDIO_CHUNK_ROWS, rows.stop)
-        wave = read_audio(media, c * align.AUDIO_HOP, stop * align.AUDIO_HOP, align.AUDIO_SR, audio_path=audio_path)
-        feats = enc.encode(wave)
-        if len(feats) != stop - c:
-            raise RuntimeError(f"{media.path}: audio encoder gave {len(feats)} rows for {stop - c} windows")
-        out.append(feats)
-    return np.concatenate(out)
+def check_part_fingerprints(plan: VodPlan, enc: Encoders) -> None:
+    """A worker whose encoders differ from the plan's (other weights, another precision on
+    another node's hardware) must not write into the VOD: its features live in another space."""
+    have = {k: fingerprint_id(v) for k, v in enc.fingerprints().items()}
+    want = plan.settings["fingerprint_ids"]
+    if have != want:
+        raise StoreError(
+            f"{plan.job.streamer}/{plan.job.vod_id}: this worker's encoders ({enc.video.device}, precision "
+            f"{enc.video.precision}) have fingerprints {have}, the ingest was planned with {want}; give every "
+            "node the same weights and an explicit precision (--set precision=fp32 or bf16)")
 
 
 def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> list[Sample]:
+    check_part_fingerprints(plan, enc)
     segs = plan.parts[part]
     v0, a0 = segs[0].v0, segs[0].a0
     local = local_job(plan.job, cfg)  # the plan may have been made on another node
     media = dataclasses.replace(plan.media, path=local.video)
-    video = embed_video(media, range(v0, segs[-1].v1), cfg.fps, enc.video, cfg.decode_backend)
-    audio = embed_audio(media, range(a0, segs[-1].a1), enc.audio, local.audio)
+    video, audio = embed_rows(media, range(v0, segs[-1].v1), range(a0, segs[-1].a1), enc, cfg, local.audio)
     fps = enc.fingerprints()
     last = len(plan.segments) - 1
     samples = []
     for seg in segs:
-        meta = {
-            "streamer": plan.job.streamer, "vod_id": plan.job.vod_id, "segment": seg.index,
-            "start": seg.start, "end": seg.end, "lookback": cfg.lookback_s,
-            "video_t0": seg.v0 / cfg.fps, "fps": cfg.fps,
-            "audio_t0": seg.a0 * align.AUDIO_HOP, "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
-            "fingerprints": {k: fingerprint_id(v) for k, v in fps.items()},
-        }
+        meta = SegmentMeta(
+            streamer=plan.job.streamer, vod_id=plan.job.vod_id, segment=seg.index,
+            start=seg.start, end=seg.end, lookback=cfg.lookback_s, video_t0=seg.v0 / cfg.fps, fps=cfg.fps,
+            audio_t0=seg.a0 * align.AUDIO_HOP, audio_hop=align.AUDIO_HOP, audio_win=align.AUDIO_HOP,
+            fingerprints={k: fingerprint_id(v) for k, v in fps.items()},
+        ).as_dict()
         chat = align.chat_for_segment(plan.times, plan.messages, seg, seg.index == last, cfg.context_messages)
         samples.append(Sample(
             key=sample_key(plan.job.streamer, plan.job.vod_id, seg.index),
@@ -294,7 +266,8 @@ def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> 
 def ingest_part(plan: VodPlan, part: int, store: Store, enc: Encoders, cfg: IngestConfig) -> ShardInfo:
     """Embed one part and write it as one shard. Idempotent: a retry rewrites the same name."""
     rel = store.shard_rel(plan.job.streamer, plan.job.vod_id, plan.shard_base + part)
-    return store.write_shard(rel, part_samples(plan, part, enc, cfg))
+    samples = part_samples(plan, part, enc, cfg)
+    return _timed(enc.stages, "write", store.write_shard, rel, samples)
 
 
 def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprints: dict[str, Any],
@@ -302,7 +275,6 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
     """Write the VOD record (the commit point), then drop shards of a replaced record."""
     if len(shards) != len(plan.parts):
         raise StoreError(f"{plan.job.vod_id}: {len(shards)} shards for {len(plan.parts)} parts; not committing")
-    old = store.read_record(plan.job.streamer, plan.job.vod_id)
     record = {
         "schema": SCHEMA_VERSION, "streamer": plan.job.streamer, "vod_id": plan.job.vod_id,
         "duration": plan.media.duration, "segments": len(plan.segments),
@@ -314,12 +286,7 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
         "shards": [shard_info_dict(s) for s in shards],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ingest_wall_s": round(wall_s, 3),
     }
-    store.commit_record(record)
-    if old is not None:
-        keep = {s.path for s in shards}
-        for sh in old["shards"]:
-            if sh["path"] not in keep and store.fs.exists(store.abspath(sh["path"])):
-                store.fs.rm(store.abspath(sh["path"]))
+    store.commit_vod(record)
     return record
 
 

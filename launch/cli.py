@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vod2chat import __version__
-from vod2chat.config import ArgParser, add_config_args, config_from_args, normalise_argv, run_command, save_config
+from vod2chat.config import (ArgParser, add_config_args, config_from_args, normalise_argv, parse_args, run_command,
+                             save_config)
 
 LAUNCH = Path(__file__).resolve().parent
 
@@ -122,8 +123,13 @@ def run_tokenizer(cfg: Any) -> int:
 
 
 def run_train(cfg: Any) -> int:
-    # The same code as `accelerate launch trainer/main.py`: trainer.main.main in this process.
-    # A launcher on another substrate (Ray Train: --address/--num-workers) branches here.
+    # The same code as `accelerate launch trainer/main.py`: trainer.main.main in this process, or
+    # in Ray Train workers on a Ray cluster (--address/--num-workers).
+    if cfg.ray.address or cfg.ray.num_workers:
+        from vod2chat.trainer.ray_train import train_on_ray
+
+        train_on_ray(cfg)
+        return 0
     from vod2chat.trainer.main import main as train_main
 
     train_main(cfg)
@@ -147,6 +153,13 @@ def run_generate(cfg: Any) -> int:
     from vod2chat.inference.generate import main as generate_main
 
     generate_main(cfg)
+    return 0
+
+
+def run_live(cfg: Any) -> int:
+    from vod2chat.inference.live import main as live_main
+
+    live_main(cfg)  # ends cleanly (0) when the source ends, stalls or is interrupted
     return 0
 
 
@@ -174,7 +187,9 @@ COMMANDS: list[Command] = [
     Command("train", "train the model on a store (one process; the same code as accelerate launch trainer/main.py)",
             "vod2chat.trainer.config:Config", run_train,
             "One process, here. Several processes or machines: torchrun --nproc_per_node N trainer/main.py ... (CPU, "
-            "gloo) or accelerate launch --config_file launch/accelerate/*.yaml trainer/main.py ... (GPUs)."),
+            "gloo) or accelerate launch --config_file launch/accelerate/*.yaml trainer/main.py ... (GPUs). On a Ray "
+            "cluster: --address auto --num-workers N (Ray Train; a failed worker restarts the group from the latest "
+            "checkpoint)."),
     Command("demo", "the whole chain on synthetic streams, on a local Ray and CPU", "vod2chat.launch.demo:DemoConfig",
             run_demo, "Synthesize streams, ingest them with random-initialised encoders, train a small model, "
             "evaluate it on a held-out stream and generate chat for it (JSON, irc, .ass, HTML replay).",
@@ -187,6 +202,11 @@ COMMANDS: list[Command] = [
             "vod2chat.inference.generate:GenerateConfig", run_generate,
             "Features are computed on the fly with the encoders the run's store was made with (their fingerprints "
             "must match the checkpoint's).", aliases=_WEIGHTS),
+    Command("live", "chat for a stream while it happens: JSON lines, and an overlay page for OBS",
+            "vod2chat.inference.live:LiveConfig", run_live,
+            "Follows a video file still being written, an HLS playlist URL, or MPEG-TS on stdin (--source -). "
+            "Messages are JSON lines on stdout (and --out); --serve 127.0.0.1:PORT serves the overlay page; "
+            "--chat irc://irc.chat.twitch.tv/CHANNEL reads the channel's chat as context.", aliases=_WEIGHTS),
 ]
 
 
@@ -225,7 +245,7 @@ def config_of(a: argparse.Namespace) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
-    a = build_parser(argv).parse_args(argv)
+    a = parse_args(build_parser(argv), argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     c: Command = a._command

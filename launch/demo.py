@@ -8,10 +8,12 @@ that, and the synthetic streams are built so that even random features tell scen
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from vod2chat.config import load_config, param, save_config
 
@@ -25,6 +27,9 @@ class DemoConfig:
     out: str = param("demo_out", "where the videos, the store, the run and the outputs go")
     quick: bool = param(False, "3 streams of 40 s and 20 steps instead of 8 of 5 min and 1500 (tests)")
     train_config: str = param("demo_train.toml", "the training config, under launch/ or a path")
+    # Float sums depend on how work is split over threads: a fixed count (and deterministic kernels)
+    # makes the numbers a function of the machine kind, the same on every run.
+    threads: int = param(2, "torch threads for training, evaluation and generation (fixed: reproducible numbers)")
 
 
 def synth_vods(out: Path, n: int, duration: float) -> list[str]:
@@ -39,7 +44,28 @@ def synth_vods(out: Path, n: int, duration: float) -> list[str]:
     return ids
 
 
+@contextlib.contextmanager
+def reproducible(threads: int) -> Iterator[None]:
+    """A fixed torch thread count and deterministic kernels: the same numbers on every run on a
+    machine kind. The process (tests) gets its settings back afterwards."""
+    import torch
+
+    before, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        torch.use_deterministic_algorithms(deterministic)
+
+
 def main(cfg: DemoConfig) -> int:
+    with reproducible(cfg.threads):
+        return run(cfg)
+
+
+def run(cfg: DemoConfig) -> int:
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.driver import main as ingest_main
     from vod2chat.launch.tables import store_table
@@ -66,7 +92,8 @@ def main(cfg: DemoConfig) -> int:
     if summary.failed:
         return 1
 
-    print("[3/5] training on CPU (a fresh run: the store and the videos are reused)")
+    print(f"[3/5] training on CPU with {cfg.threads} threads (a fresh run: the store and the videos are reused; "
+          "the same numbers on every run on this machine kind)")
     shutil.rmtree(out / "run", ignore_errors=True)  # else the run would resume, already finished
     steps = 20 if quick else 1500
     train_toml = REPO / "launch" / cfg.train_config if not Path(cfg.train_config).is_file() else cfg.train_config

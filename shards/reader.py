@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import random
 import re
@@ -207,6 +208,15 @@ def open_shards(urls: Iterable[str], handler: Callable[[Exception], bool],
             yield {"url": url, "stream": f}
         finally:
             f.close()
+
+
+def read_chat(urls: Iterable[str], handler: Callable[[Exception], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """The chat block ({"context", "messages"}) of every sample, without reading the feature arrays."""
+    handler = handler or reraise
+    raw = tar_file_expander(open_shards(urls, handler), handler=handler, select_files=lambda f: f.endswith(".chat.json"))
+    for sample in group_by_keys(raw):
+        if "chat.json" in sample:
+            yield json.loads(sample["chat.json"])
 
 
 def decode(raw: Iterable[dict[str, Any]], handler: Callable[[Exception], bool]) -> Iterator[Sample]:

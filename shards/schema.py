@@ -20,7 +20,8 @@ import io
 import json
 import posixpath
 import re
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -99,8 +100,60 @@ def sample_key(streamer: str, vod_id: str, segment: int) -> str:
 
 
 def parse_key(key: str) -> tuple[str, str, int]:
-    streamer, vod_id, segment = key.split("__")
+    """(streamer, vod_id, segment) of a sample key, or of an example key `{sample key}/{message}`."""
+    streamer, vod_id, segment = key.split("/", 1)[0].split("__")
     return streamer, vod_id, int(segment)
+
+
+@dataclass(frozen=True)
+class SegmentMeta:
+    """meta.json of one segment: where it sits in its VOD and where its feature rows sit in time.
+    The only way code builds a segment's meta (`SegmentMeta(...).as_dict()`) or reads one
+    (`sample.segment_meta()`); the dict form is what the shard stores."""
+
+    streamer: str
+    vod_id: str
+    segment: int
+    start: float  # seconds from VOD start
+    end: float
+    video_t0: float  # time of video row 0 (start - look-back, on the fps grid)
+    fps: float
+    audio_t0: float  # start of audio row 0's window
+    audio_hop: float
+    audio_win: float
+    lookback: float = 0.0  # seconds of features carried before start
+    fingerprints: dict[str, str] = field(default_factory=dict)  # encoder -> fingerprint id
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, meta: dict[str, Any], where: str = "segment") -> "SegmentMeta":
+        names = [f.name for f in dataclasses.fields(cls)]
+        optional = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING]
+        missing = [n for n in names if n not in meta and n not in optional]
+        if missing:
+            raise SchemaError(f"{where}: meta.json lacks {missing}")
+        return cls(**{n: meta[n] for n in names if n in meta})
+
+
+@dataclass
+class ChatBlock:
+    """chat.json of one segment: its messages, and the last few before it as context (kept apart,
+    so context is never mistaken for a target). msg = {"t": seconds from VOD start, "user", "text"}."""
+
+    context: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[dict[str, Any]]]:
+        return {"context": self.context, "messages": self.messages}
+
+    @classmethod
+    def from_dict(cls, chat: dict[str, Any], where: str = "segment") -> "ChatBlock":
+        if not isinstance(chat, dict) or not isinstance(chat.get("messages"), list):
+            raise SchemaError(f"{where}: chat.json must be {{'context': [...], 'messages': [...]}}")
+        return cls(list(chat.get("context") or []), chat["messages"])
 
 
 @dataclass
@@ -112,6 +165,12 @@ class Sample:
     audio: np.ndarray  # float16 [T_a, 128]
     chat: dict[str, list[dict[str, Any]]]
     meta: dict[str, Any]
+
+    def segment_meta(self) -> SegmentMeta:
+        return SegmentMeta.from_dict(self.meta, self.key)
+
+    def chat_block(self) -> ChatBlock:
+        return ChatBlock.from_dict(self.chat, self.key)
 
     def video_times(self) -> np.ndarray:
         """Time (s from VOD start) at which each video row was shown."""
@@ -186,12 +245,11 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         )
     try:
         # Arrays load without pickle: an object array planted in a shard is an error, never run.
-        return Sample(
-            key=key,
-            video=load_npy(raw["video.npy"]),
-            audio=load_npy(raw["audio.npy"]),
-            chat=json.loads(raw["chat.json"]),
-            meta=meta,
-        )
+        chat = json.loads(raw["chat.json"])
+        sample = Sample(key=key, video=load_npy(raw["video.npy"]), audio=load_npy(raw["audio.npy"]), chat=chat,
+                        meta=meta)
     except ValueError as e:  # also JSONDecodeError, UnicodeDecodeError
         raise SchemaError(f"{where}: {type(e).__name__}: {e}") from None
+    SegmentMeta.from_dict(meta, where)  # the contract's fields are there
+    ChatBlock.from_dict(chat, where)
+    return sample

@@ -10,10 +10,12 @@ The root is a local directory or any fsspec URL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import re
 import tarfile
 import time
 import uuid
@@ -165,6 +167,26 @@ class Store:
             f.write(json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8"))
         self._publish(target, rel)
 
+    def commit_vod(self, record: dict[str, Any]) -> None:
+        """Commit a VOD's record, then remove the shards of the record it replaces (never before:
+        a crash in between leaves orphans for `gc`, never a VOD without its data)."""
+        old = self.read_record(record["streamer"], record["vod_id"])
+        self.commit_record(record)
+        if old is not None:
+            keep = {sh["path"] for sh in record["shards"]}
+            for sh in old["shards"]:
+                if sh["path"] not in keep and self.fs.exists(self.abspath(sh["path"])):
+                    self.fs.rm(self.abspath(sh["path"]))
+
+    @staticmethod
+    def next_shard_index(record: dict[str, Any] | None) -> int:
+        """The first shard number past every shard of `record` (0 without one): a replacement
+        writes new names, so the old shards stay readable until the new record commits."""
+        if record is None:
+            return 0
+        numbers = (re.search(r"-(\d+)\.tar$", sh["path"]) for sh in record["shards"])
+        return 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
+
     # -- records -------------------------------------------------------------------------
     def _load_record(self, path: str) -> dict[str, Any]:
         """One record, checked: its name and shard paths come from a file anyone with write
@@ -187,11 +209,35 @@ class Store:
             return None
         return self._load_record(path)
 
+    # Stores listed once for the duration of a run (see snapshot): canonical url -> records.
+    _snapshots: dict[str, list[dict[str, Any]]] = {}
+
+    @classmethod
+    @contextlib.contextmanager
+    def snapshot(cls, url: str) -> Iterator["Store"]:
+        """List the store's records once and let every `Store(url).records()` in this process see
+        that list until the block ends: a training start selects its splits, statistics, tokenizer
+        text and loaders from one consistent view, listed once, not once per step of the start."""
+        store = cls(url)
+        key = store.canonical_url
+        outer = key in cls._snapshots
+        if not outer:
+            cls._snapshots[key] = list(store.records())
+        try:
+            yield store
+        finally:
+            if not outer:
+                cls._snapshots.pop(key, None)
+
     def records(self, streamers: list[str] | None = None,
                 errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Committed VOD records, in a stable order (streamer, vod_id). A bad record (not JSON,
         a shard path outside its place) raises StoreError naming it, or, when `errors` is a list,
         is skipped with its message appended there (verify reports every one)."""
+        snap = self._snapshots.get(self.canonical_url) if errors is None and self._snapshots else None
+        if snap is not None:
+            yield from (r for r in snap if not streamers or r["streamer"] in streamers)
+            return
         self.fs.invalidate_cache()  # object-store listings are cached: new commits must show
         for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
             name = posixpath.basename(path)
@@ -329,3 +375,35 @@ def chat_warning(vod: str, kept: int, dropped: int, malformed: int, duration: fl
 
 def shard_info_dict(info: ShardInfo) -> dict[str, Any]:
     return asdict(info)
+
+
+# -- JSON files beside the records (eval candidate sets, configs) ---------------------------
+def read_json(url: str) -> dict[str, Any] | None:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        try:
+            obj = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # JSON only: nothing read is executed
+            raise ValueError(f"{url}: not a JSON file ({e}); remove it to rebuild") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{url}: expected a JSON object, got {type(obj).__name__}; remove it to rebuild")
+    return obj
+
+
+def write_json_atomic(url: str, obj: Any) -> None:
+    """Readers never see half a file: a local file is renamed into place; an object store's
+    PUT is already atomic."""
+    fs, path = fsspec.core.url_to_fs(url)
+    data = json.dumps(obj, ensure_ascii=False, indent=0).encode("utf-8")
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if not local:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    tmp = posixpath.join(posixpath.dirname(path), f".tmp-{uuid.uuid4().hex[:8]}-{posixpath.basename(path)}")
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)

@@ -25,3 +25,43 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+SYNTH_VODS = [f"3000{i}" for i in range(5)]
+
+
+@pytest.fixture(scope="session")
+def synth_store(tmp_path_factory) -> Path:
+    """Five 90 s synthetic streams (`vod2chat synth`) ingested with random-initialised encoders."""
+    from vod2chat.config import load_config
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.synth import synthesize
+    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.shards.store import Store
+
+    d = tmp_path_factory.mktemp("synth")
+    for i, vod in enumerate(SYNTH_VODS):
+        synthesize(d / "vods", seed=20 + i, duration=90.0, vod_id=vod)
+    cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
+                      [f"store={d / 'store'}", "streamer=synth", "progress=false"])
+    enc, store = Encoders(cfg), Store(cfg.store)
+    for job in pair_inputs([str(d / "vods")], "synth"):
+        assert ingest_vod(job, store, enc, cfg).status == "done"
+    return d / "store"
+
+
+@pytest.fixture(scope="session")
+def synth_run(synth_store: Path, tmp_path_factory) -> dict:
+    """The demo's model trained for a couple of CPU minutes on `synth_store` (the last VOD held out):
+    {"run": run directory, "out": the trainer's final metrics}. Shared by the tests that need a
+    model that listens to the stream (learning, live)."""
+    from vod2chat.config import load_config
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main
+
+    run = tmp_path_factory.mktemp("synth_run") / "run"
+    cfg = load_config(Config, REPO / "launch/demo_train.toml", [
+        f"data.store={synth_store}", f"train.run_dir={run}", f'data.val_vods=["{SYNTH_VODS[-1]}"]',
+        "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
+        "train.progress=false", "train.num_samples=0"])
+    return {"run": run, "out": main(cfg)}

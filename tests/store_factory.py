@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vod2chat.shards.schema import Sample, sample_key
+from vod2chat.shards.schema import Sample, SegmentMeta, sample_key
 from vod2chat.shards.store import Store
 
 WORDS = ["red", "green", "blue", "loud", "quiet", "pog"]
@@ -41,9 +41,9 @@ def make_store(root: Path, vods: int = 4, segments: int = 6, seg_s: float = 10.0
                 samples.append(Sample(
                     key=sample_key("fake", vod, seg), video=video, audio=audio,
                     chat={"context": [], "messages": msgs},
-                    meta={"streamer": "fake", "vod_id": vod, "segment": seg, "start": start, "end": end,
-                          "lookback": 5.0, "video_t0": float(vt[0]), "fps": 1.0, "audio_t0": t0,
-                          "audio_hop": 0.96, "audio_win": 0.96},
+                    meta=SegmentMeta(streamer="fake", vod_id=vod, segment=seg, start=start, end=end, lookback=5.0,
+                                     video_t0=float(vt[0]), fps=1.0, audio_t0=t0, audio_hop=0.96,
+                                     audio_win=0.96).as_dict(),
                 ))
             shards.append(store.write_shard(store.shard_rel("fake", vod, k), samples))
         store.commit_record({"streamer": "fake", "vod_id": vod, "duration": dur, "segments": segments,

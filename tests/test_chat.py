@@ -246,6 +246,21 @@ def test_write_irc_round_trip(tmp_path, logs):
         write_irc([Message(-1.0, "a", "x")], out)
 
 
+def test_write_json_round_trip(tmp_path, logs):
+    """What generate writes is a chat format this module reads back: every format it writes, it reads."""
+    from vod2chat.ingest.chat import write_json
+
+    for name in ("v5_rechat_410474822.json.gz", "irc_tags_recentmessages_nymn.json", "tcd_irc_edgecases_sample.txt"):
+        msgs = logs[name].messages
+        out = tmp_path / f"{name}.vod2chat.json"
+        write_json(msgs, out)
+        back = parse_chat(out)
+        assert back.format == "vod2chat" and back.messages == msgs
+    out.write_text('[{"t": "x", "user": "a", "text": "b"}, {"t": 1.0, "user": "a", "text": "ok"}]')
+    log = parse_chat(out, max_bad_fraction=0.6)
+    assert log.messages == [Message(1.0, "a", "ok")] and len(log.skipped) == 1
+
+
 def test_chat_suffixes():
     assert {".txt", ".irc", ".log", ".json", ".gz", ".ass"} <= set(CHAT_SUFFIXES)
     assert "x.json.gz".endswith(CHAT_SUFFIXES)

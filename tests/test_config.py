@@ -123,12 +123,11 @@ def test_overrides_bare_numeric_ids_and_did_you_mean():
 
 
 def test_flags_are_generated_from_the_config_and_agree_with_overrides():
+    from vod2chat.config import parse_args
     from vod2chat.launch.cli import build_parser, config_of
-    from vod2chat.config import normalise_argv
 
     def parse(argv):
-        argv = normalise_argv(argv)
-        return config_of(build_parser(argv).parse_args(argv))
+        return config_of(parse_args(build_parser(argv), argv))
 
     by_flags = parse(["train", "--config", str(LAUNCH / "debug.toml"), "--train.steps", "7", "--store", "s",
                       "--data.val_vods", "410474822", "--no-train.progress", "--resume", "--model.d-model", "32"])
@@ -139,6 +138,11 @@ def test_flags_are_generated_from_the_config_and_agree_with_overrides():
     assert (g.video_weights, g.audio_weights, g.sampling.top_k, g.end) == ("random", "random", 5, "1:00:00")
     i = parse(["ingest", "--store", "s", "--streamer", "x", "a.mkv", "b.irc", "--set", "segment_s=20"])
     assert (i.inputs, i.segment_s, i.streamer) == (["a.mkv", "b.irc"], 20.0, "x")
+    # Bare overrides and inputs anywhere among the flags.
+    mixed = parse(["train", "--train.run_dir", "r", "train.steps=5", "--store", "s", "data.val_vods=7"])
+    assert (mixed.train.run_dir, mixed.train.steps, mixed.data.store, mixed.data.val_vods) == ("r", 5, "s", ["7"])
+    i = parse(["ingest", "a.mkv", "--streamer", "x", "b.irc", "fps=2"])
+    assert (i.inputs, i.fps, i.streamer) == (["a.mkv", "b.irc"], 2.0, "x")
     s = parse(["store", "verify", "./st"])
     assert (s.action, s.store) == ("verify", "./st")
     d = parse(["download", "123456", "https://www.twitch.tv/videos/654321", "--quality", "720p"])
@@ -250,8 +254,8 @@ def test_the_cycle_finder_finds_cycles_and_the_graph_sees_lazy_imports():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     graph = import_graph()
-    # generate imports ingest.worker inside a function: the walk sees it.
-    assert "vod2chat.ingest.worker" in graph["vod2chat.inference.generate"]
+    # generate imports ingest.features inside a function: the walk sees it.
+    assert "vod2chat.ingest.features" in graph["vod2chat.inference.generate"]
     assert "vod2chat.trainer.main" in graph["vod2chat.launch.cli"]
 
 
@@ -266,3 +270,17 @@ def test_no_module_imports_in_a_cycle_and_dependencies_point_one_way():
             if m in layer and d in layer:
                 assert layer[d] <= layer[m], \
                     f"{m} imports {d}: dependencies point launch -> inference -> trainer/ingest -> shards"
+
+
+def test_accelerate_launch_of_several_cpu_processes_is_refused_with_the_command_that_works(tmp_path: Path):
+    """`accelerate launch --cpu --num_processes 2` starts one process: it says so and names torchrun."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    base = [str(REPO / "trainer/main.py"), "--config", str(LAUNCH / "debug.toml"), "--store", str(tmp_path / "nope")]
+    r = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", *base], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode != 0 and "started 1 process, not 2" in r.stderr and "torchrun --nproc_per_node 2" in r.stderr
+    # One process as configured: no such complaint, the run's own error (the missing store) instead.
+    r = subprocess.run([accelerate, "launch", "--config_file", str(LAUNCH / "accelerate/cpu.yaml"), *base],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert r.returncode != 0 and "no such store" in r.stderr and "torchrun" not in r.stderr

@@ -27,3 +27,24 @@ def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
     # Each stage's config beside its output, loadable again with --config.
     for saved in ("demo.toml", "run/config.toml", "run/eval-test.toml", "chat.toml"):
         assert (out / saved).is_file(), saved
+
+
+
+def test_the_demo_settings_make_training_repeatable(tmp_path: Path):
+    """What makes `make demo` print the same numbers on every run on a machine kind: two trainings
+    under its settings give bit-identical losses (its ingest and evaluation are seeded)."""
+    from store_factory import make_store
+    from vod2chat.config import load_config
+    from vod2chat.launch.demo import DemoConfig, reproducible
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train
+
+    make_store(tmp_path / "store", vods=3, segments=3)
+    outs = []
+    for run in ("a", "b"):
+        with reproducible(DemoConfig().threads):
+            outs.append(train(load_config(Config, REPO / "launch/demo_train.toml", [
+                f"data.store={tmp_path / 'store'}", f"train.run_dir={tmp_path / run}", "train.steps=8",
+                "train.progress=false", "train.eval_every=4", "train.num_samples=0", "data.val_vods=1002",
+                "data.window_s=5"])))
+    assert outs[0]["train/loss"] == outs[1]["train/loss"] and outs[0]["val/loss"] == outs[1]["val/loss"]

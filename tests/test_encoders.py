@@ -16,7 +16,8 @@ import torchvision
 from torchvggish import vggish_input
 from torchvggish.torchvggish import VGG, make_layers
 
-from vod2chat.ingest.encoders import (AudioEncoder, VideoEncoder, WeightsNotFound, fingerprint_id, hub_checkpoints_dir)
+from vod2chat.ingest.encoders import (AudioEncoder, VideoEncoder, WeightsNotFound, cpu_has_native_bf16, fingerprint_id,
+                                      hub_checkpoints_dir, resolve_precision)
 
 WIN = 15360  # samples per VGGish row (0.96 s at 16 kHz)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -264,3 +265,22 @@ def test_audio_weights_from_hub_match_torchvggish_pipeline_and_pca(hub: Path, wa
     expect = np.round((np.clip((ref - means) @ vecs.T, -2, 2) + 2) * 255 / 4)
     assert np.abs(q - expect).max() <= 1 and (q == expect).mean() > 0.95
     assert len(np.unique(q)) > 20  # not everything clipped to one end
+
+
+# -- precision -------------------------------------------------------------------------
+def test_precision_is_in_the_fingerprint_and_auto_follows_the_cpu(random_video: VideoEncoder, frames: np.ndarray):
+    """bf16 autocast moves features by more than float16 storage rounding, so it is another
+    feature space; "auto" picks bf16 on a CPU only where it is native (else it is slower)."""
+    fp32 = VideoEncoder(weights="random", batch_size=4, precision="fp32")
+    bf16 = VideoEncoder(weights="random", batch_size=4, precision="bf16")
+    assert fp32.fingerprint["precision"] == "fp32" and bf16.fingerprint["precision"] == "bf16 autocast"
+    assert fingerprint_id(fp32.fingerprint) != fingerprint_id(bf16.fingerprint)
+    a, b = fp32.encode(frames[:2]).astype(np.float32), bf16.encode(frames[:2]).astype(np.float32)
+    rel = np.abs(a - b).max() / np.abs(a).max()
+    assert 0 < rel < 0.1  # the same features up to bf16's ~3 significant digits, but not the same
+    want = "bf16" if cpu_has_native_bf16() else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == want == random_video.precision
+    a_fp32 = AudioEncoder(weights="random", precision="fp32")
+    assert a_fp32.fingerprint["precision"] == "fp32"
+    with pytest.raises(ValueError, match="choose one of"):
+        VideoEncoder(weights="random", precision="int8")

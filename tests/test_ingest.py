@@ -31,7 +31,8 @@ REAL_PAIRS = {
 
 def debug_cfg(store: Path, **kw) -> IngestConfig:
     base = dict(store=str(store), streamer="test", segment_s=10.0, lookback_s=5.0, fps=1.0, segments_per_shard=2,
-                video_weights="random", audio_weights="random", device="cpu", video_batch=16, progress=False)
+                video_weights="random", audio_weights="random", device="cpu", precision="fp32", video_batch=16,
+                progress=False)
     return IngestConfig(**{**base, **kw})
 
 
@@ -127,6 +128,54 @@ def test_store_refuses_other_encoders(real_data: Path, tmp_path: Path, encoders:
     with pytest.raises(StoreError, match="different spaces"):
         ingest_vod(job9, store, other, cfg)
     assert store.read_record("test", "9") is None
+
+
+def test_bf16_features_never_mix_into_an_fp32_store(real_data: Path, tmp_path: Path, encoders: Encoders):
+    """Precision is part of the feature space: a bf16 ingest into an fp32 store is refused
+    whole, and a bf16 worker handed a part of a VOD planned in fp32 (a mixed cluster) refuses it."""
+    from vod2chat.ingest.worker import ingest_part, plan_vod
+
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "8.mp4").symlink_to(real_data / "video/in1.mp4")
+    (vods / "8.json").symlink_to(real_data / "chat/chat_downloader_replay_b.json")
+    cfg = debug_cfg(tmp_path / "store", inputs=[str(vods)], precision="fp32")
+    store = Store(cfg.store)
+    [job] = pair_inputs(cfg.inputs, cfg.streamer)
+    assert encoders.video.precision == "fp32"
+    ingest_vod(job, store, encoders, cfg)
+    bf16 = Encoders(debug_cfg(tmp_path / "store", precision="bf16"))
+    assert bf16.fingerprints()["video"]["precision"] == "bf16 autocast"
+    with pytest.raises(StoreError, match="bf16 autocast"):
+        ingest_vod(VodJob("test", "9", job.video, job.chat), store, bf16, cfg)
+    assert store.read_record("test", "9") is None
+    fresh = Store(str(tmp_path / "fresh"))
+    plan = plan_vod(job, cfg, encoders.fingerprints(), fresh)
+    with pytest.raises(StoreError, match="precision bf16"):
+        ingest_part(plan, 0, fresh, bf16, cfg)
+    assert not list((tmp_path / "fresh").rglob("*.tar"))
+
+
+def test_decoding_ahead_and_keyframe_seeks_change_no_feature(real_data: Path, tmp_path: Path, encoders: Encoders):
+    """The throughput levers are invisible in the store: decoding in a thread ahead of the
+    encoders, and PyAV's keyframe seeks, give the same rows as decoding in line, every frame."""
+    vods = tmp_path / "vods"
+    vods.mkdir()
+    (vods / "7.mp4").symlink_to(real_data / "video/in1.mp4")
+    (vods / "7.json").symlink_to(real_data / "chat/chat_downloader_replay_b.json")
+    rows = {}
+    for name, kw in (("ahead", dict(prefetch=True)), ("inline", dict(prefetch=False, seek_keyframes=False))):
+        cfg = debug_cfg(tmp_path / name, inputs=[str(vods)], decode_backend="pyav", **kw)
+        [job] = pair_inputs(cfg.inputs, cfg.streamer)
+        encoders.take_stages()
+        assert ingest_vod(job, Store(cfg.store), encoders, cfg).status == "done"
+        stages = encoders.take_stages()
+        assert stages["decode video"] > 0 and stages["ResNet-50"] > 0 and stages["VGGish"] > 0
+        assert ("waiting for decode" in stages) == cfg.prefetch
+        rows[name] = {s.key: (s.video, s.audio) for s in read_store(Store(cfg.store))}
+    assert rows["ahead"].keys() == rows["inline"].keys() and rows["ahead"]
+    for k, (v, a) in rows["ahead"].items():
+        assert np.array_equal(v, rows["inline"][k][0]) and np.array_equal(a, rows["inline"][k][1])
 
 
 def test_pairing_errors_name_the_file(tmp_path: Path):

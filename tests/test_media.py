@@ -254,3 +254,42 @@ def test_bad_arguments(real):
         read_audio(info, 2.0, 1.0)
     assert read_frames(info, []).shape == (0, 224, 224, 3)
     assert read_audio(info, 1.0, 1.0).shape == (0,)
+
+
+def test_keyframe_seeks_skip_frames_not_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """1 fps from a 10 fps stream with 2 s GOPs: jumping to the keyframe before each sampled time
+    decodes far fewer frames and returns exactly the frames a full sequential decode shows."""
+    from vod2chat.ingest import media
+    from vod2chat.ingest.synth import synthesize
+
+    video, _ = synthesize(tmp_path, seed=3, duration=20.0, fps=10, size=(160, 90))
+    info = probe(video)
+    decoded = {"n": 0}
+    real_decoded = media._decoded
+
+    def counting(*a, **kw):
+        for f in real_decoded(*a, **kw):
+            decoded["n"] += 1
+            yield f
+
+    monkeypatch.setattr(media, "_decoded", counting)
+    times = np.arange(0.0, 20.0) + 0.05  # 0.05: just after a frame, like a sampling grid off the frame grid
+    skipping = read_frames(info, times, size=(160, 90), backend="pyav", threads=1, seek_keyframes=True)
+    n_skipping, decoded["n"] = decoded["n"], 0
+    full = read_frames(info, times, size=(160, 90), backend="pyav", threads=1, seek_keyframes=False)
+    assert np.array_equal(skipping, full)
+    assert decoded["n"] >= 190 and n_skipping < 0.7 * decoded["n"]
+    assert len({f.tobytes() for f in full}) > 10  # real, changing pictures
+
+
+def test_cuda_decoding_falls_back_to_the_cpu_or_matches_it(tmp_path: Path):
+    """hwaccel="cuda" decodes with NVDEC where there is one and gives the CPU decoder's frames
+    (to rounding of the colour conversion); without a GPU it decodes on the CPU, same frames."""
+    from vod2chat.ingest.synth import synthesize
+
+    video, _ = synthesize(tmp_path, seed=4, duration=6.0, fps=10, size=(160, 90))
+    info = probe(video)
+    times = np.arange(0.0, 6.0, 0.5)
+    cpu = read_frames(info, times, size=(160, 90), backend="pyav")
+    hw = read_frames(info, times, size=(160, 90), backend="auto", hwaccel="cuda")
+    assert hw.shape == cpu.shape and np.abs(hw.astype(int) - cpu.astype(int)).max() <= 3

@@ -173,3 +173,52 @@ def test_streamer_weights_balance_a_huge_channel(tmp_path: Path):
 
     assert share_small(None) < 0.15  # by data size: 1 shard in 13
     assert 0.4 < share_small(shard_weights(recs, {"huge": 1.0, "small": 1.0})) < 0.6
+
+
+def test_segment_meta_and_chat_block_are_the_only_way_in_and_out(tmp_path):
+    """Typed records round-trip through a real shard; a meta.json without the contract's fields is refused."""
+    import json
+
+    import numpy as np
+    import pytest
+
+    from vod2chat.shards.reader import read_chat
+    from vod2chat.shards.schema import ChatBlock, Sample, SchemaError, SegmentMeta, decode_sample, encode_sample, sample_key
+    from vod2chat.shards.store import Store
+
+    meta = SegmentMeta(streamer="s", vod_id="1", segment=0, start=0.0, end=10.0, lookback=5.0, video_t0=-5.0,
+                       fps=1.0, audio_t0=-4.8, audio_hop=0.96, audio_win=0.96, fingerprints={"video": "x"})
+    chat = ChatBlock(context=[{"t": -1.0, "user": "a", "text": "before"}], messages=[{"t": 2.0, "user": "b", "text": "hi"}])
+    sample = Sample(sample_key("s", "1", 0), np.zeros((15, 2048), np.float16), np.zeros((15, 128), np.float16),
+                    chat.as_dict(), meta.as_dict())
+    store = Store(str(tmp_path / "store"))
+    info = store.write_shard(store.shard_rel("s", "1", 0), [sample])
+    back = decode_sample(encode_sample(sample))
+    assert back.segment_meta() == meta and back.chat_block() == chat
+    assert list(read_chat([store.full_url(info.path)])) == [chat.as_dict()]  # chat without the features
+    raw = encode_sample(sample)
+    raw["meta.json"] = json.dumps({"schema": 1, "fps": 1.0}).encode()
+    with pytest.raises(SchemaError, match=r"meta.json lacks \['streamer'"):
+        decode_sample(raw)
+    raw = encode_sample(sample)
+    raw["chat.json"] = b'["not", "a", "block"]'
+    with pytest.raises(SchemaError, match="chat.json must be"):
+        decode_sample(raw)
+
+
+def test_store_operations_replace_hand_rolled_ones(tmp_path):
+    """Next shard number past a record's shards; commit_vod removes a replaced record's shards only after the commit."""
+    from store_factory import make_store
+    from vod2chat.shards.store import Store
+
+    store = make_store(tmp_path / "store", vods=1, segments=2)
+    rec = store.read_record("fake", "1000")
+    assert Store.next_shard_index(None) == 0
+    assert Store.next_shard_index(rec) == 1 + max(int(sh["path"][-9:-4]) for sh in rec["shards"])
+    old_paths = [sh["path"] for sh in rec["shards"]]
+    k = Store.next_shard_index(rec)
+    new = store.write_shard(store.shard_rel("fake", "1000", k), [])
+    store.commit_vod({**rec, "shards": [{"path": new.path, "samples": 0, "bytes": new.bytes, "sha256": new.sha256,
+                                         "messages": 0}]})
+    assert [sh["path"] for sh in store.read_record("fake", "1000")["shards"]] == [new.path]
+    assert not any((tmp_path / "store" / p).exists() for p in old_paths) and (tmp_path / "store" / new.path).exists()

@@ -62,3 +62,56 @@ def test_training_on_a_missing_store_says_so(tmp_path: Path, capsys):
     assert cli(["train", "--config", str(DEBUG), "--store", str(tmp_path / "nope"),
                 f"train.run_dir={tmp_path / 'run'}"]) == 2
     assert "no such store" in capsys.readouterr().err
+
+
+def test_missing_weights_at_ingest_surface_alone(tmp_path: Path, monkeypatch, capsys):
+    """The weights error, said once, before Ray starts: not buried under an actor-death traceback."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))  # no weights in this cache
+    assert cli(["synth", "--config", str(REPO / "launch/synth_debug.toml"), "--out", str(tmp_path / "vods")]) == 0
+    capsys.readouterr()
+    assert cli(["ingest", "--store", str(tmp_path / "store"), "--streamer", "s", "--device", "cpu",
+                str(tmp_path / "vods")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vod2chat ingest: error: ResNet-50 weights not found") and "--weights random" in err
+    assert "ray" not in err.lower() and "Traceback" not in err and err.count("error:") == 1
+    assert not (tmp_path / "store").exists()  # refused before any work
+
+
+def test_ray_wrapped_errors_are_reduced_to_their_cause():
+    from vod2chat.config import one_line
+
+    try:
+        import ray.exceptions
+    except ImportError:
+        pytest.skip("ray")
+
+    class Inner(ValueError):
+        pass
+    wrapped = ray.exceptions.RayTaskError("f", "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+                                          "vod2chat.ingest.chat.ChatError: x.irc:3: unparseable", Inner("x"))
+    assert one_line(wrapped) == "x.irc:3: unparseable"
+
+
+def test_a_training_start_lists_the_store_once(tmp_path: Path, monkeypatch):
+    """Splits, feature statistics, tokenizer text, the pinned selection and the loaders all read one
+    listing of the store (a snapshot), not one each."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train
+
+    make_store(tmp_path / "store", vods=3, segments=2)
+    listings = []
+    glob = LocalFileSystem.glob
+
+    def counting_glob(self, path, *a, **kw):
+        if str(path).endswith("vods/*/*.json"):
+            listings.append(path)
+        return glob(self, path, *a, **kw)
+    monkeypatch.setattr(LocalFileSystem, "glob", counting_glob)
+    train(load_config(Config, DEBUG, [f"data.store={tmp_path / 'store'}", f"train.run_dir={tmp_path / 'run'}",
+                                      "train.progress=false", "train.steps=2", "train.eval_batches=1",
+                                      "train.num_samples=0", "data.val_vods=1002"]))
+    assert len(listings) == 1, listings
+    from vod2chat.shards.store import Store
+    assert not Store._snapshots  # released with the run: the next run lists afresh

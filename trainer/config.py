@@ -65,11 +65,24 @@ class TrainConfig:
 
 
 @dataclass
+class RayConfig:
+    """`vod2chat train --address auto --num-workers N`: the same training as Ray Train workers."""
+    address: str = param("", "a Ray cluster to train on ('auto': the one this node is part of); empty: no Ray",
+                         flag="--address")
+    num_workers: int = param(0, "Ray Train workers, one process each (0 with an address: 1)", flag="--num-workers")
+    use_gpu: str = param("auto", "a GPU per worker (auto: if the cluster has GPUs)", choices=["auto", "true", "false"])
+    cpus_per_worker: float = param(1.0, "CPUs Ray reserves per worker (its DataLoader workers run in them)")
+    max_failures: int = param(3, "times the worker group is restarted from the latest checkpoint after a worker or "
+                                 "node dies (Ray Train FailureConfig); -1: forever")
+
+
+@dataclass
 class Config:
     model: ModelConfig = param(factory=ModelConfig)
     data: DataConfig = param(factory=DataConfig)
     tokenizer: TokenizerConfig = param(factory=TokenizerConfig)
     train: TrainConfig = param(factory=TrainConfig)
+    ray: RayConfig = param(factory=RayConfig)
 
 
 @dataclass

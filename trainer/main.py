@@ -11,11 +11,16 @@
     # many nodes (run on every node; only the rank and the head's address change)
     accelerate launch --config_file launch/accelerate/multi_node.yaml --machine_rank $RANK \
         --main_process_ip $HEAD_IP trainer/main.py --config launch/base.toml data.store=s3://bucket/store
+    # a dead rank brings the job back from the latest checkpoint (restarted workers resume by themselves)
+    torchrun --nproc_per_node 8 --max-restarts 3 trainer/main.py --config launch/base.toml
+    # a Ray cluster: Ray Train workers run this same main (trainer/ray_train.py)
+    vod2chat train --config launch/base.toml --address auto --num-workers 16
     # then
     tensorboard --logdir runs/
 
 Any config field can be overridden as section.key=value after --config; --resume continues
-the run in train.run_dir from its latest checkpoint.
+the run in train.run_dir from its newest intact checkpoint, data stream included (O(1): the
+checkpoint holds every reader's stream state; trainer/stream.py).
 """
 
 from __future__ import annotations
@@ -37,19 +42,27 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import ArgParser, add_config_args, config_from_args, normalise_argv, run_command, save_config, to_dict
+from vod2chat.config import ArgParser, add_config_args, config_from_args, run_command, save_config, to_dict
+from vod2chat.config import parse_args as parse_cli
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, flat_dict, grad_accum_steps, load,
-                                    log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
+                                    init_restarted_process_group, log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
 from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
+    """One training run. The store is listed once (a snapshot every selection of this run reads)."""
+    with Store.snapshot(Store(cfg.data.store).require().url):
+        return run(cfg)
+
+
+def run(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
     tc.resume = tc.resume or restarted()
+    init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
     cfg.data.store = Store(cfg.data.store).require().canonical_url
     if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
@@ -62,8 +75,10 @@ def main(cfg: Config) -> dict[str, float]:
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a GPU-less machine: otherwise Accelerate ignores torchrun's ranks and runs them as one process each.
+    # step_scheduler_with_optimizer=False: Accelerate would otherwise step the LR schedule once per
+    # process per step, so its position would depend on the process count (wrong after N -> M).
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mixed_precision(tc.mixed_precision),
-                      log_with="tensorboard", project_dir=str(run_dir))
+                      log_with="tensorboard", project_dir=str(run_dir), step_scheduler_with_optimizer=False)
     set_seed(tc.seed, device_specific=False)
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,8 +136,43 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
     p = ArgParser(prog="trainer/main.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     add_config_args(p, Config, config_help="TOML config (launch/debug.toml, launch/base.toml)")
-    a = p.parse_args(normalise_argv(sys.argv[1:] if argv is None else argv))
+    a = parse_cli(p, sys.argv[1:] if argv is None else argv)
     return config_from_args(a), a.debug
+
+
+def check_launcher() -> None:
+    """`accelerate launch --cpu --num_processes N` (or N in its --config_file, or any N on a machine
+    without GPUs) starts ONE process: several CPU processes need MPI there, and the script is told
+    nothing about N. Read the launcher's own command line and refuse rather than silently train on one."""
+    import psutil
+    import yaml
+
+    if "WORLD_SIZE" in os.environ or not any(k.startswith("ACCELERATE_") for k in os.environ):
+        return  # torchrun / a multi-process launcher, or not under accelerate at all
+    try:
+        parent = psutil.Process(os.getppid()).cmdline()
+    except (psutil.Error, OSError):
+        return
+    if not any(Path(part).name == "accelerate" or part.endswith("accelerate_cli.py") for part in parent[:3]):
+        return
+
+    def flag(name: str) -> str | None:
+        for i, part in enumerate(parent):
+            if part in (f"--{name}", f"--{name.replace('_', '-')}"):
+                return parent[i + 1] if i + 1 < len(parent) else None
+            if part.startswith(f"--{name}="):
+                return part.split("=", 1)[1]
+        return None
+
+    n = flag("num_processes")
+    if n is None and flag("config_file"):
+        try:
+            n = str(yaml.safe_load(Path(flag("config_file")).read_text()).get("num_processes", 1))
+        except (OSError, yaml.YAMLError, AttributeError):
+            n = None
+    if n and n.isdigit() and int(n) > 1 and flag("mpirun_hostfile") is None:
+        raise ValueError(f"accelerate launch started 1 process, not {n}: several CPU processes need MPI there. "
+                         f"Run torchrun --nproc_per_node {n} trainer/main.py ... (gloo) instead")
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -131,6 +181,7 @@ def cli(argv: list[str] | None = None) -> int:
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
 
     def run() -> int:
+        check_launcher()
         main(parse_args(argv)[0])
         return 0
     return run_command("trainer/main.py", run, debug=debug)

@@ -172,6 +172,26 @@ def restarted() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
+def init_restarted_process_group() -> None:
+    """After a torchrun restart, the process group is set up here, on keys of its own attempt.
+    torchrun's agent keeps one store for every attempt, so a plain env:// init of a restarted
+    group can read the dead attempt's addresses (gloo: "Connection refused", at random); Accelerate
+    then uses this group as it is."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not restarted() or world < 2 or dist.is_initialized():
+        return
+    rank, addr, port = int(os.environ["RANK"]), os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent serves the store
+    store = dist.TCPStore(addr, port, world, is_master=not agent and rank == 0, multi_tenant=not agent)
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
+                            store=dist.PrefixStore(f"vod2chat/attempt_{attempt}", store))
+
+
 def save(acc: Accelerator, cfg: Config, step: int, model, optimizer, scheduler, tok_path: Path,
          meta: dict[str, Any], plan: DataPlan, batches: stream.TrainBatches) -> None:
     stage = checkpoint.staging_dir(cfg.train.run_dir, step)

@@ -364,8 +364,7 @@ def advance(shards: list[dict[str, Any]], tok: ChatTokenizer, cfg: DataConfig, m
     st = state
     for _ in range(n_batches):
         st = next(it)[1].value
-    st["buffer"] = [list(r) for r in st["buffer"]]
-    return st
+    return json.loads(json.dumps(st))  # as a checkpoint stores it
 
 
 def _json_default(o: Any) -> Any:

@@ -1,0 +1,497 @@
+"""Live chat for a stream while it is happening.
+
+    vod2chat live --run runs/exp1 --source recording.ts --serve 127.0.0.1:8765
+    streamlink --stream-url twitch.tv/CHANNEL best | xargs -I{} vod2chat live --run runs/exp1 --source {}
+    ffmpeg -i ... -f mpegts - | vod2chat live --run runs/exp1 --source -
+
+The model never sees a frame after the moment it writes for, so it can write while the stream
+is still going:
+
+1. A decoding thread follows the source (inference/sources.py: a growing file, an HLS playlist,
+   MPEG-TS on stdin) and puts the stream on the ingest grids as it arrives: video row k is the
+   frame on screen at k / fps (the last frame with pts <= k / fps), audio is 16 kHz mono
+   (channels averaged, as ingest does) cut into 0.96 s VGGish windows [j * hop, (j + 1) * hop).
+   t = 0 is the stream's start as this process first sees it.
+2. The main thread embeds new rows with the encoders the run's store was made with (the
+   fingerprints must match the checkpoint's, as for `generate`) and keeps the last `window_s`.
+3. Messages come at Poisson times at the training chat's rate (or --rate). A message at t is
+   written once every row it may see (video rows at <= t, audio windows ending <= t) is embedded,
+   with the previous messages as chat context: its own, or with --chat the channel's real chat.
+4. Each message is a JSON line {"t", "user", "text"} on stdout and in --out (flushed per line),
+   and is pushed to the overlay page (--serve; inference/overlay.py).
+
+Failures: a corrupt packet is skipped with a warning; a source with no new data says so and ends
+after --stall-timeout; a source that ends (stdin closed, #EXT-X-ENDLIST) gets its last messages
+written; Ctrl-C (or SIGTERM) stops at once with every written line kept. All of those exit 0.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from vod2chat.config import param
+from vod2chat.ingest import align
+from vod2chat.inference.sources import ByteSource, open_source
+from vod2chat.trainer.sampling import SamplingConfig
+
+# The model code is imported where used: the CLI imports this module for LiveConfig.
+
+log = logging.getLogger(__name__)
+
+MAX_JUMP_S = 10.0  # a timestamp jump larger than this is a discontinuity (HLS, a restarted encoder)
+AUDIO_RESYNC_S = 0.1  # smaller audio pts jitter is ignored (as in ingest.media)
+MAX_WARNINGS = 10  # corrupt packets reported one by one before they are only counted
+QUEUE_ITEMS = 512  # decoded rows waiting for the encoders: bounds memory when the model falls behind
+STATUS_EVERY_S = 30.0  # stream seconds between status lines on stderr
+
+
+@dataclass
+class LiveConfig:
+    run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
+    source: str = param("", "a video file still being written (MPEG-TS, Matroska, FLV), an http(s) HLS playlist "
+                            "URL, or - for MPEG-TS on stdin", required=True)
+    out: str = param("", "also append each message here as a JSON line")
+    serve: str = param("", "HOST:PORT of the overlay page for OBS (a browser source), e.g. 127.0.0.1:8765")
+    chat: str = param("", "irc://irc.chat.twitch.tv/CHANNEL: the channel's real chat as context (anonymous, read-only)")
+    rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
+    streamer: str = param("", "rate and usernames from this streamer's training VODs only")
+    stall_timeout: float = param(30.0, "seconds without new data before the stream counts as over")
+    format: str = param("", "container format of the source; default: detected (stdin and HLS: mpegts)")
+    sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
+    seed: int = param(0, "sampling seed")
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used "
+                                            "random encoders); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    device: str = param("auto", "auto | cpu | cuda")
+    batch: int = param(8, "messages decoded side by side when catching up")
+
+
+@dataclass
+class LiveResult:
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    contexts: list[list[str]] = field(default_factory=list)  # the chat context each message saw
+    end: str = ""  # ended | stalled | interrupted | error
+    stream_s: float = 0.0  # stream time processed
+    wall_s: float = 0.0
+    corrupt_packets: int = 0
+
+
+# -- decoding thread ----------------------------------------------------------------------------
+class Decoder(threading.Thread):
+    """Demuxes and decodes the source; puts rows on the ingest grids into `out`:
+    ("video", k, uint8 [224, 224, 3]) for row k, ("audio", samples) continuing the 16 kHz mono
+    signal from sample 0, ("end", reason, stream end in s) last."""
+
+    def __init__(self, source: ByteSource, fmt: str, fps: float, size: tuple[int, int], out: queue.Queue):
+        super().__init__(name="live-decoder", daemon=True)
+        self.source, self.fmt, self.fps, self.size, self.out = source, fmt, fps, size, out
+        self.corrupt = 0
+        self.has_video = self.has_audio = True
+        self.opened = threading.Event()
+        self.stop = threading.Event()
+
+    def put(self, item: tuple) -> None:
+        while not self.stop.is_set():
+            try:
+                self.out.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _skip(self, what: str, detail: str) -> None:
+        self.corrupt += 1
+        if self.corrupt <= MAX_WARNINGS:
+            log.warning("%s: skipped a corrupt %s packet (%s)%s", self.source.name, what, detail,
+                        "; further ones are only counted" if self.corrupt == MAX_WARNINGS else "")
+
+    def run(self) -> None:
+        import av
+
+        end_t, reason = 0.0, "ended"
+        try:
+            try:
+                # Short probing: a live source delivers its first seconds in real time.
+                c = av.open(self.source, format=self.fmt or None,
+                            options={"analyzeduration": "1000000", "probesize": "1000000"})
+            except av.FFmpegError as e:
+                raise ValueError(f"{self.source.name}: cannot read it as a video stream ({e}); a growing file "
+                                 "must be a streamable container (MPEG-TS, Matroska, FLV), not a plain MP4") from e
+            with c:
+                vs = max(c.streams.video, key=lambda s: s.codec_context.width * s.codec_context.height, default=None)
+                aus = max(c.streams.audio, key=lambda s: s.codec_context.sample_rate or 0, default=None)
+                self.has_video, self.has_audio = vs is not None, aus is not None
+                self.opened.set()
+                if vs is None and aus is None:
+                    raise ValueError(f"{self.source.name}: no video or audio stream")
+                end_t = self._decode(c, vs, aus)
+            reason = "stalled" if self.source.stalled else "interrupted" if self.stop.is_set() else "ended"
+        except Exception as e:  # the main thread reports it and ends
+            log.debug("decoder failed", exc_info=True)
+            reason = f"error: {e}"
+        finally:
+            self.opened.set()
+            self.put(("end", reason, end_t))
+
+    def _decode(self, c: Any, vs: Any, aus: Any) -> float:
+        import av
+
+        from vod2chat.ingest.media import _align_to_grid, _time_tol
+
+        origin = Fraction(c.start_time or 0, av.time_base)
+        src_fps = float(vs.average_rate or vs.guessed_rate or 30) if vs is not None else 30.0
+        tol, frame_dt = _time_tol(src_fps), 1.0 / src_fps
+        w, h = self.size
+        next_row, prev, prev_t, v_shift = 0, None, -math.inf, 0.0
+        rgb_of: tuple[Any, np.ndarray | None] = (None, None)
+        resampler = av.AudioResampler(format="fltp", rate=align.AUDIO_SR) if aus is not None else None
+        sr = align.AUDIO_SR
+        a_pos: int | None = None  # samples sent so far
+        a_shift, a_first = 0, True
+
+        def row(frame: Any) -> np.ndarray:
+            nonlocal rgb_of
+            if rgb_of[0] is not frame:  # several rows can fall on one frame: scale it once
+                rgb_of = (frame, frame.reformat(w, h, "rgb24", interpolation="BILINEAR").to_ndarray())
+            return rgb_of[1]
+
+        def video(frame: Any) -> None:
+            nonlocal next_row, prev, prev_t, v_shift
+            t = float(frame.time - origin) + v_shift if frame.pts is not None else prev_t + frame_dt
+            if prev is not None and not (-1.0 < t - prev_t < MAX_JUMP_S):
+                log.warning("%s: video timestamps jump from %.2f to %.2f s: a discontinuity; the clock goes on",
+                            self.source.name, prev_t, t)
+                v_shift += prev_t + frame_dt - t
+                t = prev_t + frame_dt
+            while next_row / self.fps + tol < t:  # rows before this frame: the previous frame (the first, if none)
+                self.put(("video", next_row, row(prev if prev is not None else frame)))
+                next_row += 1
+            prev, prev_t = frame, t
+
+        def audio(o: Any) -> None:
+            nonlocal a_pos, a_shift
+            data = o.to_ndarray().mean(axis=0).astype(np.float32)
+            at = round((o.time - origin) * sr) + a_shift if o.pts is not None else a_pos
+            if a_pos is None:
+                a_pos = 0
+                if at is not None and at > 0:  # the stream's audio starts after t = 0: silence until then
+                    self.put(("audio", np.zeros(min(at, int(MAX_JUMP_S * sr)), np.float32)))
+                    a_pos = min(at, int(MAX_JUMP_S * sr))
+                at = a_pos if at is None else at
+            gap = at - a_pos
+            if abs(gap) > MAX_JUMP_S * sr:
+                log.warning("%s: audio timestamps jump by %.2f s: a discontinuity; the clock goes on",
+                            self.source.name, gap / sr)
+                a_shift -= gap
+            elif gap > AUDIO_RESYNC_S * sr:  # a real gap: silence
+                self.put(("audio", np.zeros(gap, np.float32)))
+                a_pos += gap
+            elif gap < -AUDIO_RESYNC_S * sr:  # overlap: keep what was sent
+                data = data[-gap:]
+            if len(data):
+                self.put(("audio", data))
+                a_pos += len(data)
+
+        streams = [s for s in (vs, aus) if s is not None]
+        demux = c.demux(streams)
+        while not self.stop.is_set():
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.FFmpegError as e:  # the demuxer lost sync: it resyncs on the next call
+                self._skip("container", str(e))
+                demux = c.demux(streams)
+                continue
+            if packet.size == 0 and packet.pts is None:
+                continue  # a flush packet
+            kind = "video" if packet.stream is vs else "audio"
+            if packet.is_corrupt:
+                self._skip(kind, f"at {float((packet.pts or 0) * packet.time_base - origin):.2f} s"
+                           if packet.time_base is not None else "no time")
+                continue
+            try:
+                frames = packet.decode()
+            except (av.InvalidDataError, av.FFmpegError) as e:
+                self._skip(kind, str(e))
+                continue
+            for frame in frames:
+                if kind == "video":
+                    video(frame)
+                else:
+                    if a_first:
+                        frame, a_first = _align_to_grid(frame, sr), False
+                    for o in resampler.resample(frame):
+                        audio(o)
+        if self.stop.is_set():
+            return max(prev_t, (a_pos or 0) / sr)
+        # The end: rows up to the last frame's end, and the resampler's tail.
+        v_end = prev_t + frame_dt if prev is not None else 0.0
+        if prev is not None:
+            while next_row / self.fps < v_end - 1e-9:
+                self.put(("video", next_row, row(prev)))
+                next_row += 1
+        if resampler is not None and a_pos is not None:
+            for o in resampler.resample(None):
+                audio(o)
+        return max(v_end, (a_pos or 0) / sr)
+
+
+# -- generation ---------------------------------------------------------------------------------
+def live_texts(model: Any, tok: Any, data: Any, sample: Any, times: list[float], history: list[str],
+               sc: Any, batch: int, device: Any, gen: Any) -> list[str]:
+    """One text per time, as generate_texts, but every message starts from `history` (the chat so
+    far) and sees the messages before it; more than a few at once (catching up) are cut into
+    stretches decoded side by side."""
+    import torch
+
+    from vod2chat.inference.generate import clean_text, stretches
+    from vod2chat.trainer.data import Example, av_window, build_tokens, collate
+    from vod2chat.trainer.sampling import generate
+    from vod2chat.trainer.steps import AV_KEYS, to_device
+
+    texts: list[str | None] = [None] * len(times)
+    parts = stretches(len(times), batch, min_len=4)
+    for step in range(max(len(p) for p in parts)):
+        rows = [(p, p[step]) for p in parts if step < len(p)]
+        examples = []
+        for part, i in rows:
+            ctx = (history + [t for t in texts[part.start : i] if t])[-data.context_messages :] \
+                if data.context_messages else []
+            prefix, n_prefix = build_tokens(ctx, None, tok, data)
+            v, vt, a, at = av_window(sample, times[i], data.window_s)
+            examples.append(Example(f"live/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
+        with torch.no_grad():
+            b = to_device(collate(examples, tok.pad_id), device)
+            memory, memory_mask = model.encode(*(b[k] for k in AV_KEYS))
+            new = generate(model, [e.tokens for e in examples], memory, memory_mask, tok.eos_id, sc, gen=gen)
+        for (_, i), ids in zip(rows, new):
+            texts[i] = clean_text(tok.decode(ids[: sc.max_new_tokens]))
+    return [t or "" for t in texts]
+
+
+class Writer:
+    """JSON lines to stdout and --out (each flushed as written), and to the overlay."""
+
+    def __init__(self, out: str, stdout: TextIO, publish: Callable[[dict[str, Any]], None] | None):
+        self.stdout, self.publish = stdout, publish
+        self.file = open(out, "a", encoding="utf-8") if out else None
+
+    def write(self, msg: dict[str, Any]) -> None:
+        line = json.dumps(msg, ensure_ascii=False) + "\n"
+        for f in (self.stdout, self.file):
+            if f is not None:
+                f.write(line)
+                f.flush()
+        if self.publish is not None:
+            self.publish(msg)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+# -- the loop -----------------------------------------------------------------------------------
+class Live:
+    def __init__(self, cfg: LiveConfig, stdout: TextIO | None = None):
+        from vod2chat.inference.evaluate import resolve_device
+        from vod2chat.inference.generate import (GenerateConfig, build_encoders, chat_rate, training_records,
+                                                 training_users)
+        from vod2chat.trainer import checkpoint
+
+        if not cfg.run or not cfg.source:
+            raise ValueError("live needs --run (a trained run) and --source (a growing file, an HLS URL, or -)")
+        if cfg.stall_timeout <= 0:
+            raise ValueError(f"--stall-timeout must be > 0 seconds, got {cfg.stall_timeout}")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model, self.tok, run_cfg, meta = checkpoint.load_run(cfg.run, self.device)
+        self.data = run_cfg.data
+        gcfg = GenerateConfig(run=cfg.run, vod=cfg.source, video_weights=cfg.video_weights, audio_weights=cfg.audio_weights,
+                              audio_pca=cfg.audio_pca)
+        self.enc, icfg = build_encoders(gcfg, meta, str(self.device))
+        self.fps = icfg.fps
+        records: list[dict[str, Any]] = []
+        if not cfg.rate:
+            try:
+                records = training_records(self.data, cfg.streamer)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot read the training chat's rate from store {self.data.store} ({e}): "
+                                 "pass --rate") from e
+        self.rate = cfg.rate or chat_rate(records)
+        if self.rate <= 0:
+            raise ValueError(f"no message rate: store {self.data.store} has no training chat for streamer "
+                             f"{cfg.streamer or '(any)'}; pass --rate (messages per minute)")
+        try:
+            self.users = training_users(self.data, records or training_records(self.data, cfg.streamer))
+        except (OSError, ValueError) as e:
+            log.warning("no usernames from store %s (%s): using viewer{n}", self.data.store, e)
+            self.users = Counter()
+        self.sc = cfg.sampling.resolved(self.data.max_message_tokens)
+        self.stdout = stdout or sys.stdout
+        self.stop = threading.Event()
+
+    def run(self, publish: Callable[[dict[str, Any]], None] | None = None,
+            real_chat: Callable[[int], list[str]] | None = None) -> LiveResult:
+        import torch
+
+        from vod2chat.inference.generate import draw_users
+        from vod2chat.shards.schema import Sample
+
+        cfg, data, hop, win = self.cfg, self.data, align.AUDIO_HOP, align.AUDIO_HOP_SAMPLES
+        rng = np.random.default_rng(cfg.seed)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        res = LiveResult()
+        source = open_source(cfg.source, cfg.stall_timeout)
+        q: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
+        fmt = cfg.format or ("mpegts" if cfg.source == "-" or "://" in cfg.source else "")
+        dec = Decoder(source, fmt, self.fps, self.enc.video.input_size, q)
+        writer = Writer(cfg.out, self.stdout, publish)
+        # Rows kept for the window: video rows [v0, v0 + len(video)), audio rows likewise.
+        video: deque[np.ndarray] = deque()
+        audio: deque[np.ndarray] = deque()
+        v0 = a0 = 0
+        frames: list[tuple[int, np.ndarray]] = []
+        wave = np.zeros(0, np.float32)
+        wave0 = 0  # sample index of wave[0]
+        history: list[str] = []
+        next_t = float(rng.exponential(60.0 / self.rate))
+        t_wall0, next_status = time.perf_counter(), STATUS_EVERY_S
+        end: tuple | None = None
+        print(f"live: following {cfg.source} at {self.rate:.1f} messages/min (window {data.window_s:g} s, "
+              f"{self.fps:g} fps){'; real chat from ' + cfg.chat if cfg.chat else ''}", file=sys.stderr, flush=True)
+        dec.start()
+        try:
+            while end is None:
+                if self.stop.is_set():
+                    raise KeyboardInterrupt
+                try:
+                    items = [q.get(timeout=0.2)]
+                except queue.Empty:
+                    continue
+                while len(items) < 64:  # everything already decoded: batches when catching up
+                    try:
+                        items.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+                for it in items:
+                    if it[0] == "video":
+                        frames.append((it[1], it[2]))
+                    elif it[0] == "audio":
+                        wave = np.concatenate([wave, it[1]])
+                    else:
+                        end = it
+                # Embed what is complete.
+                if frames:
+                    feats = self.enc.video.encode(np.stack([f for _, f in frames]))
+                    video.extend(feats)
+                    frames.clear()
+                n_win = len(wave) // win
+                if n_win:
+                    audio.extend(self.enc.audio.encode(wave[: n_win * win]))
+                    wave, wave0 = wave[n_win * win :], wave0 + n_win * win
+                # Messages whose every visible row is embedded.
+                if end is not None:
+                    ready = end[2] + 1e-9
+                else:
+                    ready_v = (v0 + len(video)) / self.fps if dec.has_video else math.inf
+                    ready_a = (a0 + len(audio) + 1) * hop if dec.has_audio else math.inf
+                    ready = min(ready_v, ready_a)
+                times = []
+                while next_t < ready:
+                    times.append(round(next_t, 2))
+                    next_t += float(rng.exponential(60.0 / self.rate))
+                if times:
+                    sample = Sample("live__stream__000000", np.asarray(video, np.float16).reshape(-1, self.enc.video.dim),
+                                    np.asarray(audio, np.float16).reshape(-1, self.enc.audio.dim),
+                                    {"context": [], "messages": []},
+                                    {"video_t0": v0 / self.fps, "fps": self.fps, "audio_t0": a0 * hop,
+                                     "audio_hop": hop, "audio_win": hop})
+                    ctx = real_chat(data.context_messages) if real_chat is not None else history
+                    texts = live_texts(self.model, self.tok, data, sample, times, ctx, self.sc, cfg.batch,
+                                       self.device, gen)
+                    for t, text in zip(times, texts):
+                        if not text:
+                            continue
+                        msg = {"t": t, "user": draw_users(1, self.users, rng)[0], "text": text}
+                        writer.write(msg)
+                        res.messages.append(msg)
+                        res.contexts.append(list(ctx[-data.context_messages :]) if data.context_messages else [])
+                        if real_chat is None:
+                            history = (history + [text])[-max(1, data.context_messages) :]
+                # Drop rows no later message can see.
+                keep_from = min(next_t, ready) - data.window_s - 1.0
+                while video and (v0 + 1) / self.fps < keep_from:
+                    video.popleft()
+                    v0 += 1
+                while audio and (a0 + 1) * hop + hop < keep_from:
+                    audio.popleft()
+                    a0 += 1
+                res.stream_s = min(ready, end[2]) if end is not None else (ready if math.isfinite(ready) else 0.0)
+                if res.stream_s >= next_status:
+                    wall = time.perf_counter() - t_wall0
+                    print(f"live: stream {res.stream_s / 60:.1f} min, {len(res.messages)} messages, "
+                          f"{res.stream_s / max(wall, 1e-9):.2f} stream-s per wall-s (waiting on the source "
+                          f"{source.wait_s:.0f} s of {wall:.0f} s)", file=sys.stderr, flush=True)
+                    next_status += STATUS_EVERY_S
+            res.end = end[1]
+        except KeyboardInterrupt:
+            res.end = "interrupted"
+        finally:
+            dec.stop.set()
+            source.close()
+            writer.close()
+            res.wall_s = time.perf_counter() - t_wall0
+            res.corrupt_packets = dec.corrupt
+        if res.corrupt_packets:
+            log.warning("%s: %d corrupt packets skipped", source.name, res.corrupt_packets)
+        print(f"live: {res.end}; {len(res.messages)} messages over {res.stream_s:.1f} s of stream "
+              f"in {res.wall_s:.1f} s", file=sys.stderr, flush=True)
+        if res.end.startswith("error"):
+            raise ValueError(f"live: {cfg.source}: {res.end[len('error: '):]}")
+        return res
+
+
+def main(cfg: LiveConfig) -> LiveResult:
+    """Follow the source until it ends, stalls or is interrupted; serve the overlay and read the
+    channel's chat if asked."""
+    live = Live(cfg)
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C and SIGTERM (a process manager, OBS closing a script) ask the loop to stop between
+        # two lines, so no line is ever half written; a second Ctrl-C stops at once.
+        def stop(signum: int, frame: Any) -> None:
+            if live.stop.is_set():
+                raise KeyboardInterrupt
+            live.stop.set()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+    overlay = irc = None
+    try:
+        if cfg.serve:
+            from vod2chat.inference.overlay import Overlay
+
+            overlay = Overlay.start(cfg.serve)
+            print(f"live: overlay at {overlay.url} (add it to OBS as a browser source)", file=sys.stderr, flush=True)
+        if cfg.chat:
+            from vod2chat.inference.twitch_irc import IrcChat
+
+            irc = IrcChat.start(cfg.chat)
+        return live.run(overlay.publish if overlay else None, irc.recent if irc else None)
+    finally:
+        if irc is not None:
+            irc.close()
+        if overlay is not None:
+            overlay.close()
