@@ -79,7 +79,7 @@ def test_every_real_video_ingests_and_reingest_changes_nothing(real_data: Path, 
     assert s0.meta["video_t0"] == 5.0 and s0.audio.shape[1] == 128
     assert np.isfinite(s0.video.astype(np.float32)).all()
     assert all(5.0 <= t < 13.5 for t in s0.video_times())
-    assert s0.audio_end_times()[-1] <= nasa["duration"] + 1e-6
+    assert s0.audio_end_times()[-1] <= nasa.duration + 1e-6
     # Chat landed in the segment of its time, with context from before.
     for s in samples.values():
         for m in s.chat["messages"]:
