@@ -30,13 +30,13 @@ class IngestConfig:
     video_batch: int = param(32, "frames per ResNet-50 forward pass")
     # Throughput: torch threads are the actor's CPUs.
     prefetch: bool = param(True, "decode the next frames or audio in a thread while the encoders run")
-    decode_threads: int = param(0, "decoder threads (0: as many as the actor's CPUs)")
+    decode_threads: int = param(0, "decoder threads (0: 1 beside torch on a CPU actor that decodes ahead, else the actor's CPUs)")
     seek_keyframes: bool = param(True, "PyAV: jump to the keyframe before a sampled time instead of decoding up to it")
     decode_device: str = param("auto", "auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda")
     # Media and chat details.
     video_stream: int | None = param(None, "stream index (default: the best)")
     audio_stream: int | None = param(None, "stream index (default: the best)")
-    decode_backend: str = param("auto", "auto | decord | pyav")
+    decode_backend: str = param("auto", "auto (pyav) | decord | pyav")
     stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
     input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")

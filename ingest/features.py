@@ -74,8 +74,11 @@ def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Enco
     """Video rows (frames at k / fps through ResNet-50) and audio rows (VGGish windows), chunk
     by chunk. With cfg.prefetch the next chunk (video, then audio) is decoded in enc's decode
     thread while the encoder runs on this one; time per stage is added to enc.stages."""
-    st, threads = enc.stages, cfg.decode_threads or torch.get_num_threads()
     hw = cfg.decode_device if cfg.decode_device != "auto" else enc.video.device.type
+    # Decoder threads: on a CPU actor decoding ahead runs beside torch's threads on the same
+    # cores, so one thread (more only oversubscribe them); with a GPU the CPUs are the decoder's.
+    auto_threads = 1 if cfg.prefetch and enc.video.device.type == "cpu" else torch.get_num_threads()
+    st, threads = enc.stages, cfg.decode_threads or auto_threads
     hwaccel = "cuda" if hw == "cuda" else None
     steps: list[tuple[Callable[[], Any], Callable[[Any], np.ndarray], str]] = []
     for c in range(video_rows.start, video_rows.stop, VIDEO_CHUNK_ROWS):

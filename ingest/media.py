@@ -13,13 +13,16 @@ that ends well before its own declared duration is truncated and raises MediaErr
 Streams are chosen explicitly (`probe` lists them all): by default the video stream with the
 largest resolution and the audio stream with the highest sample rate; callers can pass indices.
 
-Backends for frames: "pyav" (seek + sequential decode, scaled by swscale straight to the target
-size) and "decord" (VideoReader.get_batch). decord has no stream selection and known bugs: it
-can hang inside native code (dmlc/decord#269, #373, #375) and over-report its frame count, so
-"auto" uses it only on single-video-stream files, every decord call runs in a worker thread
-with a timeout, its indices are clamped to what duration * fps allows, and any decord failure
-falls back to PyAV for that call with a warning naming the file. Both backends scale with
-bilinear swscale, so they agree to the pixel on ordinary files.
+Backends for frames: "pyav" (seek to the keyframe before each sampled time when that skips
+frames, decode on from there, scale only the sampled frames by swscale straight to the target
+size) and "decord" (VideoReader.get_batch). "auto" is PyAV: on H.264 with 2 s GOPs sampled at
+1 fps it costs as much CPU as decord at 480p30 and less at 1080p60 (decord converts every
+decoded frame, sampled or not), and far less on small frames (`bench/ingest.py --levers`).
+decord has no stream selection and known bugs: it can hang inside native code
+(dmlc/decord#269, #373, #375) and over-report its frame count, so every decord call runs in a
+worker thread with a timeout, its indices are clamped to what duration * fps allows, and any
+decord failure falls back to PyAV for that call with a warning naming the file. Both backends
+scale with bilinear swscale, so they agree to the pixel on ordinary files.
 """
 from __future__ import annotations
 
@@ -210,7 +213,7 @@ def read_frames(info: MediaInfo, times: Sequence[float], size: tuple[int, int] =
     w, h = int(size[0]), int(size[1])
     if len(t) == 0:
         return np.zeros((0, h, w, 3), np.uint8)
-    if backend == "decord" or (backend == "auto" and not hwaccel and decord_can_read(info)):
+    if backend == "decord":
         try:
             return _read_frames_decord(info, t, w, h, timeout_s, threads)
         except Exception as e:  # any decord failure: PyAV is slower but tells the truth

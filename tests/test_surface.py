@@ -90,3 +90,28 @@ def test_ray_wrapped_errors_are_reduced_to_their_cause():
     wrapped = ray.exceptions.RayTaskError("f", "Traceback (most recent call last):\n  File \"x.py\", line 1\n"
                                           "vod2chat.ingest.chat.ChatError: x.irc:3: unparseable", Inner("x"))
     assert one_line(wrapped) == "x.irc:3: unparseable"
+
+
+def test_a_training_start_lists_the_store_once(tmp_path: Path, monkeypatch):
+    """Splits, feature statistics, tokenizer text, the pinned selection and the loaders all read one
+    listing of the store (a snapshot), not one each."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train
+
+    make_store(tmp_path / "store", vods=3, segments=2)
+    listings = []
+    glob = LocalFileSystem.glob
+
+    def counting_glob(self, path, *a, **kw):
+        if str(path).endswith("vods/*/*.json"):
+            listings.append(path)
+        return glob(self, path, *a, **kw)
+    monkeypatch.setattr(LocalFileSystem, "glob", counting_glob)
+    train(load_config(Config, DEBUG, [f"data.store={tmp_path / 'store'}", f"train.run_dir={tmp_path / 'run'}",
+                                      "train.progress=false", "train.steps=2", "train.eval_batches=1",
+                                      "train.num_samples=0", "data.val_vods=1002"]))
+    assert len(listings) == 1, listings
+    from vod2chat.shards.store import Store
+    assert not Store._snapshots  # released with the run: the next run lists afresh

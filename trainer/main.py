@@ -54,6 +54,12 @@ from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
+    """One training run. The store is listed once (a snapshot every selection of this run reads)."""
+    with Store.snapshot(Store(cfg.data.store).require().url):
+        return run(cfg)
+
+
+def run(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
     tc.resume = tc.resume or restarted()
     init_restarted_process_group()
