@@ -42,17 +42,23 @@ def free_port() -> int:
 
 
 def sse_client(port: int, got: list[tuple[float, dict]], stop: threading.Event) -> None:
-    """Reads /events like the overlay page: (arrival wall time, message) per event."""
+    """Reads /events like the overlay page: (arrival wall time, message) per new event id (a
+    reconnect's backlog repeats events the page already has; it skips them, and so does this)."""
+    seen: set[bytes] = set()
     while not stop.is_set():
         try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             conn.request("GET", "/events")
             r = conn.getresponse()
+            event_id = b""
             while not stop.is_set():
                 line = r.fp.readline()
                 if not line:
                     break
-                if line.startswith(b"data: "):
+                if line.startswith(b"id: "):
+                    event_id = line[4:].strip()
+                elif line.startswith(b"data: ") and event_id not in seen:
+                    seen.add(event_id)
                     got.append((time.time(), json.loads(line[6:])))
         except (OSError, http.client.HTTPException):
             time.sleep(0.1)

@@ -41,8 +41,8 @@ import torch
 
 from bench.prototype import PrototypeConfig, PrototypeModel, WordVocab, prototype_batch, prototype_loss
 from vod2chat.ingest import align
-from vod2chat.shards.schema import Sample, sample_key
-from vod2chat.shards.store import Store, shard_info_dict
+from vod2chat.shards.schema import Sample, VodRecord, sample_key
+from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig, TrainConfig
 from vod2chat.trainer import checkpoint, stream
 from vod2chat.trainer.data import iter_texts
@@ -100,9 +100,8 @@ def build_store(root: Path, vods: int, duration: float, rate: float, seed: int =
                       "audio_win": align.AUDIO_HOP, "fingerprints": {}},
             ) for s in part]
             shards.append(store.write_shard(store.shard_rel("bench", vod, k), samples))
-        store.commit_record({"streamer": "bench", "vod_id": vod, "duration": duration, "segments": len(segs),
-                             "messages": sum(s.messages for s in shards), "fingerprints": FP,
-                             "shards": [shard_info_dict(s) for s in shards]})
+        store.commit_record(VodRecord(streamer="bench", vod_id=vod, duration=duration, segments=len(segs),
+                                      messages=sum(s.messages for s in shards), fingerprints=FP, shards=shards))
     return store
 
 

@@ -248,7 +248,7 @@ def training_pool(store: Store, data: DataConfig) -> TextPool:
 
 
 def split_vods(store: Store, data: DataConfig, split: str) -> list[str]:
-    return [f"{r['streamer']}/{r['vod_id']}" for r in select_records(store, selection(data, split))]
+    return [r.name for r in select_records(store, selection(data, split))]
 
 
 def candidates_id(store: Store, data: DataConfig, split: str, ec: EvalConfig) -> dict[str, Any]:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from vod2chat.config import param, save_config
-from vod2chat.shards.schema import Sample
+from vod2chat.shards.schema import Sample, VodRecord
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, av_window, build_tokens, collate
@@ -113,7 +113,7 @@ def stretches(n: int, batch: int, min_len: int = MIN_STRETCH) -> list[range]:
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def training_records(data: DataConfig, streamer: str) -> list[dict[str, Any]]:
+def training_records(data: DataConfig, streamer: str) -> list[VodRecord]:
     from vod2chat.shards.reader import select_records
     from vod2chat.shards.store import Store
     from vod2chat.trainer.data import selection
@@ -124,13 +124,13 @@ def training_records(data: DataConfig, streamer: str) -> list[dict[str, Any]]:
     return select_records(Store(data.store), sel)
 
 
-def chat_rate(records: list[dict[str, Any]]) -> float:
+def chat_rate(records: list[VodRecord]) -> float:
     """Messages per minute over the records' VODs."""
-    dur = sum(float(r.get("duration", 0)) for r in records)
-    return 60.0 * sum(int(r.get("messages", 0)) for r in records) / dur if dur > 0 else 0.0
+    dur = sum(r.duration for r in records)
+    return 60.0 * sum(r.messages for r in records) / dur if dur > 0 else 0.0
 
 
-def training_users(data: DataConfig, records: list[dict[str, Any]]) -> Counter:
+def training_users(data: DataConfig, records: list[VodRecord]) -> Counter:
     from vod2chat.shards.reader import read_chat, shard_urls
     from vod2chat.shards.store import Store
 
@@ -250,7 +250,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     if end <= start:
         raise ValueError(f"{cfg.vod}: empty range [{start:.2f}, {end:.2f}] s (the video lasts {media.duration:.2f} s)")
 
-    records: list[dict[str, Any]] = []
+    records: list[VodRecord] = []
     if not cfg.rate:
         try:
             records = training_records(data, cfg.streamer)

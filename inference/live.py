@@ -291,10 +291,16 @@ class Writer:
 
     def write(self, msg: dict[str, Any]) -> None:
         line = json.dumps(msg, ensure_ascii=False) + "\n"
-        for f in (self.stdout, self.file):
-            if f is not None:
-                f.write(line)
-                f.flush()
+        if self.file is not None:
+            self.file.write(line)
+            self.file.flush()
+        if self.stdout is not None:
+            try:
+                self.stdout.write(line)
+                self.stdout.flush()
+            except BrokenPipeError:  # `| head`, a closed terminal: the file and the page go on
+                log.warning("stdout was closed: messages go on to --out and the overlay only")
+                self.stdout = None
         if self.publish is not None:
             self.publish(msg)
 

@@ -24,7 +24,8 @@ from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import check_weights
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
-from vod2chat.shards.store import ShardInfo, Store, chat_counts, chat_warning
+from vod2chat.shards.schema import ShardInfo, VodRecord
+from vod2chat.shards.store import Store, chat_counts, chat_warning
 
 log = logging.getLogger(__name__)
 ACTOR_PREFIX = "vod2chat-ingest-"
@@ -71,13 +72,13 @@ class IngestSummary:
     chat: dict[str, dict[str, int]] = field(default_factory=dict)  # vod -> kept / dropped / malformed
     warnings: list[str] = field(default_factory=list)  # VODs that keep less than half of their chat
 
-    def add_record(self, vod: str, rec: dict[str, Any]) -> None:
+    def add_record(self, vod: str, rec: VodRecord) -> None:
         self.done.append(vod)
-        self.hours += rec["duration"] / 3600
-        self.messages += rec["messages"]
-        self.shards += len(rec["shards"])
+        self.hours += rec.duration / 3600
+        self.messages += rec.messages
+        self.shards += len(rec.shards)
         self.chat[vod] = chat_counts(rec)
-        warning = chat_warning(vod, **self.chat[vod], duration=rec["duration"])
+        warning = chat_warning(vod, **self.chat[vod], duration=rec.duration)
         if warning:
             log.warning(warning)
             self.warnings.append(warning)

@@ -27,8 +27,9 @@ from vod2chat.ingest.features import Encoders, _timed, embed_rows  # Encoders: i
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe
-from vod2chat.shards.schema import SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, check_name, sample_key
-from vod2chat.shards.store import ShardInfo, Store, StoreError, chat_warning, shard_info_dict
+from vod2chat.shards.schema import (SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, ShardInfo, VodRecord, check_name,
+                                    sample_key)
+from vod2chat.shards.store import Store, StoreError, chat_warning
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +193,9 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
     if old is not None:
         # The same request on the same bytes probes to the same streams: a rerun checks its
         # settings against the record's streams and skips without fetching or probing anything.
-        was = old.get("sources", {}).get("video", {})
+        was = old.setting("sources", {}).get("video", {})
         same = ingest_settings(job, cfg, fingerprints, hashes, (was.get("video_stream"), was.get("audio_stream")))
-        if settings_id(same) == old.get("settings_id"):
+        if settings_id(same) == old.settings_id:
             return None
     local = local_job(job, cfg)
     media = probe(local.video, video_stream=cfg.video_stream, audio_stream=cfg.audio_stream)
@@ -205,7 +206,7 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
         if not cfg.replace:
             raise StoreError(
                 f"{job.streamer}/{job.vod_id} is already in {store.url} with other settings or sources "
-                f"(settings {old.get('settings_id')} vs {sid}); pass --replace to re-ingest it"
+                f"(settings {old.settings_id} vs {sid}); pass --replace to re-ingest it"
             )
         shard_base = store.next_shard_index(old)
     chat = parse_chat(local.chat, stream_start=cfg.stream_start)
@@ -271,21 +272,20 @@ def ingest_part(plan: VodPlan, part: int, store: Store, enc: Encoders, cfg: Inge
 
 
 def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprints: dict[str, Any],
-               wall_s: float) -> dict[str, Any]:
+               wall_s: float) -> VodRecord:
     """Write the VOD record (the commit point), then drop shards of a replaced record."""
     if len(shards) != len(plan.parts):
         raise StoreError(f"{plan.job.vod_id}: {len(shards)} shards for {len(plan.parts)} parts; not committing")
-    record = {
-        "schema": SCHEMA_VERSION, "streamer": plan.job.streamer, "vod_id": plan.job.vod_id,
-        "duration": plan.media.duration, "segments": len(plan.segments),
-        "messages": sum(s.messages for s in shards), "messages_dropped": plan.dropped,
-        "chat_format": plan.chat_format, "chat_skipped": len(plan.chat_skipped),
-        "chat_skipped_lines": plan.chat_skipped[:50],
-        "fingerprints": fingerprints, **plan.settings, "settings_id": plan.settings_id,
-        "audio_hop": align.AUDIO_HOP, "audio_win": align.AUDIO_HOP,
-        "shards": [shard_info_dict(s) for s in shards],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "ingest_wall_s": round(wall_s, 3),
-    }
+    record = VodRecord(
+        schema=SCHEMA_VERSION, streamer=plan.job.streamer, vod_id=plan.job.vod_id,
+        duration=plan.media.duration, segments=len(plan.segments),
+        messages=sum(s.messages for s in shards), messages_dropped=plan.dropped,
+        chat_format=plan.chat_format, chat_skipped=len(plan.chat_skipped),
+        chat_skipped_lines=plan.chat_skipped[:50],
+        fingerprints=fingerprints, settings=plan.settings, settings_id=plan.settings_id,
+        audio_hop=align.AUDIO_HOP, audio_win=align.AUDIO_HOP, shards=list(shards),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), ingest_wall_s=round(wall_s, 3),
+    )
     store.commit_vod(record)
     return record
 
@@ -294,7 +294,7 @@ def commit_vod(plan: VodPlan, shards: list[ShardInfo], store: Store, fingerprint
 class VodOutcome:
     job: VodJob
     status: str  # done | skipped | failed
-    record: dict[str, Any] | None = None
+    record: VodRecord | None = None
     error: str = ""
 
 

@@ -34,7 +34,7 @@ def store_table(url: str) -> str:
     lines.append(row("total", tot))
     if tot["low_chat"]:  # name them: a VOD that kept little of its chat trains on silence
         for rec in store.records():
-            w = chat_warning(f"{rec['streamer']}/{rec['vod_id']}", **chat_counts(rec), duration=rec["duration"])
+            w = chat_warning(rec.name, **chat_counts(rec), duration=rec.duration)
             if w:
                 lines.append(f"WARNING {w}")
     return "\n".join(lines)

@@ -23,7 +23,7 @@ import fsspec
 import torch
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from vod2chat.shards.schema import Sample, decode_sample
+from vod2chat.shards.schema import Sample, VodRecord, decode_sample
 from vod2chat.shards.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,12 @@ def split_of(streamer: str, vod_id: str, sel: Selection) -> str:
     return "train"
 
 
-def select_records(store: Store, sel: Selection) -> list[dict[str, Any]]:
+def select_records(store: Store, sel: Selection) -> list[VodRecord]:
     if sel.split and sel.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {sel.split!r}")
     out = []
     for rec in store.records(sel.streamers or None):
-        s, v = rec["streamer"], rec["vod_id"]
+        s, v = rec.streamer, rec.vod_id
         if sel.vods and v not in sel.vods and f"{s}/{v}" not in sel.vods:
             continue
         if sel.split and split_of(s, v, sel) != sel.split:
@@ -76,27 +76,30 @@ def select_records(store: Store, sel: Selection) -> list[dict[str, Any]]:
     return out
 
 
-def shard_urls(store: Store, records: Iterable[dict[str, Any]]) -> list[str]:
-    return [store.full_url(sh["path"]) for rec in records for sh in rec["shards"]]
+def shard_urls(store: Store, records: Iterable[VodRecord]) -> list[str]:
+    return [store.full_url(sh.path) for rec in records for sh in rec.shards]
 
 
-def shard_checks(store: Store, records: Iterable[dict[str, Any]]) -> dict[str, tuple[str, int]]:
+def shard_checks(store: Store, records: Iterable[VodRecord]) -> dict[str, tuple[str, int]]:
     """url -> (sha256, bytes) of every shard of the records: what streaming reads verify against."""
-    return {store.full_url(sh["path"]): (sh["sha256"], sh["bytes"]) for rec in records for sh in rec["shards"]
-            if sh.get("sha256")}
+    return {store.full_url(sh.path): (sh.sha256, sh.bytes) for rec in records for sh in rec.shards if sh.sha256}
 
 
-def shard_weights(records: list[dict[str, Any]], streamer_weights: dict[str, float]) -> list[float] | None:
+def shard_weights(records: list[VodRecord], streamer_weights: dict[str, float]) -> list[float] | None:
     """Per-shard sampling weights giving each streamer a share proportional to its weight
     (unlisted streamers: 1), whatever its size, so one huge channel does not drown the rest.
     None (no weights asked): shards are drawn uniformly, i.e. in proportion to data."""
+    return streamer_shard_weights([rec.streamer for rec in records for _ in rec.shards], streamer_weights)
+
+
+def streamer_shard_weights(owners: list[str], streamer_weights: dict[str, float]) -> list[float] | None:
+    """shard_weights from each shard's streamer."""
     if not streamer_weights:
         return None
     per_streamer: dict[str, int] = {}
-    for rec in records:
-        per_streamer[rec["streamer"]] = per_streamer.get(rec["streamer"], 0) + len(rec["shards"])
-    return [streamer_weights.get(rec["streamer"], 1.0) / per_streamer[rec["streamer"]]
-            for rec in records for _ in rec["shards"]]
+    for s in owners:
+        per_streamer[s] = per_streamer.get(s, 0) + 1
+    return [streamer_weights.get(s, 1.0) / per_streamer[s] for s in owners]
 
 
 # -- stages ------------------------------------------------------------------------------

@@ -75,24 +75,131 @@ def check_shard_path(path: Any, streamer: str, where: str, vod_id: str | None = 
     return path
 
 
-def check_record(rec: Any, where: str, streamer: str | None = None, vod_id: str | None = None) -> dict[str, Any]:
-    """A VOD record as read from the store, checked before anything acts on its paths.
-    `streamer`/`vod_id`: what the record's location (vods/{streamer}/{vod_id}.json) says it is."""
-    if not isinstance(rec, dict):
-        raise SchemaError(f"{where}: a VOD record must be a JSON object; fix or remove the record")
-    try:
-        s, v = check_name("streamer", rec.get("streamer")), check_name("vod_id", rec.get("vod_id"))
-    except (SchemaError, TypeError) as e:
-        raise SchemaError(f"{where}: {e}; fix or remove the record") from None
-    if (streamer, vod_id) != (None, None) and (s, v) != (streamer, vod_id):
-        raise SchemaError(f"{where}: record says {s}/{v} but is stored as {streamer}/{vod_id}; "
-                          "fix or remove the record")
-    shards = rec.get("shards")
-    if not isinstance(shards, list) or not all(isinstance(sh, dict) for sh in shards):
-        raise SchemaError(f"{where}: 'shards' must be a list of objects; fix or remove the record")
-    for sh in shards:
-        check_shard_path(sh.get("path"), s, where, v)
-    return rec
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "dict": (dict,),
+                                       "list": (list,)}
+
+
+def _typed(obj: dict[str, Any], name: str, kind: str, where: str, required: bool) -> Any:
+    """obj[name] if it has the contract's type (bools are not numbers), None if absent and optional."""
+    if obj.get(name) is None:
+        if required:
+            raise SchemaError(f"{where}: VOD record lacks {name!r}; fix or remove the record (then re-ingest)")
+        return None
+    v = obj[name]
+    if isinstance(v, bool) or not isinstance(v, _TYPES[kind]):
+        raise SchemaError(f"{where}: VOD record field {name!r} must be {kind}, got {type(v).__name__} {v!r:.60}; "
+                          "fix or remove the record (then re-ingest)")
+    return float(v) if kind == "float" else v
+
+
+@dataclass
+class ShardInfo:
+    """One shard as its VOD record lists it. sha256/messages may be absent in records written by
+    hand or by old versions (None: unknown); unknown keys are kept and written back."""
+
+    path: str  # relative to the store root: shards/{streamer}/{vod_id}-{k:05d}.tar
+    samples: int
+    bytes: int
+    sha256: str | None = None
+    messages: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _FIELDS = (("samples", "int", True), ("bytes", "int", True), ("sha256", "str", False), ("messages", "int", False))
+
+    @classmethod
+    def from_json(cls, sh: Any, where: str, streamer: str, vod_id: str | None = None) -> "ShardInfo":
+        if not isinstance(sh, dict):
+            raise SchemaError(f"{where}: 'shards' must be a list of objects; fix or remove the record")
+        path = check_shard_path(sh.get("path"), streamer, where, vod_id)
+        vals = {n: _typed(sh, n, k, f"{where} shard {path}", req) for n, k, req in cls._FIELDS}
+        known = {"path", *vals}
+        return cls(path=path, **vals, extra={k: v for k, v in sh.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"path": self.path, "samples": self.samples, "bytes": self.bytes, "sha256": self.sha256,
+               "messages": self.messages}
+        return {**{k: v for k, v in out.items() if v is not None}, **self.extra}
+
+
+# The record's typed fields in on-disk order (name, type, required); the ingest settings (and any
+# field this version does not know) sit between `fingerprints` and `settings_id`, as ingest writes.
+_HEAD = (("schema", "int", False), ("streamer", "str", True), ("vod_id", "str", True), ("duration", "float", True),
+         ("segments", "int", True), ("messages", "int", True), ("messages_dropped", "int", False),
+         ("chat_format", "str", False), ("chat_skipped", "int", False), ("chat_skipped_lines", "list", False),
+         ("fingerprints", "dict", True))
+_TAIL = (("settings_id", "str", False), ("audio_hop", "float", False), ("audio_win", "float", False))
+_END = (("created", "str", False), ("ingest_wall_s", "float", False))
+# Ingest settings the trainer reads back (DataConfig checks against them): typed when present.
+_SETTINGS = (("segment_s", "float"), ("lookback_s", "float"), ("fps", "float"), ("context_messages", "int"),
+             ("segments_per_shard", "int"), ("sources", "dict"))
+
+
+@dataclass
+class VodRecord:
+    """vods/{streamer}/{vod_id}.json: the commit point of one VOD. The only way code builds a
+    record (`VodRecord(...)`, `.to_json()`) or reads one (`VodRecord.from_json(obj, where)`, which
+    checks types, required fields and that every shard path is one of this VOD's shards inside
+    the store: records live on shared buckets anyone with write access may edit)."""
+
+    streamer: str
+    vod_id: str
+    duration: float  # seconds of video
+    segments: int
+    messages: int  # kept (inside the video)
+    fingerprints: dict[str, Any]  # encoder -> full fingerprint (DESIGN.md: a store never mixes them)
+    shards: list[ShardInfo]
+    schema: int | None = None
+    messages_dropped: int | None = None  # outside the video
+    chat_format: str | None = None
+    chat_skipped: int | None = None  # malformed lines
+    chat_skipped_lines: list[str] | None = None
+    settings_id: str | None = None
+    audio_hop: float | None = None
+    audio_win: float | None = None
+    created: str | None = None
+    ingest_wall_s: float | None = None
+    # The ingest settings (segment_s, lookback_s, fps, context_messages, sources, ...) and any
+    # field this version does not know, kept as read so that a rewrite loses nothing.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.streamer}/{self.vod_id}"
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        return self.settings.get(key, default)
+
+    @classmethod
+    def from_json(cls, rec: Any, where: str, streamer: str | None = None,
+                  vod_id: str | None = None) -> "VodRecord":
+        """A record as read from the store, checked before anything acts on it; `streamer`/`vod_id`:
+        what its location (vods/{streamer}/{vod_id}.json) says it is. Errors name `where`."""
+        if not isinstance(rec, dict):
+            raise SchemaError(f"{where}: a VOD record must be a JSON object; fix or remove the record")
+        try:
+            s, v = check_name("streamer", rec.get("streamer")), check_name("vod_id", rec.get("vod_id"))
+        except (SchemaError, TypeError) as e:
+            raise SchemaError(f"{where}: {e}; fix or remove the record") from None
+        if (streamer, vod_id) != (None, None) and (s, v) != (streamer, vod_id):
+            raise SchemaError(f"{where}: record says {s}/{v} but is stored as {streamer}/{vod_id}; "
+                              "fix or remove the record")
+        shards = rec.get("shards")
+        if not isinstance(shards, list):
+            raise SchemaError(f"{where}: 'shards' must be a list of objects; fix or remove the record")
+        infos = [ShardInfo.from_json(sh, where, s, v) for sh in shards]
+        typed = _HEAD + _TAIL + _END
+        vals = {n: _typed(rec, n, k, where, req) for n, k, req in typed}
+        settings = {k: val for k, val in rec.items() if k not in {n for n, _, _ in typed} | {"shards"}}
+        for n, k in _SETTINGS:
+            _typed(settings, n, k, where, False)
+        return cls(**vals, shards=infos, settings=settings)
+
+    def to_json(self) -> dict[str, Any]:
+        """The on-disk JSON object (DESIGN.md's record): absent optional fields stay absent."""
+        def part(fields: tuple[tuple[str, str, bool], ...]) -> dict[str, Any]:
+            return {n: getattr(self, n) for n, _, _ in fields if getattr(self, n) is not None}
+        return {**part(_HEAD), **self.settings, **part(_TAIL), "shards": [sh.to_json() for sh in self.shards],
+                **part(_END)}
 
 
 def sample_key(streamer: str, vod_id: str, segment: int) -> str:

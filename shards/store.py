@@ -20,14 +20,14 @@ import tarfile
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import fsspec
 import webdataset as wds
 
 from vod2chat.config import param
-from vod2chat.shards.schema import Sample, SchemaError, check_name, check_record, encode_sample
+from vod2chat.shards.schema import Sample, SchemaError, ShardInfo, VodRecord, check_name, encode_sample
 
 TMP_PREFIX = ".tmp-"
 
@@ -44,15 +44,6 @@ class StoreToolConfig:
 
 class StoreError(RuntimeError):
     """The store is inconsistent with what was asked (mixed fingerprints, bad record...)."""
-
-
-@dataclass
-class ShardInfo:
-    path: str  # relative to the store root
-    samples: int
-    bytes: int
-    sha256: str
-    messages: int
 
 
 @dataclass
@@ -159,36 +150,36 @@ class Store:
         messages = sum(len(s.chat["messages"]) for s in samples)
         return ShardInfo(rel, len(samples), hw.n, hw.sha.hexdigest(), messages)
 
-    def commit_record(self, record: dict[str, Any]) -> None:
+    def commit_record(self, record: VodRecord) -> None:
         """The VOD record is the commit point: written last and atomically."""
-        rel = self.record_rel(record["streamer"], record["vod_id"])
+        rel = self.record_rel(record.streamer, record.vod_id)
         target, f = self._open_for_commit(rel)
         with f:
-            f.write(json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8"))
+            f.write(json.dumps(record.to_json(), indent=1, ensure_ascii=False).encode("utf-8"))
         self._publish(target, rel)
 
-    def commit_vod(self, record: dict[str, Any]) -> None:
+    def commit_vod(self, record: VodRecord) -> None:
         """Commit a VOD's record, then remove the shards of the record it replaces (never before:
         a crash in between leaves orphans for `gc`, never a VOD without its data)."""
-        old = self.read_record(record["streamer"], record["vod_id"])
+        old = self.read_record(record.streamer, record.vod_id)
         self.commit_record(record)
         if old is not None:
-            keep = {sh["path"] for sh in record["shards"]}
-            for sh in old["shards"]:
-                if sh["path"] not in keep and self.fs.exists(self.abspath(sh["path"])):
-                    self.fs.rm(self.abspath(sh["path"]))
+            keep = {sh.path for sh in record.shards}
+            for sh in old.shards:
+                if sh.path not in keep and self.fs.exists(self.abspath(sh.path)):
+                    self.fs.rm(self.abspath(sh.path))
 
     @staticmethod
-    def next_shard_index(record: dict[str, Any] | None) -> int:
+    def next_shard_index(record: VodRecord | None) -> int:
         """The first shard number past every shard of `record` (0 without one): a replacement
         writes new names, so the old shards stay readable until the new record commits."""
         if record is None:
             return 0
-        numbers = (re.search(r"-(\d+)\.tar$", sh["path"]) for sh in record["shards"])
+        numbers = (re.search(r"-(\d+)\.tar$", sh.path) for sh in record.shards)
         return 1 + max((int(m.group(1)) for m in numbers if m), default=-1)
 
     # -- records -------------------------------------------------------------------------
-    def _load_record(self, path: str) -> dict[str, Any]:
+    def _load_record(self, path: str) -> VodRecord:
         """One record, checked: its name and shard paths come from a file anyone with write
         access to the bucket may have edited, and callers open and delete what it names."""
         streamer = posixpath.basename(posixpath.dirname(path))
@@ -199,18 +190,18 @@ class Store:
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise StoreError(f"{path}: VOD record is not valid JSON ({e}); remove it and re-ingest") from e
         try:
-            return check_record(rec, path, streamer, vod_id)
+            return VodRecord.from_json(rec, path, streamer, vod_id)
         except SchemaError as e:
             raise StoreError(str(e)) from None
 
-    def read_record(self, streamer: str, vod_id: str) -> dict[str, Any] | None:
+    def read_record(self, streamer: str, vod_id: str) -> VodRecord | None:
         path = self.abspath(self.record_rel(streamer, vod_id))
         if not self.fs.exists(path):
             return None
         return self._load_record(path)
 
     # Stores listed once for the duration of a run (see snapshot): canonical url -> records.
-    _snapshots: dict[str, list[dict[str, Any]]] = {}
+    _snapshots: dict[str, list[VodRecord]] = {}
 
     @classmethod
     @contextlib.contextmanager
@@ -230,13 +221,13 @@ class Store:
                 cls._snapshots.pop(key, None)
 
     def records(self, streamers: list[str] | None = None,
-                errors: list[str] | None = None) -> Iterator[dict[str, Any]]:
+                errors: list[str] | None = None) -> Iterator[VodRecord]:
         """Committed VOD records, in a stable order (streamer, vod_id). A bad record (not JSON,
         a shard path outside its place) raises StoreError naming it, or, when `errors` is a list,
         is skipped with its message appended there (verify reports every one)."""
         snap = self._snapshots.get(self.canonical_url) if errors is None and self._snapshots else None
         if snap is not None:
-            yield from (r for r in snap if not streamers or r["streamer"] in streamers)
+            yield from (r for r in snap if not streamers or r.streamer in streamers)
             return
         self.fs.invalidate_cache()  # object-store listings are cached: new commits must show
         for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
@@ -257,7 +248,7 @@ class Store:
     def fingerprints(self) -> dict[str, Any] | None:
         """The store's feature fingerprints (all records share them), or None if empty."""
         for rec in self.records():
-            return {"video": rec["fingerprints"]["video"], "audio": rec["fingerprints"]["audio"]}
+            return {"video": rec.fingerprints["video"], "audio": rec.fingerprints["audio"]}
         return None
 
     def check_fingerprints(self, fps: dict[str, Any]) -> None:
@@ -278,17 +269,17 @@ class Store:
     def summary(self) -> dict[str, dict[str, float]]:
         per: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
         for rec in self.records():
-            s = per[rec["streamer"]]
+            s = per[rec.streamer]
             s["vods"] += 1
-            s["hours"] += rec["duration"] / 3600
-            s["messages"] += rec["messages"]
+            s["hours"] += rec.duration / 3600
+            s["messages"] += rec.messages
             c = chat_counts(rec)
             s["dropped"] += c["dropped"]
             s["malformed"] += c["malformed"]
-            s["low_chat"] += chat_warning("", **c, duration=rec["duration"]) is not None
-            s["segments"] += rec["segments"]
-            s["shards"] += len(rec["shards"])
-            s["bytes"] += sum(sh["bytes"] for sh in rec["shards"])
+            s["low_chat"] += chat_warning("", **c, duration=rec.duration) is not None
+            s["segments"] += rec.segments
+            s["shards"] += len(rec.shards)
+            s["bytes"] += sum(sh.bytes for sh in rec.shards)
         return {k: dict(v) for k, v in sorted(per.items())}
 
     def shard_files(self) -> list[str]:
@@ -303,33 +294,33 @@ class Store:
         referenced: set[str] = set()
         for rec in self.records(errors=rep.bad_records):
             rep.vods += 1
-            for sh in rec["shards"]:
+            for sh in rec.shards:
                 rep.shards += 1
-                referenced.add(sh["path"])
+                referenced.add(sh.path)
                 rep.problems.extend(self._verify_shard(sh, checksums))
         rep.problems.extend(rep.bad_records)
         rep.orphans = [p for p in self.shard_files() if p not in referenced]
         return rep
 
-    def _verify_shard(self, sh: dict[str, Any], checksums: bool) -> list[str]:
-        path = self.abspath(sh["path"])
+    def _verify_shard(self, sh: ShardInfo, checksums: bool) -> list[str]:
+        path = self.abspath(sh.path)
         if not self.fs.exists(path):
-            return [f"{sh['path']}: missing (listed in a VOD record)"]
+            return [f"{sh.path}: missing (listed in a VOD record)"]
         size = self.fs.size(path)
-        if size != sh["bytes"]:
-            return [f"{sh['path']}: {size} bytes, record says {sh['bytes']}"]
+        if size != sh.bytes:
+            return [f"{sh.path}: {size} bytes, record says {sh.bytes}"]
         if not checksums:
             return []
         sha = hashlib.sha256()
         with self.fs.open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 sha.update(block)
-        if sha.hexdigest() != sh["sha256"]:
-            return [f"{sh['path']}: sha256 mismatch (shard changed or corrupt)"]
+        if sha.hexdigest() != sh.sha256:
+            return [f"{sh.path}: sha256 mismatch (shard changed or corrupt)"]
         with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
             keys = {m.name.split(".", 1)[0] for m in tf}
-        if len(keys) != sh["samples"]:
-            return [f"{sh['path']}: {len(keys)} samples, record says {sh['samples']}"]
+        if len(keys) != sh.samples:
+            return [f"{sh.path}: {len(keys)} samples, record says {sh.samples}"]
         return []
 
     def gc(self, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
@@ -356,10 +347,9 @@ class Store:
         return removed
 
 
-def chat_counts(rec: dict[str, Any]) -> dict[str, int]:
+def chat_counts(rec: VodRecord) -> dict[str, int]:
     """A record's chat: messages kept, dropped (outside the video), malformed lines skipped."""
-    return {"kept": int(rec.get("messages", 0)), "dropped": int(rec.get("messages_dropped", 0)),
-            "malformed": int(rec.get("chat_skipped", 0))}
+    return {"kept": rec.messages, "dropped": rec.messages_dropped or 0, "malformed": rec.chat_skipped or 0}
 
 
 def chat_warning(vod: str, kept: int, dropped: int, malformed: int, duration: float) -> str | None:
@@ -371,10 +361,6 @@ def chat_warning(vod: str, kept: int, dropped: int, malformed: int, duration: fl
     return (f"{vod} keeps {kept} of {total} chat messages ({dropped} outside the video's {duration:.0f} s, "
             f"{malformed} malformed): is it the chat log of this video, with the right start "
             "(--stream-start for raw IRC)?")
-
-
-def shard_info_dict(info: ShardInfo) -> dict[str, Any]:
-    return asdict(info)
 
 
 # -- JSON files beside the records (eval candidate sets, configs) ---------------------------

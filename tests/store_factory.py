@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vod2chat.shards.schema import Sample, SegmentMeta, sample_key
+from vod2chat.shards.schema import Sample, SegmentMeta, VodRecord, sample_key
 from vod2chat.shards.store import Store
 
 WORDS = ["red", "green", "blue", "loud", "quiet", "pog"]
@@ -46,7 +46,6 @@ def make_store(root: Path, vods: int = 4, segments: int = 6, seg_s: float = 10.0
                                      audio_win=0.96).as_dict(),
                 ))
             shards.append(store.write_shard(store.shard_rel("fake", vod, k), samples))
-        store.commit_record({"streamer": "fake", "vod_id": vod, "duration": dur, "segments": segments,
-                             "messages": sum(s.messages for s in shards), "fingerprints": FP,
-                             "shards": [s.__dict__ for s in shards]})
+        store.commit_record(VodRecord(streamer="fake", vod_id=vod, duration=dur, segments=segments,
+                                      messages=sum(s.messages for s in shards), fingerprints=FP, shards=shards))
     return store

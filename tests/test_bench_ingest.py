@@ -47,6 +47,6 @@ def test_quick_bench_prints_prototype_vod2chat_and_ceiling(tmp_path: Path):
     store = Store(str(work / "store-480p30"))
     assert store.verify().ok
     [rec] = list(store.records())
-    assert rec["duration"] == pytest.approx(6.0, abs=0.1) and rec["fingerprints"]["video"]["precision"]
+    assert rec.duration == pytest.approx(6.0, abs=0.1) and rec.fingerprints["video"]["precision"]
     files = int(re.search(r"prototype: .* (\d+) files", out).group(1))
     assert files > 0 and len(list((work / "proto-480p30").glob("*.pt"))) == files

@@ -18,6 +18,7 @@ from vod2chat.config import load_config
 from store_factory import make_store
 from vod2chat.trainer.config import Config
 from vod2chat.inference.generate import GenerateConfig, chat_rate, clean_text, main, parse_time, poisson_times, stretches
+from vod2chat.shards.schema import VodRecord
 from vod2chat.trainer.model import ModelConfig, VodChatModel
 from vod2chat.inference.replay import ass_text, write_ass, write_html
 from vod2chat.trainer.sampling import SamplingConfig, generate, pick
@@ -116,7 +117,9 @@ def test_times_rates_and_stretches():
     parts = stretches(100, batch=8, min_len=16)
     assert len(parts) == 6 and [i for p in parts for i in p] == list(range(100))
     assert stretches(10, batch=8, min_len=16) == [range(0, 10)]
-    assert chat_rate([{"messages": 30, "duration": 60.0}, {"messages": 10, "duration": 60.0}]) == 20.0
+    recs = [VodRecord(streamer="s", vod_id=str(i), duration=60.0, segments=2, messages=n, fingerprints={}, shards=[])
+            for i, n in enumerate((30, 10))]
+    assert chat_rate(recs) == 20.0
     assert clean_text(" a\x07b\n  c\ufffd KEKW 🎉 ") == "ab c KEKW 🎉"
 
 

@@ -33,7 +33,7 @@ def test_cuda_ingest_is_cpu_fp32_up_to_bf16(tmp_path: Path, caplog: pytest.LogCa
         assert out.status == "done"
         feats[device] = {s.key: s for s in read_store(Store(cfg.store))}
         if device == "cuda":
-            assert enc.video.precision == "bf16" and out.record["fingerprints"]["video"]["precision"] == "bf16 autocast"
+            assert enc.video.precision == "bf16" and out.record.fingerprints["video"]["precision"] == "bf16 autocast"
             assert "decoding is unavailable" not in caplog.text  # NVDEC did the decoding
     assert feats["cuda"].keys() == feats["cpu"].keys()
     for k, s in feats["cpu"].items():

@@ -68,10 +68,10 @@ def test_every_real_video_ingests_and_reingest_changes_nothing(real_data: Path, 
     assert rep.ok and rep.vods == 4 and not rep.orphans
     for o in outcomes:
         rec = o.record
-        assert rec["segments"] == int(np.ceil(rec["duration"] / 10 - 1e-9))
-        assert rec["fingerprints"]["video"]["weights"].startswith("random")
+        assert rec.segments == int(np.ceil(rec.duration / 10 - 1e-9))
+        assert rec.fingerprints["video"]["weights"].startswith("random")
     nasa = outcomes[0].record
-    assert 12.5 < nasa["duration"] < 13.5 and nasa["sources"]["video"]["video_stream"] is not None
+    assert 12.5 < nasa.duration < 13.5 and nasa.setting("sources")["video"]["video_stream"] is not None
     # Features: one row per second of video, one per 0.96 s of audio, times consistent.
     samples = {s.key: s for s in read_store(store)}
     s0 = samples["test__900__000001"]  # nasa, 10-13.1 s, 5 s look-back
@@ -79,13 +79,13 @@ def test_every_real_video_ingests_and_reingest_changes_nothing(real_data: Path, 
     assert s0.meta["video_t0"] == 5.0 and s0.audio.shape[1] == 128
     assert np.isfinite(s0.video.astype(np.float32)).all()
     assert all(5.0 <= t < 13.5 for t in s0.video_times())
-    assert s0.audio_end_times()[-1] <= nasa["duration"] + 1e-6
+    assert s0.audio_end_times()[-1] <= nasa.duration + 1e-6
     # Chat landed in the segment of its time, with context from before.
     for s in samples.values():
         for m in s.chat["messages"]:
             assert s.meta["start"] <= m["t"] <= s.meta["end"]
         assert all(m["t"] < s.meta["start"] for m in s.chat["context"])
-    assert sum(len(s.chat["messages"]) for s in samples.values()) == sum(o.record["messages"] for o in outcomes)
+    assert sum(len(s.chat["messages"]) for s in samples.values()) == sum(o.record.messages for o in outcomes)
     # A second ingest of the same VODs changes nothing.
     before = tree_digest(tmp_path / "store")
     again = [ingest_vod(j, store, encoders, cfg) for j in pair_inputs(cfg.inputs, cfg.streamer)]
@@ -107,8 +107,8 @@ def test_other_settings_are_refused_then_replaced(real_data: Path, tmp_path: Pat
         ingest_vod(job, store, encoders, other)
     other.replace = True
     rec = ingest_vod(job, store, encoders, other).record
-    assert rec["segment_s"] == 5.0 and rec["segments"] == 2
-    assert [s["path"] for s in rec["shards"]] == ["shards/test/7-00001.tar"]  # never overwrites the old shard
+    assert rec.setting("segment_s") == 5.0 and rec.segments == 2
+    assert [s.path for s in rec.shards] == ["shards/test/7-00001.tar"]  # never overwrites the old shard
     rep = store.verify()
     assert rep.ok and rep.orphans == []  # the replaced record's shards are gone
 

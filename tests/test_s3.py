@@ -92,7 +92,7 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     enc = Encoders(cfg)
     out = ingest_vod(job, store, enc, cfg)
     assert out.status == "done" and store.verify().ok
-    assert out.record["sources"]["video"]["path"] == job.video  # the URL, not a node's cache path
+    assert out.record.setting("sources")["video"]["path"] == job.video  # the URL, not a node's cache path
     cached = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("5151.*")}
     assert sorted(cached) == ["5151.irc", "5151.mkv"]
     assert ingest_vod(job, store, enc, cfg).status == "skipped"

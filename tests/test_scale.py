@@ -4,6 +4,7 @@ checkpoints, a split with nothing to learn."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from store_factory import make_store
 from test_trainer import DEBUG, REPO, VAL, cfg_for, scalars
 from vod2chat.config import load_config
 from vod2chat.shards.reader import ShardError
-from vod2chat.shards.schema import Sample, sample_key
+from vod2chat.shards.schema import Sample, VodRecord, sample_key
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint, stream
 from vod2chat.trainer.config import Config
@@ -134,8 +135,8 @@ def test_a_split_without_messages_stops_at_once_naming_its_vods(tmp_path: Path):
                            "lookback": 0.0, "video_t0": 10.0 * i, "fps": 1.0, "audio_t0": 10.0 * i, "audio_hop": 0.96,
                            "audio_win": 0.96}) for i in range(2)]
         info = store.write_shard(store.shard_rel("quiet", vod, 0), samples)
-        store.commit_record({"streamer": "quiet", "vod_id": vod, "duration": 20.0, "segments": 2, "messages": 0,
-                             "fingerprints": fp, "shards": [info.__dict__]})
+        store.commit_record(VodRecord(streamer="quiet", vod_id=vod, duration=20.0, segments=2, messages=0,
+                                      fingerprints=fp, shards=[info]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # timeout: a guard against the old endless loop, not a measurement
     p = subprocess.run([sys.executable, str(REPO / "trainer/main.py"), "--config", str(DEBUG), f"data.store={store.url}",
@@ -157,13 +158,13 @@ def test_a_new_vod_between_save_and_resume_changes_nothing_unless_joined(store_d
     shutil.rmtree(part / "checkpoints/step_0000016")
     shutil.rmtree(part / "tb")
     make_store(tmp_path / "newer", vods=1, seed=7)  # VOD 1000 of another store, committed as fake/1009
-    rec = json.loads((tmp_path / "newer/vods/fake/1000.json").read_text())
-    for sh in rec["shards"]:
-        new = sh["path"].replace("/1000-", "/1009-")
-        shutil.copy(tmp_path / "newer" / sh["path"], store / new)
-        sh["path"] = new
-    Store(str(store)).commit_record({**rec, "vod_id": "1009"})
-    assert "1009" in {r["vod_id"] for r in Store(str(store)).records()}
+    rec = Store(str(tmp_path / "newer")).read_record("fake", "1000")
+    for sh in rec.shards:
+        new = sh.path.replace("/1000-", "/1009-")
+        shutil.copy(tmp_path / "newer" / sh.path, store / new)
+        sh.path = new
+    Store(str(store)).commit_record(dataclasses.replace(rec, vod_id="1009"))
+    assert "1009" in {r.vod_id for r in Store(str(store)).records()}
     main(cfg_for(store, part, *args, "train.resume=true"))
     a, b = dict(scalars(tmp_path / "full")["train/loss"]), dict(scalars(part)["train/loss"])
     assert sorted(b) == list(range(9, 17))

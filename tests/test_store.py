@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tarfile
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from vod2chat.shards.reader import Selection, ShardStream, read_store, select_records, shard_urls, shard_weights, split_of
-from vod2chat.shards.schema import Sample, SchemaError, decode_sample, encode_sample, sample_key
+from vod2chat.shards.schema import Sample, SchemaError, VodRecord, decode_sample, encode_sample, sample_key
 from vod2chat.shards.store import Store, StoreError
 
 FP = {"video": {"model": "resnet50", "weights": "random:seed=0", "fps": 1.0}, "audio": {"model": "vggish"}}
@@ -31,12 +32,11 @@ def make_samples(streamer: str, vod: str, first: int, n: int) -> list[Sample]:
     return out
 
 
-def add_vod(store: Store, streamer: str, vod: str, shards: int = 2, per: int = 3) -> dict:
+def add_vod(store: Store, streamer: str, vod: str, shards: int = 2, per: int = 3) -> VodRecord:
     infos = [store.write_shard(store.shard_rel(streamer, vod, k), make_samples(streamer, vod, k * per, per))
              for k in range(shards)]
-    rec = {"streamer": streamer, "vod_id": vod, "duration": shards * per * 10.0, "segments": shards * per,
-           "messages": sum(i.messages for i in infos), "fingerprints": FP,
-           "shards": [i.__dict__ for i in infos]}
+    rec = VodRecord(streamer=streamer, vod_id=vod, duration=shards * per * 10.0, segments=shards * per,
+                    messages=sum(i.messages for i in infos), fingerprints=FP, shards=infos)
     store.commit_record(rec)
     return rec
 
@@ -74,7 +74,7 @@ def test_commit_verify_and_read(tmp_path: Path):
     assert summary["tsoding"]["vods"] == 1 and summary["tsoding"]["messages"] == 6
     keys = sorted(s.key for s in read_store(store))
     assert len(keys) == 9 and keys[0] == "nymn__222__000000"
-    assert [r["vod_id"] for r in select_records(store, Selection(streamers=["nymn"]))] == ["222"]
+    assert [r.vod_id for r in select_records(store, Selection(streamers=["nymn"]))] == ["222"]
 
 
 def test_verify_finds_corruption_and_gc_removes_orphans(tmp_path: Path):
@@ -214,11 +214,73 @@ def test_store_operations_replace_hand_rolled_ones(tmp_path):
     store = make_store(tmp_path / "store", vods=1, segments=2)
     rec = store.read_record("fake", "1000")
     assert Store.next_shard_index(None) == 0
-    assert Store.next_shard_index(rec) == 1 + max(int(sh["path"][-9:-4]) for sh in rec["shards"])
-    old_paths = [sh["path"] for sh in rec["shards"]]
+    assert Store.next_shard_index(rec) == 1 + max(int(sh.path[-9:-4]) for sh in rec.shards)
+    old_paths = [sh.path for sh in rec.shards]
     k = Store.next_shard_index(rec)
     new = store.write_shard(store.shard_rel("fake", "1000", k), [])
-    store.commit_vod({**rec, "shards": [{"path": new.path, "samples": 0, "bytes": new.bytes, "sha256": new.sha256,
-                                         "messages": 0}]})
-    assert [sh["path"] for sh in store.read_record("fake", "1000")["shards"]] == [new.path]
+    store.commit_vod(dataclasses.replace(rec, shards=[new]))
+    assert [sh.path for sh in store.read_record("fake", "1000").shards] == [new.path]
     assert not any((tmp_path / "store" / p).exists() for p in old_paths) and (tmp_path / "store" / new.path).exists()
+
+
+# A record as `vod2chat ingest` writes it today (key order included), with a field no version knows.
+INGESTED = {
+    "schema": 1, "streamer": "fake", "vod_id": "1000", "duration": 12.5, "segments": 2, "messages": 7,
+    "messages_dropped": 1, "chat_format": "tcd-irc", "chat_skipped": 0, "chat_skipped_lines": [],
+    "fingerprints": FP, "segment_s": 10.0, "lookback_s": 5.0, "fps": 1.0, "context_messages": 8,
+    "segments_per_shard": 4, "fingerprint_ids": {"video": "v1", "audio": "a1"}, "streams_requested": [None, None],
+    "sources": {"video": {"path": "/v/1000.mp4", "hash": "h", "video_stream": 0, "audio_stream": 1}},
+    "from_the_future": {"x": 1}, "settings_id": "0123456789abcdef", "audio_hop": 0.96, "audio_win": 0.96,
+    "shards": [{"path": "shards/fake/1000-00000.tar", "samples": 2, "bytes": 4096, "sha256": "ab" * 32,
+                "messages": 7, "shard_note": "kept"}],
+    "created": "2026-01-01T00:00:00Z", "ingest_wall_s": 3.2,
+}
+
+
+def test_vod_record_round_trips_the_on_disk_json(tmp_path: Path):
+    rec = VodRecord.from_json(json.loads(json.dumps(INGESTED)), "r")
+    assert rec.duration == 12.5 and rec.shards[0].sha256 == "ab" * 32 and rec.setting("lookback_s") == 5.0
+    assert rec.settings["from_the_future"] == {"x": 1} and rec.shards[0].extra == {"shard_note": "kept"}
+    assert json.dumps(rec.to_json()) == json.dumps(INGESTED)  # same keys, values and order
+    store = Store(str(tmp_path / "store"))
+    store.commit_record(rec)
+    assert json.loads((tmp_path / "store/vods/fake/1000.json").read_text()) == INGESTED
+    assert store.read_record("fake", "1000") == rec
+
+
+def test_an_old_format_record_still_reads_and_is_rewritten_unchanged(tmp_path: Path):
+    """An older version wrote no chat counts, settings or per-shard checksums/message counts."""
+    store = Store(str(tmp_path / "store"))
+    infos = [store.write_shard(store.shard_rel("old", "1", 0), make_samples("old", "1", 0, 2))]
+    old = {"streamer": "old", "vod_id": "1", "duration": 20.0, "segments": 2, "messages": infos[0].messages,
+           "fingerprints": FP, "shards": [{"path": infos[0].path, "samples": 2, "bytes": infos[0].bytes}]}
+    (tmp_path / "store/vods/old").mkdir(parents=True)
+    (tmp_path / "store/vods/old/1.json").write_text(json.dumps(old))
+    [rec] = store.records()
+    assert rec.shards[0].sha256 is None and rec.shards[0].messages is None and rec.settings_id is None
+    assert rec.to_json() == old  # nothing invented on a rewrite
+    assert store.summary()["old"]["messages"] == infos[0].messages and store.summary()["old"]["dropped"] == 0
+    assert shard_urls(store, [rec]) == [store.full_url(infos[0].path)]
+    from vod2chat.trainer.config import DataConfig
+    from vod2chat.trainer.stream import pin_selection
+    [pinned] = pin_selection(DataConfig(store=store.url, val_fraction=0, test_fraction=0, window_s=5.0,
+                                        context_messages=0))
+    assert pinned["sha256"] == "" and pinned["messages"] == 1  # unknown count: the shard is still drawn
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"duration": "long"}, "'duration' must be float"),
+    ({"segments": True}, "'segments' must be int"),
+    ({"fingerprints": ["resnet50"]}, "'fingerprints' must be dict"),
+    ({"messages": None}, "lacks 'messages'"),
+    ({"lookback_s": "5"}, "'lookback_s' must be float"),
+    ({"shards": [{**INGESTED["shards"][0], "bytes": "4096"}]}, "shard shards/fake/1000-00000.tar.*'bytes' must be int"),
+    ({"shards": [{k: v for k, v in INGESTED["shards"][0].items() if k != "samples"}]}, "lacks 'samples'"),
+])
+def test_a_record_with_a_wrong_type_is_refused_naming_it(tmp_path: Path, bad: dict, field: str):
+    (tmp_path / "store/vods/fake").mkdir(parents=True)
+    (tmp_path / "store/vods/fake/1000.json").write_text(json.dumps({**INGESTED, **bad}))
+    with pytest.raises(StoreError, match=f"vods/fake/1000.json.*{field}"):
+        list(Store(str(tmp_path / "store")).records())
+    with pytest.raises(SchemaError, match=field):
+        VodRecord.from_json({**INGESTED, **bad}, "r")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from store_factory import make_store
-from vod2chat.shards.schema import SchemaError, check_record, check_shard_path
+from vod2chat.shards.schema import SchemaError, VodRecord, check_shard_path
 from vod2chat.shards.store import Store, StoreError
 
 BAD_PATHS = [
@@ -38,14 +38,15 @@ def test_shard_paths_must_stay_under_their_streamer(path: str):
 
 
 def test_record_names_must_match_where_it_is_stored():
-    rec = {"streamer": "fake", "vod_id": "1000", "shards": [{"path": "shards/fake/1000-00000.tar"}]}
-    assert check_record(rec, "r", "fake", "1000") is rec
+    rec = {"streamer": "fake", "vod_id": "1000", "duration": 10.0, "segments": 1, "messages": 0, "fingerprints": {},
+           "shards": [{"path": "shards/fake/1000-00000.tar", "samples": 1, "bytes": 10}]}
+    assert VodRecord.from_json(rec, "r", "fake", "1000").to_json() == rec
     with pytest.raises(SchemaError, match="stored as fake/1001"):
-        check_record(rec, "r", "fake", "1001")
+        VodRecord.from_json(rec, "r", "fake", "1001")
     with pytest.raises(SchemaError, match="vod_id '../x'"):
-        check_record({**rec, "vod_id": "../x"}, "r")
+        VodRecord.from_json({**rec, "vod_id": "../x"}, "r")
     with pytest.raises(SchemaError, match="shards"):
-        check_record({**rec, "shards": "shards/fake/x.tar"}, "r")
+        VodRecord.from_json({**rec, "shards": "shards/fake/x.tar"}, "r")
 
 
 def plant_outside_paths(store_root: Path, outside: Path) -> list[Path]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vod2chat.shards.reader import Selection, ShardStream, select_records, shard_checks, shard_urls, shuffle
-from vod2chat.shards.schema import Sample
+from vod2chat.shards.schema import Sample, VodRecord
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.tokenizer import ChatTokenizer
@@ -168,13 +168,13 @@ def selection(cfg: DataConfig, split: str) -> Selection:
                      test_fraction=cfg.test_fraction, split_seed=cfg.split_seed)
 
 
-def check_cut(records: list[dict[str, Any]], cfg: DataConfig) -> None:
+def check_cut(records: list[VodRecord], cfg: DataConfig) -> None:
     """Segment length and look-back are per-VOD ingest settings (a store may mix them), so each
     selected VOD must carry what the examples need: a look-back of at least data.window_s (or a
     message early in a segment sees a truncated window) and at least data.context_messages of
     chat context. Records without these fields (not written by `vod2chat ingest`) are trusted."""
-    short = [(f"{r['streamer']}/{r['vod_id']}", r["lookback_s"]) for r in records
-             if r.get("lookback_s") is not None and r["lookback_s"] + 1e-9 < cfg.window_s]
+    short = [(r.name, r.setting("lookback_s")) for r in records
+             if r.setting("lookback_s") is not None and r.setting("lookback_s") + 1e-9 < cfg.window_s]
     if short:
         have = min(lb for _, lb in short)
         raise ValueError(
@@ -182,8 +182,8 @@ def check_cut(records: list[dict[str, Any]], cfg: DataConfig) -> None:
             f"{len(short)} selected VOD(s) were ingested with less look-back: "
             + ", ".join(f"{v} ({lb:g} s)" for v, lb in short[:5]) + ("..." if len(short) > 5 else "")
             + f". Set data.window_s<={have:g}, or re-ingest them with --set lookback_s={cfg.window_s:g} --replace")
-    few = [(f"{r['streamer']}/{r['vod_id']}", r["context_messages"]) for r in records
-           if r.get("context_messages") is not None and r["context_messages"] < cfg.context_messages]
+    few = [(r.name, r.setting("context_messages")) for r in records
+           if r.setting("context_messages") is not None and r.setting("context_messages") < cfg.context_messages]
     if few:
         raise ValueError(
             f"data.context_messages={cfg.context_messages} but {len(few)} selected VOD(s) were ingested with fewer: "

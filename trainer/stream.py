@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from vod2chat.shards.reader import read_verified, select_records, shard_members, shard_weights, worker_id
+from vod2chat.shards.reader import read_verified, select_records, shard_members, streamer_shard_weights, worker_id
 from vod2chat.shards.schema import check_shard_path, decode_sample
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
@@ -56,9 +56,10 @@ def pin_selection(cfg: DataConfig, split: str = "train") -> list[dict[str, Any]]
     if not records:
         raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
                          f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
-    shards = [{"path": sh["path"], "sha256": sh.get("sha256", ""), "bytes": sh.get("bytes"), "samples": sh.get("samples"),
-               "messages": int(sh.get("messages", 1)), "streamer": rec["streamer"], "vod_id": rec["vod_id"]}
-              for rec in records for sh in rec["shards"]]
+    # messages unknown (a record without counts): assume some, so the shard is drawn
+    shards = [{"path": sh.path, "sha256": sh.sha256 or "", "bytes": sh.bytes, "samples": sh.samples,
+               "messages": 1 if sh.messages is None else sh.messages, "streamer": rec.streamer, "vod_id": rec.vod_id}
+              for rec in records for sh in rec.shards]
     check_has_messages(shards, cfg.store, split)
     return shards
 
@@ -174,7 +175,7 @@ def partition(shards: list[dict[str, Any]], reader: int, readers: int, seed: int
     """(shard indices, weights, first sample position, stride) of one reader. Shards without
     messages are never drawn. The same permutation on every reader keeps the split a partition;
     with fewer shards than readers every reader draws every shard and keeps every n-th sample."""
-    w_all = shard_weights([{"streamer": sh["streamer"], "shards": [sh]} for sh in shards], streamer_weights) \
+    w_all = streamer_shard_weights([sh["streamer"] for sh in shards], streamer_weights) \
         or [1.0] * len(shards)
     ok = [i for i, sh in enumerate(shards) if sh["messages"] > 0]
     random.Random(f"{seed}:partition").shuffle(ok)
