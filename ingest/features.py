@@ -26,7 +26,9 @@ from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder
 from vod2chat.ingest.media import MediaInfo, read_audio, read_frames
 from vod2chat.shards.schema import ChatBlock, Sample, SegmentMeta, sample_key
 
-VIDEO_CHUNK_ROWS = 120  # frames decoded and embedded at a time: bounds memory on 4-hour VODs
+# Frames decoded and embedded at a time: bounds memory on 4-hour VODs, and is the grain of
+# decoding ahead (the first chunk of a part is always waited for), so one ResNet-50 batch.
+VIDEO_CHUNK_ROWS = 32
 AUDIO_CHUNK_ROWS = 256  # VGGish windows at a time (~4 min of 16 kHz audio)
 
 
