@@ -44,6 +44,7 @@ import numpy as np
 from vod2chat.config import param
 from vod2chat.ingest import align
 from vod2chat.inference.sources import ByteSource, open_source
+from vod2chat.shards.schema import VodRecord
 from vod2chat.trainer.sampling import SamplingConfig
 
 # The model code is imported where used: the CLI imports this module for LiveConfig.
@@ -329,7 +330,7 @@ class Live:
                               audio_pca=cfg.audio_pca)
         self.enc, icfg = build_encoders(gcfg, meta, str(self.device))
         self.fps = icfg.fps
-        records: list[dict[str, Any]] = []
+        records: list[VodRecord] = []
         if not cfg.rate:
             try:
                 records = training_records(self.data, cfg.streamer)
