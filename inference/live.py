@@ -415,7 +415,11 @@ class Live:
                 else:
                     ready_v = (v0 + len(video)) / self.fps if dec.has_video else math.inf
                     ready_a = (a0 + len(audio) + 1) * hop if dec.has_audio else math.inf
-                    ready = min(ready_v, ready_a)
+                    # Grid rows make a message at t answerable up to a row early (1/fps, one hop), but a
+                    # message stamped t is never written before the stream itself reached t: the
+                    # audio decoded so far (embedded or not) is where the stream is.
+                    heard = (wave0 + len(wave)) / align.AUDIO_SR if dec.has_audio else math.inf
+                    ready = min(ready_v, ready_a, heard)
                 times = []
                 while next_t < ready:
                     times.append(round(next_t, 2))

@@ -18,6 +18,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -163,14 +164,18 @@ class Overlay:
             h.end_headers()
             h.wfile.write(b"retry: 1000\n\n" + b"".join(self._event(n, d) for n, d in backlog))
             h.wfile.flush()
-            while not self.closing.is_set():
+            while True:
                 try:
-                    n, d = q.get(timeout=KEEPALIVE_S)
+                    item = q.get(timeout=KEEPALIVE_S)
+                except queue.Empty:
                     if self.closing.is_set():
                         break
-                    h.wfile.write(self._event(n, d))
-                except queue.Empty:
                     h.wfile.write(b": keepalive\n\n")
+                    h.wfile.flush()
+                    continue
+                if item is None:  # close(): everything published before it has been sent
+                    break
+                h.wfile.write(self._event(*item))
                 h.wfile.flush()
         except (BrokenPipeError, ConnectionResetError, OSError):
             pass  # the page went away
@@ -179,10 +184,18 @@ class Overlay:
                 self.clients.discard(q)
             h.close_connection = True
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 2.0) -> None:
+        """Stop serving; the pages first get every message published so far (the last ones are
+        written just before a source ends), for at most drain_s."""
         self.closing.set()
         with self.lock:
             for q in self.clients:
-                q.put((0, ""))  # wakes the streams so they see `closing`
+                q.put(None)
+        deadline = time.monotonic() + drain_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.clients:
+                    break
+            time.sleep(0.02)
         self.httpd.shutdown()
         self.httpd.server_close()
