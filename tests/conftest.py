@@ -1,6 +1,8 @@
 """Shared fixtures: the real test data lives beside the repo in ../shared, never inside it."""
+
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,21 @@ def synth_run(synth_store: Path, tmp_path_factory) -> dict:
         "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
         "train.progress=false", "train.num_samples=0"])
     return {"run": run, "out": main(cfg)}
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A local 2-node Ray cluster (a head and a worker raylet on loopback, one CPU each, so work
+    spread over two slots lands on both nodes): its address."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster.address
+    ray.shutdown()
+    cluster.shutdown()

@@ -3,29 +3,12 @@ loopback, ingesting several VODs through `--address`, with work landing on both 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from vod2chat.shards.store import Store
 from test_ingest import debug_cfg
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster.address
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def test_ingest_spreads_over_two_nodes(two_node_cluster: str, tmp_path: Path):

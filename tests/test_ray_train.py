@@ -5,30 +5,10 @@ same kind of run as torchrun --nproc_per_node 2."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-import pytest
 
 from store_factory import make_store
 from test_trainer import scalars
-
-
-@pytest.fixture(scope="module")
-def two_node_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if ray.is_initialized():
-        ray.shutdown()
-    # One CPU slot per node and one per worker: the two workers must land on different nodes.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    yield cluster.address
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def test_ray_train_on_two_nodes_writes_a_run_like_torchrun(two_node_cluster: str, tmp_path: Path):
