@@ -32,24 +32,31 @@ def one_thread():
 SYNTH_VODS = [f"3000{i}" for i in range(5)]
 
 
+def ingest_folder(d: Path, streamer: str) -> Path:
+    """Ingest the videos and chat logs in d/vods (one process, no Ray, random-initialised encoders)
+    into d/store; returns the store."""
+    from vod2chat.config import load_config
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.shards.store import Store
+
+    cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
+                      [f"store={d / 'store'}", f"streamer={streamer}", "progress=false"])
+    enc, store = Encoders(cfg), Store(cfg.store)
+    for job in pair_inputs([str(d / "vods")], streamer):
+        assert ingest_vod(job, store, enc, cfg).status == "done"
+    return d / "store"
+
+
 @pytest.fixture(scope="session")
 def synth_store(tmp_path_factory) -> Path:
     """Five 90 s synthetic streams (`vod2chat synth`) ingested with random-initialised encoders."""
-    from vod2chat.config import load_config
-    from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.synth import synthesize
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
-    from vod2chat.shards.store import Store
 
     d = tmp_path_factory.mktemp("synth")
     for i, vod in enumerate(SYNTH_VODS):
         synthesize(d / "vods", seed=20 + i, duration=90.0, vod_id=vod)
-    cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
-                      [f"store={d / 'store'}", "streamer=synth", "progress=false"])
-    enc, store = Encoders(cfg), Store(cfg.store)
-    for job in pair_inputs([str(d / "vods")], "synth"):
-        assert ingest_vod(job, store, enc, cfg).status == "done"
-    return d / "store"
+    return ingest_folder(d, "synth")
 
 
 @pytest.fixture(scope="session")

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ingest_folder
 from vod2chat.config import load_config
-from vod2chat.ingest.config import IngestConfig
-from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
-from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +36,7 @@ def events_store(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("learn_events")
     for i, vod in enumerate(EVENT_VODS):
         synthesize_events(d / "vods", seed=40 + i, duration=90.0, vod_id=vod, channel="forest")
-    cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
-                      [f"store={d / 'store'}", "streamer=forest", "progress=false"])
-    enc, store = Encoders(cfg), Store(cfg.store)
-    for job in pair_inputs([str(d / "vods")], "forest"):
-        assert ingest_vod(job, store, enc, cfg).status == "done"
-    return d / "store"
+    return ingest_folder(d, "forest")
 
 
 def test_finds_brief_events_among_chatter(events_store: Path, tmp_path: Path):
