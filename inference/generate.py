@@ -63,7 +63,8 @@ class GenerateConfig:
     ass: str = param("", ".ass subtitles (optional)")
     html: str = param("", "replay page (optional)")
     rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
-    streamer: str = param("", "rate and usernames from this streamer's training VODs only")
+    streamer: str = param("", "rate and usernames from this streamer's training VODs only, and its token "
+                              "(data.streamer_token)")
     sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
     seed: int = param(0, "sampling seed")
     video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used random encoders); default: the torch hub cache")
@@ -203,8 +204,9 @@ def clean_text(s: str) -> str:
 
 @torch.no_grad()
 def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times: list[float], sc: SamplingConfig,
-                   batch: int, device: torch.device, gen: torch.Generator) -> list[str]:
-    """One text per time; each sees the A/V before its time and its stretch's earlier messages."""
+                   batch: int, device: torch.device, gen: torch.Generator, streamer: str = "") -> list[str]:
+    """One text per time; each sees the A/V before its time and its stretch's earlier messages
+    (and the streamer's token, where the run was trained with data.streamer_token)."""
     texts: list[str | None] = [None] * len(times)
     parts = stretches(len(times), batch)
     for step in itertools.count():
@@ -215,7 +217,7 @@ def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times
         for i in rows:
             part = next(p for p in parts if i in p)
             ctx = [t for t in texts[part.start : i] if t][-data.context_messages :] if data.context_messages else []
-            prefix, n_prefix = build_tokens(ctx, None, tok, data)
+            prefix, n_prefix = build_tokens(ctx, None, tok, data, streamer)
             v, vt, a, at = av_window(sample, times[i], data.window_s)
             examples.append(Example(f"gen/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
         b = to_device(collate(examples, tok.pad_id), device)
@@ -275,7 +277,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     sc = cfg.sampling.resolved(data.max_message_tokens)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t_dec = time.perf_counter()
-    texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen)
+    texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen, cfg.streamer)
     t_dec = time.perf_counter() - t_dec
     msgs = [Message(t, u, x) for t, u, x in zip(times, names, texts) if x]
 

@@ -67,7 +67,8 @@ class LiveConfig:
     serve: str = param("", "HOST:PORT of the overlay page for OBS (a browser source), e.g. 127.0.0.1:8765")
     chat: str = param("", "irc://irc.chat.twitch.tv/CHANNEL: the channel's real chat as context (anonymous, read-only)")
     rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
-    streamer: str = param("", "rate and usernames from this streamer's training VODs only")
+    streamer: str = param("", "rate and usernames from this streamer's training VODs only, and its token "
+                              "(data.streamer_token)")
     stall_timeout: float = param(30.0, "seconds without new data before the stream counts as over")
     format: str = param("", "container format of the source; default: detected (stdin and HLS: mpegts)")
     sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
@@ -252,7 +253,7 @@ class Decoder(threading.Thread):
 
 # -- generation ---------------------------------------------------------------------------------
 def live_texts(model: Any, tok: Any, data: Any, sample: Any, times: list[float], history: list[str],
-               sc: Any, batch: int, device: Any, gen: Any) -> list[str]:
+               sc: Any, batch: int, device: Any, gen: Any, streamer: str = "") -> list[str]:
     """One text per time, as generate_texts, but every message starts from `history` (the chat so
     far) and sees the messages before it; more than a few at once (catching up) are cut into
     stretches decoded side by side."""
@@ -271,7 +272,7 @@ def live_texts(model: Any, tok: Any, data: Any, sample: Any, times: list[float],
         for part, i in rows:
             ctx = (history + [t for t in texts[part.start : i] if t])[-data.context_messages :] \
                 if data.context_messages else []
-            prefix, n_prefix = build_tokens(ctx, None, tok, data)
+            prefix, n_prefix = build_tokens(ctx, None, tok, data, streamer)
             v, vt, a, at = av_window(sample, times[i], data.window_s)
             examples.append(Example(f"live/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
         with torch.no_grad():
@@ -432,7 +433,7 @@ class Live:
                                      "audio_hop": hop, "audio_win": hop})
                     ctx = real_chat(data.context_messages) if real_chat is not None else history
                     texts = live_texts(self.model, self.tok, data, sample, times, ctx, self.sc, cfg.batch,
-                                       self.device, gen)
+                                       self.device, gen, cfg.streamer)
                     for t, text in zip(times, texts):
                         if not text:
                             continue

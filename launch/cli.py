@@ -111,10 +111,11 @@ def run_download(cfg: Any) -> int:
 
 
 def run_tokenizer(cfg: Any) -> int:
-    from vod2chat.trainer.data import iter_texts
+    from vod2chat.trainer.data import iter_texts, split_streamers
     from vod2chat.trainer.tokenizer import ChatTokenizer
 
-    tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
+    tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
+                              split_streamers(cfg.data) if cfg.data.streamer_token else ())
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     tok.save(cfg.out)
     save_config(cfg, f"{cfg.out}.toml")

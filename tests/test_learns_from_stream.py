@@ -44,10 +44,13 @@ def test_finds_brief_events_among_chatter(events_store: Path, tmp_path: Path):
     later. The trained model's validation loss is clearly below its own with A/V shuffled."""
     from vod2chat.trainer.main import main
 
+    # With what bench/moment.py's `moment` variant adds to the demo's model.
+    moment = ["model.row_diff=true", "model.age_gate=true", "model.enc_alibi=true", "model.input_mlp=true",
+              "data.streamer_token=true", "model.dropout=0.1"]
     cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={events_store}", f"train.run_dir={tmp_path / 'run'}", f'data.val_vods=["{EVENT_VODS[-1]}"]',
         "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
-        "train.progress=false", "train.num_samples=0"])
+        "train.progress=false", "train.num_samples=0", *moment])
     out = main(cfg)
     # Seen here with 4 VODs of 90 s and 400 steps: 3.36 vs 3.62 nats per token.
     assert out["val/loss"] < out["val/loss_av_shuffled"] - 0.1, out

@@ -243,8 +243,8 @@ def test_feature_statistics_standardise_rows_and_travel_in_the_state_dict():
 
 
 # -- finding the moment: row differences, age gates, ALiBi in the encoder -------------------
-MOMENT_FLAGS = [{"row_diff": True}, {"age_gate": True}, {"enc_alibi": True},
-                {"row_diff": True, "age_gate": True, "enc_alibi": True}]
+MOMENT_FLAGS = [{"row_diff": True}, {"age_gate": True}, {"enc_alibi": True}, {"input_mlp": True},
+                {"row_diff": True, "age_gate": True, "enc_alibi": True, "input_mlp": True}]
 
 
 @pytest.mark.parametrize("flags", MOMENT_FLAGS, ids=lambda f: "+".join(f))
@@ -307,3 +307,20 @@ def test_age_gates_and_slopes_are_not_decayed():
     no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert id(model.video_in.age_gate) in no_decay and id(model.alibi_log_slope) in no_decay
     assert id(model.video_in.proj.weight) not in no_decay
+
+
+def test_input_mlp_separates_rows_that_differ_only_in_magnitude():
+    """Two rows along one direction, one twice the other: the encoder's LayerNorm makes them
+    the same after a linear projection, not after the input MLP."""
+    b = make_batch(video_len=(1, 1, 1), audio_len=(0, 0, 0))
+    b["video"] = torch.ones_like(b["video"]) * torch.tensor([1.0, 2.0, 4.0])[:, None, None]
+    b["video_time"] = torch.zeros_like(b["video_time"])
+    for mlp in (False, True):
+        model = make_model(input_mlp=mlp, n_enc_layers=0)
+        with torch.no_grad():
+            model.video_in.proj.bias.zero_()
+            model.time_emb.proj.bias.zero_()
+            model.time_emb.proj.weight.zero_()
+            memory, _ = model.encode(*(b[k] for k in AV))
+        spread = (memory[0, 1] - memory[1, 1]).abs().max()
+        assert (spread > 1e-2) == mlp, (mlp, spread)

@@ -156,3 +156,26 @@ def test_tokenizer_command_trains_on_the_train_split_of_a_store(tmp_path: Path):
     direct = ChatTokenizer.train(texts, cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency)
     assert [tok.id_to_token(i) for i in range(tok.vocab_size)] == [direct.id_to_token(i) for i in range(direct.vocab_size)]
     assert len(tok.encode("wow")) == 1
+
+
+def test_streamer_tokens_are_special_and_only_inserted_by_id(tmp_path: Path):
+    from vod2chat.trainer.config import DataConfig
+    from vod2chat.trainer.data import build_tokens
+
+    texts = synthetic_chat() + ["<streamer:forest> spelled in chat"] * 20
+    tok = ChatTokenizer.train(texts, 400, 2, streamers=["harbor", "forest", "forest"])
+    plain = ChatTokenizer.train(texts, 400, 2)
+    ids = {tok.streamer_id("forest"), tok.streamer_id("harbor")}
+    assert None not in ids and len(ids) == 2 and min(ids) >= plain.vocab_size  # BPE ids unchanged
+    assert tok.streamer_id("nobody") is None and tok.streamer_id("") is None
+    assert not ids & set(tok.encode("<streamer:forest> spelled in chat"))  # chat text never makes one
+    tok.save(tmp_path / "tok.json")
+    assert ChatTokenizer.load(tmp_path / "tok.json").streamer_id("harbor") == tok.streamer_id("harbor")
+
+    on, off = DataConfig(streamer_token=True), DataConfig()
+    prefix, n = build_tokens(["gg"], None, tok, on, "harbor")
+    assert prefix[:2] == [tok.bos_id, tok.streamer_id("harbor")] and n == len(prefix)
+    assert tok.decode(prefix) == "gg"  # decode skips it like the other special tokens
+    assert build_tokens(["gg"], None, tok, off, "harbor")[0] == [tok.bos_id] + prefix[2:]
+    # A streamer the tokenizer never saw gets no token: the same prefix as without the option.
+    assert build_tokens(["gg"], None, tok, on, "nobody")[0] == [tok.bos_id] + prefix[2:]

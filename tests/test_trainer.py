@@ -131,6 +131,18 @@ def test_examples_never_see_the_future():
     assert ex[1].context == ["before", "hi"]  # earlier messages become context, later ones never
 
 
+def test_streamer_token_starts_every_example_of_its_streamer():
+    meta = {"streamer": "forest", "video_t0": 0.0, "fps": 1.0, "audio_t0": 0.0, "audio_hop": 0.96, "audio_win": 0.96}
+    chat = {"context": [], "messages": [{"t": 2.5, "user": "b", "text": "hi"}, {"t": 3.0, "user": "c", "text": "yo"}]}
+    s = Sample("forest__1__000000", np.zeros((4, 2048), np.float16), np.zeros((4, 128), np.float16), chat, meta)
+    tok = ChatTokenizer.train(["hi yo"] * 5, 300, 1, streamers=["forest", "harbor"])
+    on = list(sample_examples(s, tok, DataConfig(window_s=2.0, streamer_token=True)))
+    off = list(sample_examples(s, tok, DataConfig(window_s=2.0)))
+    for a, b in zip(on, off):
+        assert a.tokens[:2] == [tok.bos_id, tok.streamer_id("forest")] and a.tokens[2:] == b.tokens[1:]
+        assert a.n_prefix == b.n_prefix + 1 and a.text == b.text
+
+
 def test_two_ranks_see_disjoint_examples_whose_union_is_the_split(store_dir: Path, tmp_path: Path):
     cfg = load_config(Config, DEBUG, [f"data.store={store_dir}", VAL])
     tok = ChatTokenizer.train(["red green blue loud quiet pog wow"] * 10, 300, 1)

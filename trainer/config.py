@@ -24,6 +24,8 @@ class DataConfig:
     context_messages: int = param(4, "previous chat messages given as text context")
     max_context_tokens: int = param(48, "context tokens kept (the most recent)")
     max_message_tokens: int = param(32, "message tokens trained on (longer ones are cut)")
+    streamer_token: bool = param(False, "start every example with its streamer's token (a learned embedding per "
+                                        "streamer of the train split): one model, many communities")
     shuffle_buffer: int = param(512, "examples")
     num_workers: int = param(0, "DataLoader workers per process (never more than its CPUs)")
     # A resume streams the shard list its checkpoint pinned; true: VODs committed since join at

@@ -5,6 +5,7 @@ the audio windows fully heard by t and ending after t - window, the previous mes
 and m as the target. Nothing after t ever enters an example: a live model cannot see the future.
 
 Token layout:  <bos> ctx_1 <eos> ctx_2 <eos> ... <sep> message <eos>   (loss on message and <eos>)
+with data.streamer_token: <bos> <streamer:NAME> ctx_1 <eos> ... (the same otherwise)
 """
 
 from __future__ import annotations
@@ -68,8 +69,17 @@ def _fit_context(ids: list[list[int]], eos: int, max_tokens: int) -> list[int]:
     return out
 
 
-def build_tokens(context: list[str], message: str | None, tok: ChatTokenizer, cfg: DataConfig) -> tuple[list[int], int]:
-    prefix = [tok.bos_id] + context_tokens(context, tok, cfg.max_context_tokens) + [tok.sep_id]
+def streamer_prefix(streamer: str, tok: ChatTokenizer, cfg: DataConfig) -> list[int]:
+    """<bos>, then the streamer's token where data.streamer_token is on and the tokenizer knows
+    the streamer (one it was not trained with gets none: the model then reads the community
+    from the chat context alone, as without the option)."""
+    sid = tok.streamer_id(streamer) if cfg.streamer_token else None
+    return [tok.bos_id] if sid is None else [tok.bos_id, sid]
+
+
+def build_tokens(context: list[str], message: str | None, tok: ChatTokenizer, cfg: DataConfig,
+                 streamer: str = "") -> tuple[list[int], int]:
+    prefix = streamer_prefix(streamer, tok, cfg) + context_tokens(context, tok, cfg.max_context_tokens) + [tok.sep_id]
     if message is None:  # generation: the model writes the rest
         return prefix, len(prefix)
     return prefix + tok.encode(message)[: cfg.max_message_tokens] + [tok.eos_id], len(prefix)
@@ -96,11 +106,12 @@ def sample_examples(sample: Sample, tok: ChatTokenizer, cfg: DataConfig, shard: 
     v0, v1 = np.searchsorted(vt, t - cfg.window_s, "right"), np.searchsorted(vt, t + 1e-6, "right")
     a0, a1 = np.searchsorted(at, t - cfg.window_s, "right"), np.searchsorted(at, t + 1e-6, "right")
     all_texts = history + texts
+    head = streamer_prefix(sample.meta.get("streamer", ""), tok, cfg)
     out = []
     for j, m in enumerate(msgs):
         i = first + j  # message index in the segment; all_texts[h + i] is its text
         ctx_ids = ids[max(0, h + i - n_ctx) : h + i] if n_ctx else []
-        prefix = [tok.bos_id] + _fit_context(ctx_ids, tok.eos_id, cfg.max_context_tokens) + [tok.sep_id]
+        prefix = head + _fit_context(ctx_ids, tok.eos_id, cfg.max_context_tokens) + [tok.sep_id]
         tokens = prefix + ids[h + i][: cfg.max_message_tokens] + [tok.eos_id]
         ctx = all_texts[max(0, h + i - n_ctx) : h + i] if n_ctx else []
         ti = t[j]
@@ -237,6 +248,11 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
     return torch.utils.data.DataLoader(ds, batch_size=micro_batch, num_workers=workers(cfg.num_workers),
                                        collate_fn=functools.partial(collate, pad_id=tok.pad_id),
                                        generator=torch.Generator().manual_seed(seed))
+
+
+def split_streamers(cfg: DataConfig, split: str = "train") -> list[str]:
+    """The streamers with a VOD in the split: the tokenizer's streamer tokens."""
+    return sorted({r.streamer for r in select_records(Store(cfg.store), selection(cfg, split))})
 
 
 def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:

@@ -9,11 +9,13 @@ Encoder: every video row (a frame, 2048-d) and audio row (a 0.96 s VGGish window
 standardised per channel with the training data's statistics and Linear projected to d_model,
 plus a modality embedding and an embedding of its age (seconds before the message time t). The full sequence [null slot, video rows, audio
 rows] goes through a pre-LN transformer encoder with key padding masks: no pooling, so the
-decoder can attend to the moment that matters. Three options help it find a brief moment in a
-long window (ModelConfig.row_diff, age_gate, enc_alibi): each row also carries its change
-from the previous row of its modality; a learned gate per age (in 1 s steps) and channel
-scales each row's content, so rows too old or too recent to matter can be shut off whatever
-they show; and encoder attention is biased by -slope_h * |age_i - age_j| (ALiBi, per head).
+decoder can attend to the moment that matters. Four options help it find a brief moment in a
+long window (ModelConfig.row_diff, age_gate, enc_alibi, input_mlp; README "Finding the moment"):
+each row also carries its change from the previous row of its modality; a learned gate per age
+(in 1 s steps) and channel scales each row's content, so rows too old or too recent to matter
+can be shut off whatever they show; encoder attention is biased by -slope_h * |age_i - age_j|
+(ALiBi, per head); and a GELU layer on each row's projection keeps rows that differ only in
+magnitude apart through the encoder's LayerNorms.
 
 Decoder: token + learned position embeddings, pre-LN blocks of causal self-attention,
 cross-attention to the encoder output and an MLP; the output head is tied to the token
@@ -57,6 +59,7 @@ class ModelConfig:
     row_diff: bool = param(False, "also project each row's change from the previous row of its modality")
     age_gate: bool = param(False, "a learned gate per age (1 s steps) and channel on each row's content")
     enc_alibi: bool = param(False, "encoder attention biased by -slope_h * |age_i - age_j| (ALiBi, per head)")
+    input_mlp: bool = param(False, "a GELU layer (residual) on each row's projection, before the encoder's norms")
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -166,7 +169,7 @@ class ModalityInput(nn.Module):
     """
 
     def __init__(self, in_dim: int, d_model: int, row_diff: bool = False, age_gate: bool = False,
-                 max_time_s: float = 64.0):
+                 max_time_s: float = 64.0, mlp: bool = False):
         super().__init__()
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("inv_std", torch.ones(in_dim))
@@ -175,9 +178,17 @@ class ModalityInput(nn.Module):
         # A brief event is a change: a flash is one frame unlike its neighbours. The difference
         # from the previous row says "something started/ended here" in any background.
         self.diff_proj = nn.Linear(in_dim, d_model) if row_diff else None
-        # Gate logits per whole second of age (interpolated), starting open (sigmoid(3) = 0.95):
-        # content too old or too recent to matter can be shut off whatever it shows.
-        self.age_gate = nn.Parameter(torch.full((int(math.ceil(max_time_s)) + 2, d_model), 3.0)) if age_gate else None
+        # Features of different events can differ mostly in magnitude along one shared direction
+        # (random-initialised CNNs collapse to it: flash, blackout and glitch frames have centroid
+        # cosines of 0.9+ after standardisation); the encoder's LayerNorms divide magnitude out,
+        # so a nonlinearity before them turns "how far" into "which way".
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(d_model, d_model)) if mlp else None
+        # Content too old or too recent to matter can be shut off whatever it shows: gates per
+        # whole second of age (interpolated), 2 * sigmoid(logit), open (1.0) at logit 0.
+        # Adam moves a logit by about lr per step, so a gate must start where a short run can
+        # shut it: from 0, 1,500 steps at 2e-3 reach 2 * sigmoid(-3) = 0.1 (from a logit of 3,
+        # as first written, they could only halve it).
+        self.age_gate = nn.Parameter(torch.zeros(int(math.ceil(max_time_s)) + 2, d_model)) if age_gate else None
 
     @torch.no_grad()
     def set_stats(self, mean: Tensor, std: Tensor) -> None:
@@ -199,12 +210,14 @@ class ModalityInput(nn.Module):
             both = mask[:, 1:] & mask[:, :-1]  # the first row (and padding) has no previous row
             d = torch.where(both[..., None], x[:, 1:] - x[:, :-1], 0)
             h = h + self.diff_proj(F.pad(d, (0, 0, 1, 0)))
+        if self.mlp is not None:
+            h = h + self.mlp(h)
         if self.age_gate is not None:
             a = t.float().clamp(0, self.age_gate.shape[0] - 1.001)
             lo = a.floor().long()
             f = (a - lo)[..., None]
             g = self.age_gate[lo] * (1 - f) + self.age_gate[lo + 1] * f
-            h = h * torch.sigmoid(g).to(h.dtype)
+            h = h * (2 * torch.sigmoid(g)).to(h.dtype)
         return h + self.type_emb
 
 
@@ -214,8 +227,10 @@ class VodChatModel(nn.Module):
         self.config = cfg = config
         d = cfg.d_model
         # Disabled modalities get no parameters at all: DDP rejects parameters without gradients.
-        self.video_in = ModalityInput(cfg.video_dim, d, cfg.row_diff, cfg.age_gate, cfg.max_time_s) if cfg.use_video else None
-        self.audio_in = ModalityInput(cfg.audio_dim, d, cfg.row_diff, cfg.age_gate, cfg.max_time_s) if cfg.use_audio else None
+        self.video_in = ModalityInput(cfg.video_dim, d, cfg.row_diff, cfg.age_gate, cfg.max_time_s,
+                                      cfg.input_mlp) if cfg.use_video else None
+        self.audio_in = ModalityInput(cfg.audio_dim, d, cfg.row_diff, cfg.age_gate, cfg.max_time_s,
+                                      cfg.input_mlp) if cfg.use_audio else None
         if cfg.enc_alibi:  # geometric slopes as in ALiBi (Press et al., 2022), in 1/s, learned from there
             self.alibi_log_slope = nn.Parameter(torch.linspace(0.0, -4.0, cfg.n_heads).mul(math.log(2)))
         self.time_emb = TimeEmbedding(d, cfg.max_time_s) if cfg.use_video or cfg.use_audio else None

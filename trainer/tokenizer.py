@@ -12,7 +12,10 @@ CJK, control characters) encodes without <unk> and decodes back exactly.
     tok.decode(ids) == "KEKW that was close"
 
 Special tokens have fixed ids: <pad>=0 <bos>=1 <eos>=2 <sep>=3. A chat message that literally
-contains "<eos>" is encoded as plain text, never as the control token.
+contains "<eos>" is encoded as plain text, never as the control token. A tokenizer trained with
+`streamers=[...]` also has one token per streamer (`<streamer:NAME>`, ids after the BPE
+vocabulary): the trainer puts it at the start of every example (data.streamer_token), so its
+learned embedding is the streamer's, and one model serves communities that share words.
 """
 
 from __future__ import annotations
@@ -74,6 +77,10 @@ class ChatTokenizer:
         text = self._tk.decode(list(ids), skip_special_tokens=skip_special)
         return text[1:] if text.startswith(" ") else text
 
+    def streamer_id(self, streamer: str) -> int | None:
+        """The id of `streamer`'s token; None for a streamer the tokenizer was not trained with."""
+        return self._tk.token_to_id(streamer_token(streamer)) if streamer else None
+
     def id_to_token(self, i: int) -> str | None:
         return self._tk.id_to_token(i)
 
@@ -98,9 +105,11 @@ class ChatTokenizer:
         return cls(tk, str(path))
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "ChatTokenizer":
-        """Byte-level BPE on `texts`. Deterministic for the same texts and settings. The result
-        may have fewer than `vocab_size` tokens when the chat has too few frequent pairs."""
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
+              streamers: Iterable[str] = ()) -> "ChatTokenizer":
+        """Byte-level BPE on `texts`, plus one token per streamer in `streamers`. Deterministic
+        for the same texts and settings. The result may have fewer than `vocab_size` BPE tokens
+        when the chat has too few frequent pairs."""
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(SPECIAL_TOKENS) + len(alphabet):
             raise ValueError(f"vocab_size={vocab_size} is too small: byte-level BPE needs at least "
@@ -110,10 +119,16 @@ class ChatTokenizer:
                                       special_tokens=list(SPECIAL_TOKENS), initial_alphabet=alphabet,
                                       show_progress=False)
         tk.train_from_iterator(_with_prefix_space(texts), trainer)
+        # Special, so no chat text can produce them (encode_special_tokens) and decode skips them.
+        tk.add_special_tokens([streamer_token(s) for s in sorted(set(streamers))])
         return cls(tk)
 
     def __repr__(self) -> str:
         return f"ChatTokenizer(vocab_size={self.vocab_size})"
+
+
+def streamer_token(streamer: str) -> str:
+    return f"<streamer:{streamer}>"
 
 
 def _with_prefix_space(texts: Iterable[str]) -> Iterator[str]:
