@@ -111,11 +111,9 @@ def run_download(cfg: Any) -> int:
 
 
 def run_tokenizer(cfg: Any) -> int:
-    from vod2chat.trainer.data import iter_texts, split_streamers
-    from vod2chat.trainer.tokenizer import ChatTokenizer
+    from vod2chat.trainer.data import train_tokenizer
 
-    tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
-                              split_streamers(cfg.data) if cfg.data.streamer_token else ())
+    tok = train_tokenizer(cfg.data, cfg.tokenizer)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
     tok.save(cfg.out)
     save_config(cfg, f"{cfg.out}.toml")

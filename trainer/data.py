@@ -24,7 +24,7 @@ import torch
 from vod2chat.shards.reader import Selection, ShardStream, select_records, shard_checks, shard_urls, shuffle
 from vod2chat.shards.schema import Sample, VodRecord
 from vod2chat.shards.store import Store
-from vod2chat.trainer.config import DataConfig
+from vod2chat.trainer.config import DataConfig, TokenizerConfig
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,13 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
 
 
 def split_streamers(cfg: DataConfig, split: str = "train") -> list[str]:
-    """The streamers with a VOD in the split: the tokenizer's streamer tokens."""
     return sorted({r.streamer for r in select_records(Store(cfg.store), selection(cfg, split))})
+
+
+def train_tokenizer(cfg: DataConfig, tc: TokenizerConfig) -> ChatTokenizer:
+    """BPE on the train split's chat, with a token per streamer of the split if data.streamer_token."""
+    return ChatTokenizer.train(iter_texts(cfg, "train"), tc.vocab_size, tc.min_frequency,
+                               split_streamers(cfg) if cfg.streamer_token else ())
 
 
 def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:

@@ -23,7 +23,7 @@ from vod2chat.trainer.sampling import generate_batch
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config, TrainConfig
 from vod2chat.trainer import stream
-from vod2chat.trainer.data import iter_texts, split_streamers, workers
+from vod2chat.trainer.data import train_tokenizer, workers
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
@@ -53,8 +53,7 @@ def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator) -> tuple[ChatT
     path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer.json"
     if not path.exists() and acc.is_main_process:
         stream.pin_selection(cfg.data)  # fails fast, naming the VODs, if the split holds no message
-        tok = ChatTokenizer.train(iter_texts(cfg.data, "train"), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency,
-                                  split_streamers(cfg.data) if cfg.data.streamer_token else ())
+        tok = train_tokenizer(cfg.data, cfg.tokenizer)
         tok.save(path)
     acc.wait_for_everyone()
     return ChatTokenizer.load(path), path
