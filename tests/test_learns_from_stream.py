@@ -8,6 +8,7 @@ Real decoding and real (random-initialised) ResNet-50 and VGGish features, the r
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,11 @@ def test_finds_brief_events_among_chatter(events_store: Path, tmp_path: Path):
     later. The trained model's validation loss is clearly below its own with A/V shuffled."""
     from vod2chat.trainer.main import main
 
-    # With what bench/moment.py's `moment` variant adds to the demo's model.
-    moment = ["model.row_diff=true", "model.age_gate=true", "model.enc_alibi=true", "model.input_mlp=true",
-              "data.streamer_token=true", "model.dropout=0.1"]
+    # With the settings of bench/moment.py's `moment` variant, read from the script so they cannot drift.
+    spec = importlib.util.spec_from_file_location("bench_moment", REPO / "bench/moment.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    moment = bench.VARIANTS["moment"]
     cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={events_store}", f"train.run_dir={tmp_path / 'run'}", f'data.val_vods=["{EVENT_VODS[-1]}"]',
         "data.test_vods=[]", "train.steps=400", "train.eval_every=400", "train.save_every=400",
