@@ -1,19 +1,20 @@
 """Does the model find the moment? Brief events, delayed reactions, two channels, vs a Bayes oracle.
 
-    .venv/bin/python bench/moment.py                    # the README table: windows 8 and 20, 1,500 steps
-    .venv/bin/python bench/moment.py --steps 300 --vods 2 --duration 120 --out bench_out/moment_small
+    .venv/bin/python bench/moment.py --seeds 0,1,2      # the README tables: windows 8 and 20, 1,500 steps
+    .venv/bin/python bench/moment.py --steps 300 --vods 2 --test-vods 1 --duration 120 --out bench_out/moment_small
 
 1. Synthesizes `vod2chat synth --kind events` streams for two channels (forest, harbor: the
    same event types, different words): per channel `--vods` training VODs, one validation VOD
-   and one test VOD, each with its `{vod_id}.truth.json`.
+   and `--test-vods` test VODs, each with its `{vod_id}.truth.json`.
 2. Ingests them as two streamers of one store (random-initialised encoders, 20 s look-back
    so that a 20 s window is a full one).
 3. Trains launch/demo_train.toml's model for `--steps` steps at each `--windows` value, as
    issue 13 found it (`baseline`) and with what helps it find a brief moment (`moment`:
    model.row_diff, age_gate, enc_alibi, input_mlp, data.streamer_token, dropout 0.1; README
-   "Finding the moment").
-4. Evaluates each run on the test VODs (one per channel) with the truth: the oracle, the
-   channel marginal, the model and its ablations, and the gain over the marginal each closes.
+   "Finding the moment"), once per `--seeds` value.
+4. Evaluates each run on every moment of the test VODs with the truth: the oracle, the channel
+   marginal, the model and its ablations, and the gain over the marginal each closes; with
+   several seeds, a summary of each seed's gain closed and their mean.
 5. Generation: `vod2chat generate` on each test VOD, and how often what it writes is a
    reaction to an event that really happened in the last 2 to 8 s, against how often the
    oracle's own samples would be.
@@ -47,19 +48,21 @@ VARIANTS = {
 ROWS = ("oracle", "marginal", "full", "av_shuffled", "audio_only", "video_only", "chat_only")
 
 
-def vod_ids(channel: int, n_train: int) -> dict[str, list[str]]:
+def vod_ids(channel: int, n_train: int, n_test: int) -> dict[str, list[str]]:
     # Validation and test VODs keep their ids whatever --vods is, so a larger training set
     # reuses every VOD already synthesized and ingested.
     base = 200000 + 1000 * (channel + 1)
-    return {"train": [str(base + i) for i in range(n_train)], "val": [str(base + 900)], "test": [str(base + 901)]}
+    return {"train": [str(base + i) for i in range(n_train)], "val": [str(base + 900)],
+            "test": [str(base + 901 + i) for i in range(n_test)]}
 
 
-def synth_all(out: Path, n_train: int, duration: float, val_duration: float) -> dict[str, dict[str, list[str]]]:
+def synth_all(out: Path, n_train: int, n_test: int, duration: float,
+              val_duration: float) -> dict[str, dict[str, list[str]]]:
     from vod2chat.ingest.synth_events import synthesize_events
 
     plan = {}
     for c, channel in enumerate(CHANNELS):
-        ids = vod_ids(c, n_train)
+        ids = vod_ids(c, n_train, n_test)
         for split, vods in ids.items():
             for vod in vods:
                 if not (out / "vods" / channel / f"{vod}.mkv").exists():
@@ -114,7 +117,9 @@ def evaluate(out: Path, run: Path, max_moments: int, ablations: list[str]) -> di
 
     path = run / "eval-moment.json"
     if path.exists():
-        return json.loads(path.read_text())
+        done = json.loads(path.read_text())
+        if set(ablations) <= set(done["ablations"]):
+            return done
     return eval_main(EvalConfig(run=str(run), split="test", truth=str(out / "vods"), max_moments=max_moments,
                                 num_diversity_samples=0, out=str(path), progress=False,
                                 ablations=ablations))
@@ -130,12 +135,10 @@ def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[s
 
     hits = wrong = n = other = 0
     orc = 0.0
-    truths = {c: load_truth(out / "vods" / c / f"{plan[c]['test'][0]}.truth.json") for c in CHANNELS}
-    for channel in CHANNELS:
-        vod = plan[channel]["test"][0]
-        truth = truths[channel]
+    truths = {(c, v): load_truth(out / "vods" / c / f"{v}.truth.json") for c in CHANNELS for v in plan[c]["test"]}
+    for (channel, vod), truth in truths.items():
         # Phrases only another community uses: the model lost track of whose chat it writes.
-        foreign = {x for c, t in truths.items() if c != channel for texts in t.texts.values() for x in texts}
+        foreign = {x for (c, _), t in truths.items() if c != channel for texts in t.texts.values() for x in texts}
         path = run / f"generated-{vod}.json"
         if not path.exists():
             gen_main(GenerateConfig(run=str(run), vod=str(out / "vods" / channel / f"{vod}.mkv"), end=str(end),
@@ -181,52 +184,79 @@ def table(results: dict[tuple[str, float], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(results: dict[tuple[str, float, int], dict[str, Any]],
+                gens: dict[tuple[str, float, int], dict[str, float]]) -> str:
+    """Gain closed (MRR, full model) and generation's share of the oracle's reactions, per seed
+    and on average: one run's figure moves by ten points or more from seed to seed."""
+    lines = ["| model | window | MRR gain closed: per seed | mean | generation / oracle: per seed | mean |",
+             "|---|---:|---|---:|---|---:|"]
+    for variant, window in dict.fromkeys((v, w) for v, w, _ in results):
+        keys = [k for k in results if k[:2] == (variant, window)]
+        closed = [results[k]["oracle"]["closed_mrr"]["full"] for k in keys]
+        gen = [gens[k]["model"] / max(gens[k]["oracle"], 1e-9) for k in keys if k in gens]
+        fmt = lambda xs: ", ".join(f"{x:.0%}" for x in xs) or "-"  # noqa: E731
+        mean = lambda xs: f"{sum(xs) / len(xs):.0%}" if xs else "-"  # noqa: E731
+        lines.append(f"| {variant} | {window:g} s | {fmt(closed)} | {mean(closed)} | {fmt(gen)} | {mean(gen)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench_out/moment")
     p.add_argument("--vods", type=int, default=8, help="training VODs per channel")
     p.add_argument("--duration", type=float, default=240.0, help="seconds per training and test VOD")
     p.add_argument("--val-duration", type=float, default=60.0)
+    p.add_argument("--test-vods", type=int, default=2, help="test VODs per channel")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--windows", default="8,20")
-    p.add_argument("--max-moments", type=int, default=400, help="test moments evaluated (0: all)")
-    p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
+    p.add_argument("--max-moments", type=int, default=0, help="test moments evaluated (0: all)")
+    p.add_argument("--generate-s", type=float, default=240.0, help="seconds of each test VOD to generate chat for (0: skip)")
     p.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only")
     p.add_argument("--variants", default="baseline,moment", help=f"model variants to train: {', '.join(VARIANTS)}")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
+    p.add_argument("--seeds", default="0", help="train.seed values: one run per variant, window and seed; the "
+                   "first seed's runs fill the full table, every seed's the summary (runs at seed 0 keep their "
+                   "names, so earlier runs are reused)")
     p.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. train.lr=1e-3")
     a = p.parse_args()
 
     out = Path(a.out)
     t0 = time.perf_counter()
-    plan = synth_all(out, a.vods, a.duration, a.val_duration)
+    plan = synth_all(out, a.vods, a.test_vods, a.duration, a.val_duration)
     t_synth = time.perf_counter() - t0
     store = ingest_all(out)
     t_ingest = time.perf_counter() - t0 - t_synth
     print(f"synthesized in {t_synth:.0f} s, ingested in {t_ingest:.0f} s", file=sys.stderr)
+    seeds = [int(x) for x in a.seeds.split(",")]
     results, gens, train_s = {}, {}, {}
     for variant in a.variants.split(","):
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
         for window in (float(w) for w in a.windows.split(",")):
-            key = (variant, window)
-            run = train(out, store, plan, window, a.steps, f"{variant}-w{window:g}-s{a.steps}{a.tag}",
-                        VARIANTS[variant] + a.overrides)
-            train_s[key] = json.loads((run / "done.json").read_text())["train_s"]
-            results[key] = evaluate(out, run, a.max_moments, a.ablations.split(","))
-            if a.generate_s:
-                gens[key] = generation(out, run, plan, a.generate_s)
-    print(f"\n{a.steps} steps of launch/demo_train.toml's model; test: one held-out VOD per channel "
+            for seed in seeds:
+                key = (variant, window, seed)
+                name = f"{variant}-w{window:g}-s{a.steps}{a.tag}" + (f"-seed{seed}" if seed else "")
+                run = train(out, store, plan, window, a.steps, name,
+                            VARIANTS[variant] + [f"train.seed={seed}"] + a.overrides)
+                train_s[key] = json.loads((run / "done.json").read_text())["train_s"]
+                # Every ablation for the first seed (the full table), the model for the others (the summary).
+                ablations = a.ablations.split(",") if seed == seeds[0] else ["full", "av_shuffled"]
+                results[key] = evaluate(out, run, a.max_moments, ablations)
+                if a.generate_s:
+                    gens[key] = generation(out, run, plan, a.generate_s)
+    print(f"\n{a.steps} steps of launch/demo_train.toml's model; test: {a.test_vods} held-out VOD(s) per channel "
           f"({next(iter(results.values()))['oracle']['moments']} moments); overrides: {' '.join(a.overrides) or 'none'}\n")
-    print(table(results))
+    print(table({(v, w): r for (v, w, s), r in results.items() if s == seeds[0]}))
+    if len(seeds) > 1:
+        print(f"\n{seeds_table(results, gens)}")
     if gens:
-        print("\n| model | window | generated messages | reacting to the event that happened: model | oracle | model / oracle "
-              "| reacting to an event that did not happen: model | the other channel's phrases |"
-              "\n|---|---:|---:|---:|---:|---:|---:|---:|")
-        for (variant, window), g in gens.items():
-            print(f"| {variant} | {window:g} s | {g['messages']} | {g['model']:.3f} | {g['oracle']:.3f} | "
+        print("\n| model | window | seed | generated messages | reacting to the event that happened: model | oracle "
+              "| model / oracle | reacting to an event that did not happen: model | the other channel's phrases |"
+              "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (variant, window, seed), g in gens.items():
+            print(f"| {variant} | {window:g} s | {seed} | {g['messages']} | {g['model']:.3f} | {g['oracle']:.3f} | "
                   f"{g['model'] / max(g['oracle'], 1e-9):.0%} | {g['model_wrong']:.3f} | {g['other_channel']:.3f} |")
-    print(f"\ntraining wall time: {', '.join(f'{v} {w:g} s: {s:.0f} s' for (v, w), s in train_s.items())}; "
+    print(f"\ntraining wall time: {', '.join(f'{v} {w:g} s seed {n}: {s:.0f} s' for (v, w, n), s in train_s.items())}; "
           f"total {time.perf_counter() - t0:.0f} s")
 
 

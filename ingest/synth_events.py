@@ -197,8 +197,13 @@ def render_event_audio(stream: EventStream, first: int, n: int) -> np.ndarray:
         if e.type == "ding":  # a bell struck twice a second
             env = np.exp(-(since % 0.5) * 8)
             sig = 0.5 * env * np.sin(2 * np.pi * 1320 * since)
-        elif e.type == "boom":  # low rumble, decaying
-            sig = 0.7 * np.exp(-since * 1.5) * (np.sin(2 * np.pi * 55 * since) + 0.5 * np.sin(2 * np.pi * 82 * since))
+        elif e.type == "boom":  # a low rumble with overtones, decaying
+            # The overtones matter: VGGish's log-mel starts at 125 Hz, so a 55 + 82 Hz rumble alone
+            # (as first written) was all but silent to the audio encoder while the truth, and so
+            # the oracle, had it. A real explosion is broadband.
+            sig = 0.7 * np.exp(-since * 1.5) * (np.sin(2 * np.pi * 55 * since) + 0.5 * np.sin(2 * np.pi * 82 * since)
+                                                + 0.6 * np.sin(2 * np.pi * 165 * since)
+                                                + 0.4 * np.sin(2 * np.pi * 247 * since))
         else:  # chirp: a rising sweep four times a second
             u = since % 0.25
             sig = 0.4 * np.sin(2 * np.pi * (2000 * u + 8000 * u * u))

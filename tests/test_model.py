@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vod2chat.trainer.model import ModelConfig, VodChatModel
+from vod2chat.trainer.model import AGE_GATE_SPEED, ModelConfig, VodChatModel
 
 TINY = ModelConfig(vocab_size=61, d_model=32, n_heads=4, n_enc_layers=1, n_dec_layers=2, d_ff=64,
                    dropout=0.1, max_len=24, video_dim=20, audio_dim=8, max_time_s=16.0)
@@ -299,6 +299,28 @@ def test_a_shut_age_gate_hides_rows_of_that_age():
     young = b["video"].clone()
     young[~old["video"]] += 2.0
     assert (logits_of(model, {**b, "video": young}) - logits_of(model, b)).abs().max() > 1e-4
+
+
+def test_age_gates_can_shut_within_a_short_run():
+    # Rows 6 s old or older are what the loss punishes; a gate must close within the ~1,500
+    # steps at lr 2e-3 of a CPU run, which Adam's ~lr per step on a plain logit could not do.
+    model, b = make_model(age_gate=True), make_batch()
+    inp = model.video_in
+    for p in model.parameters():
+        p.requires_grad_(p is inp.age_gate)
+    opt = model.configure_optimizer(lr=2e-3, weight_decay=0.1)
+    old = (b["video_time"] >= 6.0) & b["video_mask"]
+    assert old.any() and (~old & b["video_mask"]).any()
+    content = lambda: inp(b["video"], b["video_mask"], b["video_time"]) - inp.type_emb  # noqa: E731
+    start = content()[old].detach().norm()
+    for _ in range(150):
+        loss = content()[old].pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert content()[old].norm() < 0.3 * start, "gates at the punished ages did not shut"
+    gate = 2 * torch.sigmoid(AGE_GATE_SPEED * inp.age_gate.detach())
+    assert (gate[:5] == 1.0).all(), "gates of ages the loss never saw moved"
 
 
 def test_age_gates_and_slopes_are_not_decayed():

@@ -85,8 +85,15 @@ def test_events_are_seen_and_heard(written):
     def outside(t):
         return all(not e.start - 0.2 <= t < e.end + 0.2 for e in truth.events)
 
+    def heard_band(lo: int) -> float:
+        # The energy the audio encoder can hear: VGGish's log-mel covers 125-7500 Hz only.
+        spec = np.abs(np.fft.rfft(audio[lo:lo + 1600])) ** 2
+        f = np.fft.rfftfreq(1600, 1 / 16000)
+        return float(spec[(f >= 125) & (f <= 7500)].sum())
+
     calm = [b for t, b in zip(times, brightness) if outside(t)]
     calm_rms = np.sqrt(np.mean([np.mean(audio[int(t * 16000):int(t * 16000) + 1600] ** 2) for t in times if outside(t)]))
+    calm_band = np.mean([heard_band(int(t * 16000)) for t in times if outside(t)])
     seen = heard = 0
     for e in truth.events:
         ts = [i for i, t in enumerate(times) if during(e, t)]
@@ -99,6 +106,7 @@ def test_events_are_seen_and_heard(written):
         if e.type in AUDIO_EVENTS:
             lo = int((e.start + 0.05) * 16000)
             assert np.sqrt(np.mean(audio[lo:lo + 1600] ** 2)) > 5 * calm_rms
+            assert heard_band(lo) > 25 * calm_band, f"a {e.type} at {e.start:.1f} s is out of the encoder's band"
             heard += 1
     assert seen and heard
 
