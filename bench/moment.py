@@ -210,7 +210,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--windows", default="8,20")
     p.add_argument("--max-moments", type=int, default=0, help="test moments evaluated (0: all)")
-    p.add_argument("--generate-s", type=float, default=240.0, help="seconds of each test VOD to generate chat for (0: skip)")
+    p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
     p.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only")
     p.add_argument("--variants", default="baseline,moment", help=f"model variants to train: {', '.join(VARIANTS)}")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
