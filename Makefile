@@ -24,7 +24,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/train.py
 	$(PY) bench/generate.py
-	$(PY) bench/moment.py
+	$(PY) bench/moment.py --seeds 0,1,2
 
 clean:
 	rm -rf demo_out store runs synth bench_out real_vods
