@@ -35,7 +35,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run directory of bench/moment.py")
     p.add_argument("--truth", required=True, help="the directory of the VODs' .truth.json files")
-    p.add_argument("--max-moments", type=int, default=400)
+    p.add_argument("--max-moments", type=int, default=0, help="test moments (0: all, as in the README)")
     a = p.parse_args()
 
     device = torch.device("cpu")

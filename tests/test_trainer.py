@@ -143,6 +143,21 @@ def test_streamer_token_starts_every_example_of_its_streamer():
         assert a.n_prefix == b.n_prefix + 1 and a.text == b.text
 
 
+def test_a_given_tokenizer_without_the_streamers_token_is_a_warning(store_dir: Path, tmp_path: Path, caplog):
+    from accelerate import Accelerator
+
+    from vod2chat.trainer.steps import build_tokenizer
+
+    for streamers, warned in (((), True), (["fake"], False)):  # the factory store's one streamer
+        path = tmp_path / f"tok{len(streamers)}.json"
+        ChatTokenizer.train(["red green blue"] * 10, 300, 1, streamers=streamers).save(path)
+        cfg = cfg_for(store_dir, tmp_path / "run", "data.streamer_token=true", f"tokenizer.path={path}")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vod2chat.trainer.steps"):
+            build_tokenizer(cfg, tmp_path / "run", Accelerator(cpu=True))
+        assert (f"{path} has no token for streamer(s) fake" in caplog.text) == warned, caplog.text
+
+
 def test_two_ranks_see_disjoint_examples_whose_union_is_the_split(store_dir: Path, tmp_path: Path):
     cfg = load_config(Config, DEBUG, [f"data.store={store_dir}", VAL])
     tok = ChatTokenizer.train(["red green blue loud quiet pog wow"] * 10, 300, 1)

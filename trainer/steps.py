@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 from contextlib import nullcontext
@@ -23,9 +24,11 @@ from vod2chat.trainer.sampling import generate_batch
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config, TrainConfig
 from vod2chat.trainer import stream
-from vod2chat.trainer.data import train_tokenizer, workers
+from vod2chat.trainer.data import split_streamers, train_tokenizer, workers
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
+
+log = logging.getLogger(__name__)
 
 AV_KEYS = ("video", "video_time", "video_mask", "audio", "audio_time", "audio_mask")
 
@@ -56,7 +59,16 @@ def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator) -> tuple[ChatT
         tok = train_tokenizer(cfg.data, cfg.tokenizer)
         tok.save(path)
     acc.wait_for_everyone()
-    return ChatTokenizer.load(path), path
+    tok = ChatTokenizer.load(path)
+    if cfg.data.streamer_token and cfg.tokenizer.path and acc.is_main_process:
+        # A given tokenizer may predate a streamer (new streamers' VODs join the same store):
+        # their examples then start without a token, which training alone would not reveal.
+        missing = [s for s in split_streamers(cfg.data) if tok.streamer_id(s) is None]
+        if missing:
+            log.warning("%s has no token for streamer(s) %s: their examples start without one; train a "
+                        "tokenizer on this store (vod2chat tokenizer) or leave tokenizer.path empty",
+                        path, ", ".join(missing))
+    return tok, path
 
 
 def lr_lambda(tc: TrainConfig):
