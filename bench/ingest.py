@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in a.inputs.split(","):
         t0 = time.perf_counter()
         if name == "clip10fps":
-            from vod2chat.ingest.synth import synthesize
+            from vod2chat.synth.scenes import synthesize
 
             secs = 20.0 if a.quick else 120.0
             d = cache / f"clip10fps-{secs:g}s"

@@ -82,7 +82,7 @@ def summary(stderr: str) -> tuple[float, float]:
 
 
 def main() -> int:
-    from vod2chat.ingest.synth import plan_stream, write_live
+    from vod2chat.synth.scenes import plan_stream, write_live
     from vod2chat.trainer.checkpoint import load_run
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -58,7 +58,7 @@ def vod_ids(channel: int, n_train: int, n_test: int) -> dict[str, list[str]]:
 
 def synth_all(out: Path, n_train: int, n_test: int, duration: float,
               val_duration: float) -> dict[str, dict[str, list[str]]]:
-    from vod2chat.ingest.synth_events import synthesize_events
+    from vod2chat.synth.events import synthesize_events
 
     plan = {}
     for c, channel in enumerate(CHANNELS):
@@ -131,7 +131,7 @@ def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[s
     from vod2chat.inference import oracle
     from vod2chat.inference.generate import GenerateConfig
     from vod2chat.inference.generate import main as gen_main
-    from vod2chat.ingest.synth_events import load_truth
+    from vod2chat.synth.truth import load_truth
 
     hits = wrong = n = other = 0
     orc = 0.0

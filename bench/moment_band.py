@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from vod2chat.inference import evaluate as ev
     from vod2chat.inference import oracle
-    from vod2chat.ingest.synth_events import VIDEO_EVENTS, find_truths, load_truth
+    from vod2chat.synth.events import VIDEO_EVENTS
+    from vod2chat.synth.truth import find_truths, load_truth
     from vod2chat.shards.store import Store
     from vod2chat.trainer import checkpoint
     from vod2chat.trainer.data import collate

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from vod2chat.ingest.synth import plan_stream
+from vod2chat.synth.scenes import plan_stream
 from vod2chat.ingest.chat import write_irc
 
 AUDIO_RATE = 48000
@@ -127,7 +127,7 @@ def write_vod(path: Path, r: Rendition, seconds: float, seed: int = 0, loop_s: i
 
 
 def make_vod(cache: Path, name: str, seconds: float, seed: int = 0) -> tuple[Path, Path]:
-    """`{cache}/{name}-{seconds}s/{vod_id}.mp4` + `.irc` (chat from ingest.synth's chat model),
+    """`{cache}/{name}-{seconds}s/{vod_id}.mp4` + `.irc` (chat from synth.scenes' chat model),
     written once and reused."""
     r = RENDITIONS[name]
     d = Path(cache) / f"{name}-{seconds:g}s-seed{seed}"

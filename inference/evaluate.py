@@ -52,7 +52,7 @@ import torch
 
 from vod2chat.config import param, save_config
 from vod2chat.inference import oracle
-from vod2chat.ingest.synth_events import find_truths, load_truth
+from vod2chat.synth.truth import find_truths, load_truth
 from vod2chat.shards.reader import ShardStream, read_chat, select_records, shard_urls
 from vod2chat.shards.schema import parse_key
 from vod2chat.shards.store import Store, read_json, write_json_atomic

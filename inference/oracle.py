@@ -1,6 +1,6 @@
 """The Bayes oracle of a synthetic events stream: the best ranking any model could reach.
 
-Given the truth (ingest/synth_events.py), a message at time t comes from the chatter (rate
+Given the truth (synth/truth.py), a message at time t comes from the chatter (rate
 chatter_per_s) or from an event e whose reaction window covers t (rate reactions_per_event /
 window length): the posterior over sources is proportional to those rates, and the text is
 uniform over the source's phrases. Ranking candidates by that probability maximises expected
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vod2chat.ingest.synth_events import Truth
+from vod2chat.synth.truth import Truth
 
 KS = (1, 5, 10)
 EDGE_S = 2e-3  # chat times and event starts are kept to the millisecond: rounding stays inside

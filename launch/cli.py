@@ -86,12 +86,12 @@ def run_store(cfg: Any) -> int:
 
 def run_synth(cfg: Any) -> int:
     if cfg.kind == "events":
-        from vod2chat.ingest.synth_events import synthesize_events
+        from vod2chat.synth.events import synthesize_events
 
         paths = synthesize_events(cfg.out, seed=cfg.seed, duration=cfg.duration, vod_id=cfg.vod_id or "200001",
                                   channel=cfg.channel)
     else:
-        from vod2chat.ingest.synth import synthesize
+        from vod2chat.synth.scenes import synthesize
 
         paths = synthesize(cfg.out, seed=cfg.seed, duration=cfg.duration, vod_id=cfg.vod_id or "100001", fps=cfg.fps)
     save_config(cfg, Path(paths[0]).with_suffix(".synth.toml"))
@@ -172,7 +172,7 @@ COMMANDS: list[Command] = [
     Command("store", "inspect or clean a shard store", "vod2chat.shards.store:StoreToolConfig", run_store,
             "ls: VODs, hours, messages, shards and bytes per streamer; verify: sizes, sha256, sample counts, orphans; "
             "gc: remove orphans."),
-    Command("synth", "write a synthetic stream (video + chat that reacts to it)", "vod2chat.ingest.synth:SynthConfig",
+    Command("synth", "write a synthetic stream (video + chat that reacts to it)", "vod2chat.synth.scenes:SynthConfig",
             run_synth, "Coloured scenes with tones; part of the chat names the colour or the sound 1-4 s after each "
             "change, so a model that sees and hears the stream can predict it. Deterministic per seed."),
     Command("download", "Twitch VODs + chat into a folder that ingest pairs by VOD id",

@@ -33,7 +33,7 @@ class DemoConfig:
 
 
 def synth_vods(out: Path, n: int, duration: float) -> list[str]:
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     ids = []
     for i in range(n):

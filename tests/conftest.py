@@ -51,7 +51,7 @@ def ingest_folder(d: Path, streamer: str) -> Path:
 @pytest.fixture(scope="session")
 def synth_store(tmp_path_factory) -> Path:
     """Five 90 s synthetic streams (`vod2chat synth`) ingested with random-initialised encoders."""
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     d = tmp_path_factory.mktemp("synth")
     for i, vod in enumerate(SYNTH_VODS):

@@ -197,8 +197,8 @@ def test_trainer_entry_point_prints_one_line_per_rank(tmp_path: Path):
 
 
 # -- the import graph ------------------------------------------------------------------------
-PACKAGES = ("ingest", "shards", "trainer", "inference", "launch")
-LAYER = {"config": 0, "shards": 1, "ingest": 2, "trainer": 2, "inference": 3, "launch": 4}
+PACKAGES = ("ingest", "shards", "synth", "trainer", "inference", "launch")
+LAYER = {"config": 0, "shards": 1, "ingest": 2, "synth": 2, "trainer": 2, "inference": 3, "launch": 4}
 
 
 def package_modules() -> dict[str, Path]:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_cuda_ingest_is_cpu_fp32_up_to_bf16(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     video, chat = synthesize(tmp_path / "vods", seed=5, duration=30.0, fps=30, size=(640, 360))
     feats = {}

@@ -221,7 +221,7 @@ def test_vod_ids_keep_their_dots_and_never_collide(tmp_path: Path):
 # -- Ray --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synth_vods(tmp_path_factory) -> Path:
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     d = tmp_path_factory.mktemp("synth")
     for i in range(3):

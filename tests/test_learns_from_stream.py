@@ -32,7 +32,7 @@ EVENT_VODS = [f"5100{i}" for i in range(4)]
 
 @pytest.fixture(scope="module")
 def events_store(tmp_path_factory) -> Path:
-    from vod2chat.ingest.synth_events import synthesize_events
+    from vod2chat.synth.events import synthesize_events
 
     d = tmp_path_factory.mktemp("learn_events")
     for i, vod in enumerate(EVENT_VODS):

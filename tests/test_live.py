@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vod2chat.ingest.synth import COLOUR_REACTIONS, SOUND_REACTIONS, Stream, plan_stream, write_live
+from vod2chat.synth.scenes import COLOUR_REACTIONS, SOUND_REACTIONS, Stream, plan_stream, write_live
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 150.0  # messages per minute: enough to count reactions on short streams

@@ -260,7 +260,7 @@ def test_keyframe_seeks_skip_frames_not_pixels(tmp_path: Path, monkeypatch: pyte
     """1 fps from a 10 fps stream with 2 s GOPs: jumping to the keyframe before each sampled time
     decodes far fewer frames and returns exactly the frames a full sequential decode shows."""
     from vod2chat.ingest import media
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     video, _ = synthesize(tmp_path, seed=3, duration=20.0, fps=10, size=(160, 90))
     info = probe(video)
@@ -285,7 +285,7 @@ def test_keyframe_seeks_skip_frames_not_pixels(tmp_path: Path, monkeypatch: pyte
 def test_cuda_decoding_falls_back_to_the_cpu_or_matches_it(tmp_path: Path):
     """hwaccel="cuda" decodes with NVDEC where there is one and gives the CPU decoder's frames
     (to rounding of the colour conversion); without a GPU it decodes on the CPU, same frames."""
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     video, _ = synthesize(tmp_path, seed=4, duration=6.0, fps=10, size=(160, 90))
     info = probe(video)

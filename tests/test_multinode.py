@@ -13,7 +13,7 @@ from test_ingest import debug_cfg
 
 def test_ingest_spreads_over_two_nodes(two_node_cluster: str, tmp_path: Path):
     from vod2chat.ingest.driver import main
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     vods = tmp_path / "vods"
     for i in range(4):

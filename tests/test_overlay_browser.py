@@ -13,7 +13,7 @@ import pytest
 from test_live import finish, live_cmd, start, writer
 from test_replay_browser import CHROMIUM, Browser
 from vod2chat.inference.overlay import Overlay
-from vod2chat.ingest.synth import plan_stream
+from vod2chat.synth.scenes import plan_stream
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install -y "
                                 "chromium; or set CHROMIUM=/path/to/chrome)")

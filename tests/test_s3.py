@@ -58,7 +58,7 @@ def test_growing_store_never_breaks_a_reader(s3):
 
 def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
     """`vod2chat ingest` on a local Ray, writing to s3:// exactly as to a directory; a rerun is a no-op."""
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     synthesize(tmp_path / "vods", seed=3, duration=12.0, vod_id="4242")
     cmd = [sys.executable, "-m", "vod2chat.launch.cli", "ingest", "--config", str(REPO / "launch/ingest_debug.toml"),
@@ -79,7 +79,7 @@ def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
 def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     """VODs in a bucket (what a cluster's GPU nodes can all reach) pair and ingest like local files."""
     from vod2chat.ingest.inputs import localize
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
     from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
     from test_ingest import debug_cfg
 

@@ -10,7 +10,7 @@ import pytest
 
 from vod2chat.ingest.chat import parse_chat
 from vod2chat.ingest.media import probe, read_audio, read_frames
-from vod2chat.ingest.synth import (
+from vod2chat.synth.scenes import (
     CHATTER,
     COLOUR_REACTIONS,
     COLOURS,

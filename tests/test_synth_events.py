@@ -12,17 +12,16 @@ import pytest
 from vod2chat.inference import oracle
 from vod2chat.ingest.chat import parse_chat
 from vod2chat.ingest.media import probe, read_audio, read_frames
-from vod2chat.ingest.synth_events import (
+from vod2chat.synth.events import (
     AUDIO_EVENTS,
     CHANNELS,
     DELAY_S,
     EVENT_TYPES,
     VIDEO_EVENTS,
-    find_truths,
-    load_truth,
     plan_event_stream,
     synthesize_events,
 )
+from vod2chat.synth.truth import find_truths, load_truth
 from vod2chat.ingest.worker import pair_inputs
 from vod2chat.launch.cli import main as cli_main
 
