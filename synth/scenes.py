@@ -216,7 +216,7 @@ def _write_audio(out: av.container.OutputContainer, aus: av.audio.stream.AudioSt
 @dataclass
 class SynthConfig:
     """`vod2chat synth`: one synthetic stream (video + chat that reacts to it)."""
-    out: str = param("synth", "output directory: {vod_id}.mkv and {vod_id}.irc go here")
+    out: str = param("synth_out", "output directory: {vod_id}.mkv and {vod_id}.irc go here")
     seed: int = param(0, "everything is drawn from it: the same seed gives the same stream")
     duration: float = param(120.0, "seconds")
     vod_id: str = param("", "file name stem, which ingest pairs video and chat by; default 100001 (scenes) / 200001 (events)")
