@@ -1,4 +1,4 @@
-"""Typed configs from TOML files with dotted overrides, and the command line generated from them.
+"""Typed configs from TOML files with dotted overrides (the command line generated from them: launch/args.py).
 
     cfg = load_config(Config, "launch/debug.toml", ["train.steps=20", "data.store=./s"])
 
@@ -6,18 +6,13 @@ Every stage has one dataclass (nested dataclasses for sections; litgpt/torchtita
 file gives the values of a run, `key.sub=value` overrides them, and `add_config_args` turns the
 same dataclass into flags (`--train.steps 20`, help text from `param(..., help=...)`), so a
 field is declared once. Unknown keys are errors with a did-you-mean, so a typo never silently
-trains the wrong model. `run_command` is how every entry point reports a user error: one line,
-exit status 2, the traceback only with `--debug`.
+trains the wrong model.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
-import os
-import re
-import sys
 import tomllib
 import types
 import typing
@@ -54,20 +49,20 @@ def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callab
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def field_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _is_section(hint: Any) -> bool:
+def is_section(hint: Any) -> bool:
     return dataclasses.is_dataclass(hint) and isinstance(hint, type)
 
 
 def leaf_paths(cls: type, prefix: str = "") -> dict[str, Any]:
     """Every settable key as a dotted path -> its type hint."""
     out: dict[str, Any] = {}
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for f in dataclasses.fields(cls):
-        if _is_section(hints[f.name]):
+        if is_section(hints[f.name]):
             out.update(leaf_paths(hints[f.name], f"{prefix}{f.name}."))
         else:
             out[f"{prefix}{f.name}"] = hints[f.name]
@@ -86,12 +81,12 @@ def _unknown(cls: type, key: str) -> ConfigError:
     return ConfigError(f"{key}: unknown key{hint}")
 
 
-def _hint_at(cls: type, dotted: str) -> Any:
+def hint_at(cls: type, dotted: str) -> Any:
     hint: Any = cls
     for part in dotted.split("."):
-        if not _is_section(hint):
+        if not is_section(hint):
             raise _unknown(cls, dotted)
-        hints = _hints(hint)
+        hints = field_hints(hint)
         if part not in hints:
             raise _unknown(cls, dotted)
         hint = hints[part]
@@ -99,7 +94,7 @@ def _hint_at(cls: type, dotted: str) -> Any:
 
 
 # -- parsing values ------------------------------------------------------------------------
-def _strip_optional(hint: Any) -> tuple[Any, bool]:
+def strip_optional(hint: Any) -> tuple[Any, bool]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         inner = [a for a in args if a is not type(None)]
@@ -121,7 +116,7 @@ def parse_text(text: str, hint: Any) -> Any:
     Strings stay as typed (`--vod 0123`, `--end 1:00:00`); lists take TOML (`["a","b"]`, `[410474822]`),
     a comma list (`a,b`) or one bare item (`410474822`); everything else is a TOML literal.
     """
-    inner, optional = _strip_optional(hint)
+    inner, optional = strip_optional(hint)
     if optional and text.lower() in ("none", "null"):
         return None
     if inner is str:
@@ -135,7 +130,7 @@ def parse_text(text: str, hint: Any) -> Any:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    inner, optional = _strip_optional(hint)
+    inner, optional = strip_optional(hint)
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
@@ -163,14 +158,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _build(cls: type[T], data: dict[str, Any], where: str, root: type) -> T:
-    hints = _hints(cls)
+    hints = field_hints(cls)
     for key in data:
         if key not in hints:
             raise _unknown(root, f"{where}{key}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if _is_section(hint):
+        if is_section(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{name} is a section ([{where}{name}] in TOML), got {value!r}")
             kwargs[name] = _build(hint, value, f"{where}{name}.", root)
@@ -205,7 +200,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key.sub=value")
         k, v = (s.strip() for s in ov.split("=", 1))
-        _set_dotted(data, k, parse_text(v, _hint_at(cls, k)))
+        _set_dotted(data, k, parse_text(v, hint_at(cls, k)))
     return _build(cls, data, "", cls)
 
 
@@ -222,208 +217,3 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """The config a stage ran with, next to its output (loadable again with --config)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(tomli_w.dumps(to_dict(cfg)))
-
-
-# -- the command line generated from a config ----------------------------------------------
-_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
-
-
-def _metavar(hint: Any) -> str:
-    inner, _ = _strip_optional(hint)
-    if typing.get_origin(inner) is list:
-        return "A,B"
-    if typing.get_origin(inner) is dict:
-        return "{K=V}"
-    return getattr(inner, "__name__", "VALUE").upper()
-
-
-def _fields(cls: type, prefix: str = "", flag_prefix: str = "") -> typing.Iterator[tuple[str, str, Any, Any]]:
-    """(dotted path, flag path, type hint, field) for every leaf."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        if _is_section(hint):
-            fp = flag_prefix if f.metadata.get("flatten") else f"{flag_prefix}{f.name}."
-            yield from _fields(hint, f"{prefix}{f.name}.", fp)
-        else:
-            yield f"{prefix}{f.name}", f"{flag_prefix}{f.name}", hint, f
-
-
-def _default_text(f: Any) -> str:
-    if f.default is not dataclasses.MISSING:
-        d = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        d = f.default_factory()
-        if dataclasses.is_dataclass(d):
-            return ""
-    else:
-        return ""
-    if d in ("", None, [], {}):
-        return ""
-    return f" (default {','.join(map(str, d)) if isinstance(d, list) else d})"
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a did-you-mean for unknown flags (`--train.stepz` -> `--train.steps`)."""
-
-    def _option_strings(self) -> list[str]:
-        out = []
-        for a in self._actions:
-            out += a.option_strings
-            if isinstance(a, argparse._SubParsersAction):
-                for sp in a.choices.values():
-                    out += sp._option_strings() if isinstance(sp, ArgParser) else []
-        return out
-
-    def error(self, message: str) -> typing.NoReturn:
-        m = re.match(r"unrecognized arguments: (\S+)", message)
-        if m:
-            flag = m.group(1).split("=")[0]
-            known = self._option_strings()
-            guess = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
-            if guess:
-                message += f" (did you mean {guess[0]}?)"
-        super().error(message)
-
-
-def add_config_args(p: argparse.ArgumentParser, cls: type, config: str | None = None,
-                    config_help: str = "") -> None:
-    """Flags for every field of `cls` (`--section.key VALUE`), `--config FILE`, `--set KEY=VALUE`
-    and bare `key.sub=value` overrides. `config_from_args` turns the result into a `cls`."""
-    p.set_defaults(_config_cls=cls)
-    p.add_argument("--config", default=config, metavar="TOML",
-                   help=config_help or f"TOML file of {cls.__name__} values" + (f" (default {config})" if config else ""))
-    positional: list[tuple[str, Any, Any]] = []
-    for path, flag_path, hint, f in _fields(cls):
-        if f.metadata.get("positional"):
-            positional.append((path, hint, f))
-            continue
-        flags = ["--" + flag_path.replace("_", "-")]
-        if f.metadata.get("flag"):
-            flags.insert(0, f.metadata["flag"])
-        help_text = (f.metadata.get("help") or "") + _default_text(f)
-        inner, _ = _strip_optional(hint)
-        if inner is bool:
-            p.add_argument(*flags, dest=f"cfg:{path}", action=argparse.BooleanOptionalAction,
-                           default=argparse.SUPPRESS, help=help_text)
-        else:
-            p.add_argument(*flags, dest=f"cfg:{path}", default=argparse.SUPPRESS, metavar=_metavar(hint),
-                           choices=f.metadata.get("choices"), help=help_text)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="_set",
-                   help="any config key as a dotted override (the same as a bare KEY=VALUE)")
-    names = " ".join(path.upper() + ("..." if typing.get_origin(_strip_optional(h)[0]) is list else "")
-                     for path, h, _ in positional)
-    helps = "; ".join(f"{path.upper()}: {f.metadata.get('help')}" for path, _, f in positional)
-    example = " ".join(f"{k}=..." for k in list(leaf_paths(cls))[-2:])
-    p.add_argument("_args", nargs="*", metavar=f"{names} KEY=VALUE" if names else "KEY=VALUE",
-                   help=(helps + ". " if helps else "") + f"KEY=VALUE: dotted overrides of any config key ({example})")
-    p.set_defaults(_positional=[path for path, _, _ in positional])
-
-
-def parse_args(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """argparse, with bare arguments (overrides, input files) allowed anywhere among the flags:
-    `--train.run-dir r train.steps=5 --store s` (argparse alone takes positionals in one run)."""
-    a, extra = p.parse_known_args(normalise_argv(argv))
-    flags = [x for x in extra if x.startswith("-")]
-    if flags:
-        p.error(f"unrecognized arguments: {' '.join(flags)}")
-    if extra:
-        if not hasattr(a, "_args"):
-            p.error(f"unrecognized arguments: {' '.join(extra)}")
-        a._args = list(a._args) + extra
-    return a
-
-
-def config_from_args(a: argparse.Namespace) -> Any:
-    """The config that `add_config_args`' flags describe: the TOML file, then flags, then overrides."""
-    cls = a._config_cls
-    overrides: list[str] = []
-    for key, value in vars(a).items():
-        if key.startswith("cfg:"):
-            path = key[4:]
-            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            overrides.append(f"{path}={text}")
-    bare = []
-    for arg in a._args:
-        (overrides if _OVERRIDE.match(arg) else bare).append(arg)
-    overrides += list(a._set)
-    for path in a._positional:
-        if not bare:
-            break
-        if typing.get_origin(_strip_optional(_hint_at(cls, path))[0]) is list:
-            overrides.append(f"{path}={tomli_w.dumps({'v': bare})[4:].strip()}")
-            bare = []
-        else:
-            overrides.append(f"{path}={bare.pop(0)}")
-    if bare:
-        raise ConfigError(f"unexpected argument {bare[0]!r}: overrides look like key.sub=value")
-    cfg = load_config(cls, a.config, overrides)
-    check_required(cfg)
-    return cfg
-
-
-def check_required(cfg: Any, prefix: str = "") -> None:
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            check_required(value, f"{prefix}{f.name}.")
-        elif f.metadata.get("choices") and value not in f.metadata["choices"]:
-            raise ConfigError(f"{prefix}{f.name}={value!r}: choose one of {', '.join(f.metadata['choices'])}")
-        elif f.metadata.get("required") and value in ("", None, []):
-            flag = f.metadata.get("flag") or "--" + f"{prefix}{f.name}".replace("_", "-")
-            what = f"{prefix}{f.name}".upper() if f.metadata.get("positional") else flag
-            raise ConfigError(f"{what} is required ({f.metadata.get('help')})")
-
-
-def _normalise_flag(arg: str) -> str:
-    """`--train.run_dir` and `--train.run-dir` both work: flags are declared with dashes."""
-    if arg.startswith("--") and not arg.startswith("---"):
-        name, eq, rest = arg.partition("=")
-        return name.replace("_", "-") + eq + rest
-    return arg
-
-
-def normalise_argv(argv: list[str]) -> list[str]:
-    out, after_dd = [], False
-    for arg in argv:
-        after_dd = after_dd or arg == "--"
-        out.append(arg if after_dd or arg == "--set" else _normalise_flag(arg))
-    return out
-
-
-# -- running a command ---------------------------------------------------------------------
-_INNER = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|NotFound|Refused)\w*): ", re.M)
-
-
-def one_line(e: BaseException) -> str:
-    msg = str(e).strip() or type(e).__name__
-    if type(e).__module__.startswith("ray."):
-        # Ray wraps a remote error in its traceback text: the user's cause is the last exception line.
-        found = list(_INNER.finditer(msg))
-        if found:
-            msg = msg[found[-1].end():].strip()
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, PermissionError)) and e.filename and str(e.filename) not in msg:
-        msg = f"{msg}: {e.filename}"
-    if isinstance(e, KeyError):
-        msg = f"missing key {msg}"
-    return msg
-
-
-def run_command(prog: str, fn: Callable[[], int | None], debug: bool = False) -> int:
-    """Run `fn`; a failure is one line on stderr (per rank under torchrun) and exit status 2.
-    With `debug` (the `--debug` flag) the traceback is shown as well."""
-    try:
-        rc = fn()
-        return 0 if rc is None else int(rc)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:  # noqa: BLE001 - every failure reaches the user as one line
-        if debug:
-            raise
-        rank = os.environ.get("RANK")
-        where = f"{prog} (rank {rank})" if rank not in (None, "0") else prog
-        user = isinstance(e, (ValueError, OSError, KeyError, LookupError, RuntimeError))
-        kind = "" if user else f"{type(e).__name__}: "
-        print(f"{where}: error: {kind}{one_line(e)}  (--debug shows the traceback)", file=sys.stderr)
-        return 2

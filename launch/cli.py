@@ -1,7 +1,7 @@
 """`vod2chat`: one thin command line over each stage's main(cfg).
 
 Every command is a `Command` below: its config dataclass (flags, --config TOML, dotted
-overrides are generated from it by vod2chat.config) and a function that runs it. Adding a
+overrides are generated from it by launch/args.py) and a function that runs it. Adding a
 command is one entry in COMMANDS and, if it prints something, one small run function. Modules
 are imported only for the command being run, so `vod2chat store ls` does not load torch.
 """
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vod2chat import __version__
-from vod2chat.config import (ArgParser, add_config_args, config_from_args, normalise_argv, parse_args, run_command,
-                             save_config)
+from vod2chat.config import save_config
+from vod2chat.launch.args import (ArgParser, add_config_args, config_from_args, normalise_argv, parse_args,
+                                  run_command)
 
 LAUNCH = Path(__file__).resolve().parent
 

@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from vod2chat.launch.train import parse_args
 from vod2chat.trainer import main as entry
 
 attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
@@ -27,4 +28,4 @@ def logged_step(model, optimizer, scheduler, *rest, **kw):
 
 
 entry.train_step = logged_step
-entry.main(entry.parse_args(sys.argv[1:])[0])
+entry.main(parse_args(sys.argv[1:])[0])

@@ -78,7 +78,7 @@ def test_missing_weights_at_ingest_surface_alone(tmp_path: Path, monkeypatch, ca
 
 
 def test_ray_wrapped_errors_are_reduced_to_their_cause():
-    from vod2chat.config import one_line
+    from vod2chat.launch.args import one_line
 
     try:
         import ray.exceptions
