@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from vod2chat.launch.args import ArgParser, add_config_args, config_from_args, run_command
 from vod2chat.launch.args import parse_args as parse_cli
@@ -30,36 +29,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
 def check_launcher() -> None:
     """`accelerate launch --cpu --num_processes N` (or N in its --config_file, or any N on a machine
     without GPUs) starts ONE process: several CPU processes need MPI there, and the script is told
-    nothing about N. Read the launcher's own command line and refuse rather than silently train on one."""
-    import psutil
-    import yaml
+    nothing about N. Refuse rather than silently train on one.
 
-    if "WORLD_SIZE" in os.environ or not any(k.startswith("ACCELERATE_") for k in os.environ):
-        return  # torchrun / a multi-process launcher, or not under accelerate at all
-    try:
-        parent = psutil.Process(os.getppid()).cmdline()
-    except (psutil.Error, OSError):
-        return
-    if not any(Path(part).name == "accelerate" or part.endswith("accelerate_cli.py") for part in parent[:3]):
-        return
-
-    def flag(name: str) -> str | None:
-        for i, part in enumerate(parent):
-            if part in (f"--{name}", f"--{name.replace('_', '-')}"):
-                return parent[i + 1] if i + 1 < len(parent) else None
-            if part.startswith(f"--{name}="):
-                return part.split("=", 1)[1]
-        return None
-
-    n = flag("num_processes")
-    if n is None and flag("config_file"):
-        try:
-            n = str(yaml.safe_load(Path(flag("config_file")).read_text()).get("num_processes", 1))
-        except (OSError, yaml.YAMLError, AttributeError):
-            n = None
-    if n and n.isdigit() and int(n) > 1 and flag("mpirun_hostfile") is None:
-        raise ValueError(f"accelerate launch started 1 process, not {n}: several CPU processes need MPI there. "
-                         f"Run torchrun --nproc_per_node {n} trainer/main.py ... (gloo) instead")
+    Accelerate's simple launcher sets MASTER_ADDR only when more than one process or machine was
+    asked for, while every launcher that does start several (torchrun, its multi-GPU mode, mpirun)
+    also tells each process the world size: MASTER_ADDR without a world size is that one process."""
+    env = os.environ
+    if not any(k.startswith("ACCELERATE_") for k in env) or "MASTER_ADDR" not in env:
+        return  # not under accelerate, or a single process asked for
+    if any(k in env for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        return  # torchrun or MPI started the processes
+    raise ValueError("accelerate launch started 1 process, not the several asked for: several CPU processes need MPI "
+                     "there. Run torchrun --nproc_per_node N trainer/main.py ... (gloo) instead")
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -166,6 +166,16 @@ def test_every_subcommand_has_help(capsys):
     assert r.returncode == 0 and "--train.steps" in r.stdout and "--resume" in r.stdout
 
 
+def test_no_file_of_trainer_shadows_a_module_when_it_runs_as_a_script(tmp_path: Path):
+    """`python trainer/main.py` (torchrun, accelerate launch) puts trainer/ first on sys.path: a file there
+    named like a standard or installed top-level module would replace it for every library. None is."""
+    stems = sorted(p.stem for p in (REPO / "trainer").glob("*.py") if p.stem != "__init__")
+    code = ("import importlib.util, json, sys; "
+            f"print(json.dumps([s for s in {stems!r} if s in sys.stdlib_module_names or importlib.util.find_spec(s)]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert r.stdout.strip() == "[]", f"trainer/ files named like top-level modules: {r.stdout}"
+
+
 def test_a_user_error_is_one_line_and_debug_shows_the_traceback(capsys):
     assert cli(["train", "--config", str(LAUNCH / "debug.toml"), "train.stepz=5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -292,7 +302,7 @@ def test_accelerate_launch_of_several_cpu_processes_is_refused_with_the_command_
     base = [str(REPO / "trainer/main.py"), "--config", str(LAUNCH / "debug.toml"), "--store", str(tmp_path / "nope")]
     r = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", *base], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=300)
-    assert r.returncode != 0 and "started 1 process, not 2" in r.stderr and "torchrun --nproc_per_node 2" in r.stderr
+    assert r.returncode != 0 and "started 1 process, not the several" in r.stderr and "torchrun --nproc_per_node N" in r.stderr
     # One process as configured: no such complaint, the run's own error (the missing store) instead.
     r = subprocess.run([accelerate, "launch", "--config_file", str(LAUNCH / "accelerate/cpu.yaml"), *base],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

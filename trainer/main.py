@@ -30,12 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__" and __package__ in (None, ""):
-    # `accelerate launch trainer/main.py` runs this file as a script, which puts trainer/ first on sys.path,
-    # where config.py, data.py and model.py would shadow top-level modules of those names. The code imports
-    # itself as vod2chat.trainer (the installed package), so the folder is taken off the path.
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
