@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from bench.prototype import PrototypeConfig, PrototypeModel, WordVocab, prototype_batch, prototype_loss
+from bench.stream_advance import advance
 from vod2chat.ingest import align
 from vod2chat.shards.schema import Sample, VodRecord, sample_key
 from vod2chat.shards.store import Store
@@ -362,14 +363,14 @@ def base_vocab() -> int:
 def far_checkpoint(src: Path, dst: Path, step: int, shards: list[dict[str, Any]], tok: ChatTokenizer, dcfg: DataConfig,
                    micro_batch: int, seed: int, accum: int) -> float:
     """A copy of checkpoint `src` whose step, LR schedule and data state say `step`. The data
-    state is REAL: the saved stream state run forward by stream.advance (the same draws,
+    state is REAL: the saved stream state run forward by bench/stream_advance.py (the same draws,
     positions and buffer as the full stream, without decoding features or tokenizing). Model and
     optimizer tensors are src's: their loading cost does not depend on the step."""
     shutil.copytree(src, dst)
     saved = json.loads((src / "data_rank0.json").read_text())
     t0 = time.perf_counter()
     meta = checkpoint.read_meta(src)
-    saved["streams"] = [stream.advance(shards, tok, dcfg, micro_batch, seed, st, (step - meta["step"]) * accum)
+    saved["streams"] = [advance(shards, tok, dcfg, micro_batch, seed, st, (step - meta["step"]) * accum)
                         for st in saved["streams"]]
     took = time.perf_counter() - t0
     (dst / "data_rank0.json").write_text(json.dumps(saved, separators=(",", ":")))
@@ -430,7 +431,7 @@ def report_resume(r: dict[str, Any], args, loader_rate: float | None) -> str:
         "",
         f"ratio {far / near:.2f}x (goal: equal within noise; the cost is the shards the saved buffers and queues "
         f"name, a few whatever the step). The step-{args.resume_far:,} checkpoint carries a real "
-        f"stream state: the step-10 one run forward by stream.advance ({r['advance_s']:.1f} s, features not decoded);"
+        f"stream state: the step-10 one run forward by bench/stream_advance.py ({r['advance_s']:.1f} s, features not decoded);"
         f" its model and optimizer tensors are step 10's.",
     ]
     if loader_rate:

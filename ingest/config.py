@@ -36,7 +36,7 @@ class IngestConfig:
     # Media and chat details.
     video_stream: int | None = param(None, "stream index (default: the best)")
     audio_stream: int | None = param(None, "stream index (default: the best)")
-    decode_backend: str = param("auto", "auto (pyav) | decord | pyav")
+    decode_backend: str = param("auto", "auto (pyav) | decord (optional: pip install 'vod2chat[decord]') | pyav")
     stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
     input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")

@@ -26,6 +26,7 @@ scale with bilinear swscale, so they agree to the pixel on ordinary files.
 """
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import math
@@ -214,6 +215,9 @@ def read_frames(info: MediaInfo, times: Sequence[float], size: tuple[int, int] =
     if len(t) == 0:
         return np.zeros((0, h, w, 3), np.uint8)
     if backend == "decord":
+        if importlib.util.find_spec("decord") is None:
+            raise ValueError("decode_backend=decord needs decord, an optional dependency: pip install "
+                             "'vod2chat[decord]', or decode_backend=auto (PyAV)")
         try:
             return _read_frames_decord(info, t, w, h, timeout_s, threads)
         except Exception as e:  # any decord failure: PyAV is slower but tells the truth

@@ -17,6 +17,6 @@ store, tok_path, out = sys.argv[1:4]
 acc = Accelerator(cpu=True)
 cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml", [f"data.store={store}", 'data.val_vods=["1003"]'])
 tok = ChatTokenizer.load(tok_path)
-loader = make_loader(cfg.data, tok, "train", 4, acc.process_index, acc.num_processes, seed=0, train=False)
+loader = make_loader(cfg.data, tok, "train", 4, acc.process_index, acc.num_processes, seed=0)
 keys = [k for b in loader for k in b["keys"]]
 Path(out, f"rank{acc.process_index}.json").write_text(json.dumps({"world": acc.num_processes, "keys": keys}))

@@ -115,6 +115,23 @@ def test_decord_and_pyav_agree(real, caplog):
     assert np.abs(d.astype(int) - p).mean() < 0.5  # same frames, same bilinear swscale
 
 
+def test_decord_is_optional_auto_decodes_without_it(real):
+    """decord is an extra (`vod2chat[decord]`): the default backend never imports it, and pyproject's
+    required dependencies do not list it."""
+    import subprocess
+    import sys
+    import tomllib
+
+    code = ("import sys; from vod2chat.ingest.media import probe, read_frames; "
+            f"f = read_frames(probe({str(real['in1.mp4'])!r}), [1.0, 2.0], size=(32, 16)); "
+            "print(f.shape, 'decord' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["(2,", "16,", "32,", "3)", "False"], r.stdout + r.stderr
+    deps = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.split("[")[0].split("=")[0].strip() == "decord" for d in deps["dependencies"])
+    assert deps["optional-dependencies"]["decord"] == ["decord"]
+
+
 def test_frame_shown_at_t_is_the_last_with_pts_at_or_before_t(tmp_path):
     info = probe(write_video(tmp_path / "grey.mkv", "matroska", audio_rate=None))
     assert info.audio_stream is None

@@ -170,7 +170,7 @@ def test_two_ranks_see_disjoint_examples_whose_union_is_the_split(store_dir: Pat
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["world"] == r1["world"] == 2
     assert r0["keys"] and r1["keys"] and set(r0["keys"]).isdisjoint(r1["keys"])
-    single = make_loader(cfg.data, tok, "train", 4, 0, 1, seed=0, train=False)
+    single = make_loader(cfg.data, tok, "train", 4, 0, 1, seed=0)
     assert sorted(r0["keys"] + r1["keys"]) == sorted(k for b in single for k in b["keys"])
 
 

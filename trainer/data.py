@@ -233,12 +233,10 @@ def workers(requested: int) -> int:
 
 
 def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: int, rank: int, world_size: int,
-                seed: int, train: bool = False) -> torch.utils.data.DataLoader:
+                seed: int) -> torch.utils.data.DataLoader:
     """Evaluation: one pass, each example on exactly one rank (training streams are
     trainer.stream.make_train_loader: endless, resumable). The split happens here, once: do not
     pass this loader through accelerator.prepare, which would split it again."""
-    if train:
-        raise ValueError("make_loader is one pass for evaluation; training uses trainer.stream.make_train_loader")
     urls, checks = split_shards(cfg, split)
     samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=False, shuffle_shards=False,
                           buffer=0, skip_errors=cfg.skip_errors, checks=checks)
