@@ -31,7 +31,7 @@ def main() -> None:
     from vod2chat.shards.store import Store
     from vod2chat.trainer import checkpoint
     from vod2chat.trainer.data import collate
-    from vod2chat.trainer.steps import AV_KEYS, to_device
+    from vod2chat.trainer.batch import AV_KEYS, to_device
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a run directory of bench/moment.py")

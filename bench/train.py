@@ -47,7 +47,8 @@ from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig, TrainConfig
 from vod2chat.trainer import checkpoint, stream
 from vod2chat.trainer.data import iter_texts
-from vod2chat.trainer.steps import build_optimizer, to_device, token_loss, train_step
+from vod2chat.trainer.batch import to_device, token_loss
+from vod2chat.trainer.steps import build_optimizer, train_step
 from vod2chat.trainer.model import ModelConfig, VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
 

@@ -6,7 +6,7 @@
 A *moment* is one example of the split: a real message at time t, its chat context and the
 A/V before t. Metrics, each for every ablation of the A/V input:
 
-- perplexity of the real messages: the training loss (trainer.steps.token_loss) on them;
+- perplexity of the real messages: the training loss (trainer.batch.token_loss) on them;
 - ranking (Ma et al., "LiveBot", AAAI 2019; lancopku/livebot): each moment gets up to 100
   candidate messages, the real one + the 20 most popular messages of the TRAINING split + the
   20 nearest to the moment's context chat by TF-IDF cosine + random training messages, all
@@ -59,7 +59,7 @@ from vod2chat.shards.store import Store, read_json, write_json_atomic
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, check_cut, collate, sample_examples, selection
-from vod2chat.trainer.steps import AV_KEYS, token_loss, to_device
+from vod2chat.trainer.batch import AV_KEYS, token_loss, to_device
 from vod2chat.trainer.model import DecodeCache, VodChatModel
 from vod2chat.trainer.sampling import SamplingConfig, generate
 from vod2chat.trainer.tokenizer import ChatTokenizer

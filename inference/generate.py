@@ -43,7 +43,7 @@ from vod2chat.shards.schema import Sample, VodRecord
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, av_window, build_tokens, collate
-from vod2chat.trainer.steps import AV_KEYS, to_device
+from vod2chat.trainer.batch import AV_KEYS, to_device
 from vod2chat.trainer.sampling import SamplingConfig, generate
 
 log = logging.getLogger(__name__)

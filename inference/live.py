@@ -262,7 +262,7 @@ def live_texts(model: Any, tok: Any, data: Any, sample: Any, times: list[float],
     from vod2chat.inference.generate import clean_text, stretches
     from vod2chat.trainer.data import Example, av_window, build_tokens, collate
     from vod2chat.trainer.sampling import generate
-    from vod2chat.trainer.steps import AV_KEYS, to_device
+    from vod2chat.trainer.batch import AV_KEYS, to_device
 
     texts: list[str | None] = [None] * len(times)
     parts = stretches(len(times), batch, min_len=4)

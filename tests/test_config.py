@@ -282,6 +282,14 @@ def test_the_cycle_finder_finds_cycles_and_the_graph_sees_lazy_imports():
     assert "vod2chat.launch.train" not in graph["vod2chat.trainer.main"]
 
 
+def test_inference_does_not_load_accelerate():
+    """eval, generate and live share the batch helpers and checkpoints with training, not its launcher."""
+    code = ("import sys; import vod2chat.inference.evaluate, vod2chat.inference.generate, vod2chat.inference.live; "
+            "print(sorted(m for m in ('accelerate', 'vod2chat.trainer.steps', 'vod2chat.trainer.main') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout
+
+
 def test_no_module_imports_in_a_cycle_and_dependencies_point_one_way():
     graph = import_graph()
     assert len(graph) > 30

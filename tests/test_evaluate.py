@@ -18,7 +18,7 @@ from vod2chat.trainer.config import Config
 from vod2chat.inference.evaluate import (EvalConfig, TextPool, TfidfIndex, build_candidates, candidate_tokens, candidates_id,
                               default_candidates_path, distinct_n, donors, load_candidates, main, rank_of_real,
                               ranking_metrics, score_candidates, select_moments, training_pool)
-from vod2chat.trainer.steps import AV_KEYS, token_loss
+from vod2chat.trainer.batch import AV_KEYS, token_loss
 from vod2chat.trainer.data import collate
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer

@@ -22,7 +22,7 @@ from store_factory import make_store
 from vod2chat.trainer.config import Config, DataConfig
 from vod2chat.trainer.data import av_window, make_loader, sample_examples
 from vod2chat.trainer.main import main
-from vod2chat.trainer.steps import mixed_precision
+from vod2chat.trainer.processes import mixed_precision
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 REPO = Path(__file__).resolve().parents[1]

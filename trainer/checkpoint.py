@@ -21,12 +21,18 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from vod2chat.config import save_config
+from vod2chat.trainer import stream
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from vod2chat.trainer.config import Config
 
 PREFIX = "step_"
 log = logging.getLogger(__name__)
@@ -207,6 +213,42 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, schedu
     if rng.exists():
         set_rng_state(load_tensors(rng))
     return read_meta(ckpt)
+
+
+# -- a training run's save and resume -------------------------------------------------
+def save_run(acc: Accelerator, cfg: Config, step: int, model, optimizer, scheduler, tok_path: Path,
+             meta: dict[str, Any], plan: stream.DataPlan, batches: stream.TrainBatches) -> None:
+    stage = staging_dir(cfg.train.run_dir, step)
+    acc.wait_for_everyone()
+    write_rank_state(stage, acc.process_index, batches.state())
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        skipped = sorted({p for r in range(acc.num_processes)
+                          for s in json.loads((stage / f"data_rank{r}.json").read_text())["streams"]
+                          for p in s.get("skipped", [])})
+        data = {"layout": stream.layout(acc.num_processes, plan.num_workers, len(plan.shards)),
+                "skipped_shards": skipped}
+        sel = {"file": stream.SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
+               "vods": len({(sh["streamer"], sh["vod_id"]) for sh in plan.shards})}
+        publish(stage, step, acc.unwrap_model(model), optimizer, scheduler, cfg,
+                           {**meta, "data": data, "selection": sel}, tok_path, cfg.train.keep_last,
+                           selection={"store": cfg.data.store, "shards": plan.shards})
+    acc.wait_for_everyone()
+
+
+def resume(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
+           store_fps: dict[str, Any] | None) -> tuple[int, Path | None]:
+    """Resume from the newest intact checkpoint: (the step to continue from, the checkpoint);
+    (0, None): a fresh run."""
+    ckpt = latest_intact(cfg.train.run_dir) if cfg.train.resume else None
+    if ckpt is None:
+        return 0, None
+    check_fingerprints(read_meta(ckpt), store_fps, cfg.data.store)
+    meta = load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
+    if not (ckpt / f"rng_rank{acc.process_index}.pt").exists():
+        # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
+        torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
+    return int(meta["step"]), ckpt
 
 
 def resolve(run_dir_or_ckpt: str | Path) -> Path:

@@ -41,8 +41,10 @@ from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
-from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, flat_dict, grad_accum_steps, load,
-                                    init_restarted_process_group, log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
+from vod2chat.trainer.batch import to_device
+from vod2chat.trainer.checkpoint import resume, save_run
+from vod2chat.trainer.processes import grad_accum_steps, init_restarted_process_group, mixed_precision, restarted
+from vod2chat.trainer.steps import build_optimizer, build_tokenizer, evaluate, flat_dict, log_samples, plan_data, train_step
 from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def run(cfg: Config) -> dict[str, float]:
     model = VodChatModel(cfg.model)
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    start, ckpt = load(acc, cfg, model, optimizer, scheduler, store_fps)
+    start, ckpt = resume(acc, cfg, model, optimizer, scheduler, store_fps)
     if start == 0:  # a resumed run has its own statistics, from the checkpoint
         acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data))
     if acc.is_main_process:
@@ -117,7 +119,7 @@ def run(cfg: Config) -> dict[str, float]:
             if acc.is_main_process and tc.num_samples:
                 log_samples(acc, model, val_loader, tok, cfg, done)
         if done % tc.save_every == 0 or done == tc.steps:
-            save(acc, cfg, done, model, optimizer, scheduler, tok_path, meta, plan, batches)
+            save_run(acc, cfg, done, model, optimizer, scheduler, tok_path, meta, plan, batches)
     acc.end_training()
     return {**metrics, **startup}
 

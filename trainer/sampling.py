@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from vod2chat.config import param
+from vod2chat.trainer.batch import AV_KEYS
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
@@ -97,7 +98,7 @@ def generate_batch(model: VodChatModel, batch: dict[str, Any], tok: ChatTokenize
     sc = sc or SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
     was_training = model.training
     model.eval()
-    av = {k: batch[k][:n] for k in ("video", "video_time", "video_mask", "audio", "audio_time", "audio_mask")}
+    av = {k: batch[k][:n] for k in AV_KEYS}
     memory, memory_mask = model.encode(**av)
     prefixes = [batch["tokens"][b, : int(batch["n_prefix"][b])].tolist() for b in range(n)]
     new = generate(model, prefixes, memory, memory_mask, tok.eos_id, sc)

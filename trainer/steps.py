@@ -1,25 +1,24 @@
-"""The pieces of a training run: setup, one optimizer step, validation, save and load.
+"""The pieces of a training run: tokenizer and optimizer setup, one optimizer step, validation,
+the data plan and sample logging.
 
-The `accelerate launch` entry point (trainer/main.py) is the loop that calls these; evaluation,
-generation and the benchmarks use `token_loss`/`to_device` from here, never the entry point.
+The `accelerate launch` entry point (trainer/main.py) is the loop that calls these; the batch
+helpers are trainer/batch.py, save and resume trainer/checkpoint.py, process setup
+trainer/processes.py.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-import os
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 
+from vod2chat.trainer.batch import shuffle_av, to_device, token_loss
 from vod2chat.trainer.sampling import generate_batch
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config, TrainConfig
@@ -30,28 +29,7 @@ from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
 
-AV_KEYS = ("video", "video_time", "video_mask", "audio", "audio_time", "audio_mask")
-
-
 # -- setup -----------------------------------------------------------------------------
-def mixed_precision(requested: str) -> str:
-    cuda = torch.cuda.is_available()
-    if requested == "auto":
-        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    if requested == "fp16" and not cuda:
-        raise ValueError("train.mixed_precision=fp16 needs a GPU (Accelerate's fp16 silently does nothing on CPU): "
-                         "use 'bf16' or 'no' on CPU")
-    return requested
-
-
-def grad_accum_steps(tc: TrainConfig, world_size: int) -> int:
-    per_step = tc.micro_batch * world_size
-    if tc.global_batch % per_step:
-        raise ValueError(f"train.global_batch={tc.global_batch} is not a multiple of micro_batch x processes "
-                         f"= {tc.micro_batch} x {world_size}")
-    return tc.global_batch // per_step
-
-
 def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator) -> tuple[ChatTokenizer, Path]:
     path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer.json"
     if not path.exists() and acc.is_main_process:
@@ -86,29 +64,6 @@ def build_optimizer(model: VodChatModel, tc: TrainConfig) -> tuple[torch.optim.O
 
 
 # -- steps -----------------------------------------------------------------------------
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Features travel as float16 (as stored: half the bytes to pin and copy) and become
-    float32 on the device."""
-    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    return {k: v.float() if torch.is_tensor(v) and v.dtype == torch.float16 else v for k, v in out.items()}
-
-
-def shuffle_av(batch: dict[str, Any]) -> dict[str, Any]:
-    """Ablation: each example gets another example's video and audio (rolled by half the batch;
-    the validation stream is shuffled, so that is another moment, usually of another segment)."""
-    n = batch["tokens"].shape[0]
-    return {**batch, **{k: batch[k].roll(max(1, n // 2), dims=0) for k in AV_KEYS}}
-
-
-def token_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy of the message tokens, and how many there were."""
-    logits = model(batch["tokens"], *(batch[k] for k in AV_KEYS))
-    targets = batch["tokens"].roll(-1, dims=1)
-    ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
-    mask = batch["loss_mask"]
-    return (ce * mask).sum(), mask.sum()
-
-
 def train_step(model, optimizer, scheduler, micro_batches: list[dict[str, Any]], acc: Accelerator,
                grad_clip: float) -> dict[str, float]:
     n_tokens = sum(int(b["loss_mask"].sum()) for b in micro_batches)
@@ -146,17 +101,7 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int)
     return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
 
 
-@dataclass
-class DataPlan:
-    """What this rank streams: the pinned shard list, its history, and where each worker starts."""
-
-    shards: list[dict[str, Any]]
-    states: list[dict[str, Any]]
-    num_workers: int
-    changes: list[dict[str, Any]] = field(default_factory=list)
-
-
-def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int) -> DataPlan:
+def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int) -> stream.DataPlan:
     """A fresh run pins the train split's shards; a resume continues the checkpoint's pinned
     list (new VODs join only with data.join_new_vods, appended, the step recorded) and each
     stream's saved state (remapped when processes, workers or shards changed)."""
@@ -176,67 +121,7 @@ def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: 
     stream.check_has_messages(shards, cfg.data.store)
     saved, lay = stream.read_saved(ckpt) if ckpt else (None, None)
     states = stream.start_states(saved, lay, rank, world_size, nw, len(shards), cfg.train.seed, step)
-    return DataPlan(shards, states, nw, changes)
-
-
-def restarted() -> bool:
-    """torchrun --max-restarts brought this process back after a rank died: resume."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
-def init_restarted_process_group() -> None:
-    """After a torchrun restart, the process group is set up here, on keys of its own attempt.
-    torchrun's agent keeps one store for every attempt, so a plain env:// init of a restarted
-    group can read the dead attempt's addresses (gloo: "Connection refused", at random); Accelerate
-    then uses this group as it is."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if not restarted() or world < 2 or dist.is_initialized():
-        return
-    rank, addr, port = int(os.environ["RANK"]), os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent serves the store
-    store = dist.TCPStore(addr, port, world, is_master=not agent and rank == 0, multi_tenant=not agent)
-    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", rank=rank, world_size=world,
-                            store=dist.PrefixStore(f"vod2chat/attempt_{attempt}", store))
-
-
-def save(acc: Accelerator, cfg: Config, step: int, model, optimizer, scheduler, tok_path: Path,
-         meta: dict[str, Any], plan: DataPlan, batches: stream.TrainBatches) -> None:
-    stage = checkpoint.staging_dir(cfg.train.run_dir, step)
-    acc.wait_for_everyone()
-    checkpoint.write_rank_state(stage, acc.process_index, batches.state())
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        skipped = sorted({p for r in range(acc.num_processes)
-                          for s in json.loads((stage / f"data_rank{r}.json").read_text())["streams"]
-                          for p in s.get("skipped", [])})
-        data = {"layout": stream.layout(acc.num_processes, plan.num_workers, len(plan.shards)),
-                "skipped_shards": skipped}
-        sel = {"file": stream.SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
-               "vods": len({(sh["streamer"], sh["vod_id"]) for sh in plan.shards})}
-        checkpoint.publish(stage, step, acc.unwrap_model(model), optimizer, scheduler, cfg,
-                           {**meta, "data": data, "selection": sel}, tok_path, cfg.train.keep_last,
-                           selection={"store": cfg.data.store, "shards": plan.shards})
-    acc.wait_for_everyone()
-
-
-def load(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
-         store_fps: dict[str, Any] | None) -> tuple[int, Path | None]:
-    """Resume from the newest intact checkpoint: (the step to continue from, the checkpoint);
-    (0, None): a fresh run."""
-    ckpt = checkpoint.latest_intact(cfg.train.run_dir) if cfg.train.resume else None
-    if ckpt is None:
-        return 0, None
-    checkpoint.check_fingerprints(checkpoint.read_meta(ckpt), store_fps, cfg.data.store)
-    meta = checkpoint.load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
-    if not (ckpt / f"rng_rank{acc.process_index}.pt").exists():
-        # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
-        torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
-    return int(meta["step"]), ckpt
+    return stream.DataPlan(shards, states, nw, changes)
 
 
 def log_samples(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config, step: int) -> None:

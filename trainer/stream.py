@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -159,6 +160,16 @@ def read_saved(ckpt: Path) -> tuple[list[dict[str, Any]] | None, dict[str, int] 
 
 
 # -- the stream ----------------------------------------------------------------------------------
+@dataclass
+class DataPlan:
+    """What this rank streams: the pinned shard list, its history, and where each worker starts."""
+
+    shards: list[dict[str, Any]]
+    states: list[dict[str, Any]]
+    num_workers: int
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+
 class _Opaque:
     """Carries a state through the DataLoader untouched (pin_memory and collate recurse into
     lists and dicts; 4096 buffer references per batch would cost more than the batch)."""
