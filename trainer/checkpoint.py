@@ -20,6 +20,7 @@ import logging
 import pickle
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,13 +217,29 @@ def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, schedu
 
 
 # -- a training run's save and resume -------------------------------------------------
-def save_run(acc: Accelerator, cfg: Config, step: int, model, optimizer, scheduler, tok_path: Path,
-             meta: dict[str, Any], plan: stream.DataPlan, batches: stream.TrainBatches) -> None:
+@dataclass
+class TrainState:
+    """What a checkpoint of a training run holds: the prepared model, optimizer and LR schedule,
+    the tokenizer file, the run's meta (fingerprints, store, batch layout), the data plan and the
+    training stream, whose readers' states are saved per rank."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    tok_path: Path
+    meta: dict[str, Any]
+    plan: stream.DataPlan
+    batches: stream.TrainBatches
+
+
+def save_run(acc: Accelerator, cfg: Config, step: int, st: TrainState) -> None:
+    """Every rank's stream state, then (main process) the checkpoint of `step`, published whole."""
     stage = staging_dir(cfg.train.run_dir, step)
     acc.wait_for_everyone()
-    write_rank_state(stage, acc.process_index, batches.state())
+    write_rank_state(stage, acc.process_index, st.batches.state())
     acc.wait_for_everyone()
     if acc.is_main_process:
+        plan = st.plan
         skipped = sorted({p for r in range(acc.num_processes)
                           for s in json.loads((stage / f"data_rank{r}.json").read_text())["streams"]
                           for p in s.get("skipped", [])})
@@ -230,9 +247,9 @@ def save_run(acc: Accelerator, cfg: Config, step: int, model, optimizer, schedul
                 "skipped_shards": skipped}
         sel = {"file": stream.SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
                "vods": len({(sh["streamer"], sh["vod_id"]) for sh in plan.shards})}
-        publish(stage, step, acc.unwrap_model(model), optimizer, scheduler, cfg,
-                           {**meta, "data": data, "selection": sel}, tok_path, cfg.train.keep_last,
-                           selection={"store": cfg.data.store, "shards": plan.shards})
+        publish(stage, step, acc.unwrap_model(st.model), st.optimizer, st.scheduler, cfg,
+                {**st.meta, "data": data, "selection": sel}, st.tok_path, cfg.train.keep_last,
+                selection={"store": cfg.data.store, "shards": plan.shards})
     acc.wait_for_everyone()
 
 

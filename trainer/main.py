@@ -42,7 +42,7 @@ from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.batch import to_device
-from vod2chat.trainer.checkpoint import resume, save_run
+from vod2chat.trainer.checkpoint import TrainState, resume, save_run
 from vod2chat.trainer.processes import grad_accum_steps, init_restarted_process_group, mixed_precision, restarted
 from vod2chat.trainer.steps import build_optimizer, build_tokenizer, evaluate, flat_dict, log_samples, plan_data, train_step
 from vod2chat.trainer.stream import make_train_loader
@@ -94,6 +94,8 @@ def run(cfg: Config) -> dict[str, float]:
     val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed)
     meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
             "tokenizer": {"vocab_size": tok.vocab_size}}
+    state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, tok_path=tok_path, meta=meta, plan=plan,
+                       batches=batches)
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (tc.progress and acc.is_main_process))
     metrics: dict[str, float] = {}
     startup: dict[str, float] = {}
@@ -119,7 +121,7 @@ def run(cfg: Config) -> dict[str, float]:
             if acc.is_main_process and tc.num_samples:
                 log_samples(acc, model, val_loader, tok, cfg, done)
         if done % tc.save_every == 0 or done == tc.steps:
-            save_run(acc, cfg, done, model, optimizer, scheduler, tok_path, meta, plan, batches)
+            save_run(acc, cfg, done, state)
     acc.end_training()
     return {**metrics, **startup}
 
