@@ -148,64 +148,10 @@ class Decoder(threading.Thread):
             self.put(("end", reason, end_t))
 
     def _decode(self, c: Any, vs: Any, aus: Any) -> float:
+        """Demux and decode until the source ends or `stop`; the stream end in seconds."""
         import av
 
-        from vod2chat.ingest.media import _align_to_grid, _time_tol
-
-        origin = Fraction(c.start_time or 0, av.time_base)
-        src_fps = float(vs.average_rate or vs.guessed_rate or 30) if vs is not None else 30.0
-        tol, frame_dt = _time_tol(src_fps), 1.0 / src_fps
-        w, h = self.size
-        next_row, prev, prev_t, v_shift = 0, None, -math.inf, 0.0
-        rgb_of: tuple[Any, np.ndarray | None] = (None, None)
-        resampler = av.AudioResampler(format="fltp", rate=align.AUDIO_SR) if aus is not None else None
-        sr = align.AUDIO_SR
-        a_pos: int | None = None  # samples sent so far
-        a_shift, a_first = 0, True
-
-        def row(frame: Any) -> np.ndarray:
-            nonlocal rgb_of
-            if rgb_of[0] is not frame:  # several rows can fall on one frame: scale it once
-                rgb_of = (frame, frame.reformat(w, h, "rgb24", interpolation="BILINEAR").to_ndarray())
-            return rgb_of[1]
-
-        def video(frame: Any) -> None:
-            nonlocal next_row, prev, prev_t, v_shift
-            t = float(frame.time - origin) + v_shift if frame.pts is not None else prev_t + frame_dt
-            if prev is not None and not (-1.0 < t - prev_t < MAX_JUMP_S):
-                log.warning("%s: video timestamps jump from %.2f to %.2f s: a discontinuity; the clock goes on",
-                            self.source.name, prev_t, t)
-                v_shift += prev_t + frame_dt - t
-                t = prev_t + frame_dt
-            while next_row / self.fps + tol < t:  # rows before this frame: the previous frame (the first, if none)
-                self.put(("video", next_row, row(prev if prev is not None else frame)))
-                next_row += 1
-            prev, prev_t = frame, t
-
-        def audio(o: Any) -> None:
-            nonlocal a_pos, a_shift
-            data = o.to_ndarray().mean(axis=0).astype(np.float32)
-            at = round((o.time - origin) * sr) + a_shift if o.pts is not None else a_pos
-            if a_pos is None:
-                a_pos = 0
-                if at is not None and at > 0:  # the stream's audio starts after t = 0: silence until then
-                    self.put(("audio", np.zeros(min(at, int(MAX_JUMP_S * sr)), np.float32)))
-                    a_pos = min(at, int(MAX_JUMP_S * sr))
-                at = a_pos if at is None else at
-            gap = at - a_pos
-            if abs(gap) > MAX_JUMP_S * sr:
-                log.warning("%s: audio timestamps jump by %.2f s: a discontinuity; the clock goes on",
-                            self.source.name, gap / sr)
-                a_shift -= gap
-            elif gap > AUDIO_RESYNC_S * sr:  # a real gap: silence
-                self.put(("audio", np.zeros(gap, np.float32)))
-                a_pos += gap
-            elif gap < -AUDIO_RESYNC_S * sr:  # overlap: keep what was sent
-                data = data[-gap:]
-            if len(data):
-                self.put(("audio", data))
-                a_pos += len(data)
-
+        grid = _Grid(self, c, vs, aus)
         streams = [s for s in (vs, aus) if s is not None]
         demux = c.demux(streams)
         while not self.stop.is_set():
@@ -221,7 +167,7 @@ class Decoder(threading.Thread):
                 continue  # a flush packet
             kind = "video" if packet.stream is vs else "audio"
             if packet.is_corrupt:
-                self._skip(kind, f"at {float((packet.pts or 0) * packet.time_base - origin):.2f} s"
+                self._skip(kind, f"at {float((packet.pts or 0) * packet.time_base - grid.origin):.2f} s"
                            if packet.time_base is not None else "no time")
                 continue
             try:
@@ -231,24 +177,96 @@ class Decoder(threading.Thread):
                 continue
             for frame in frames:
                 if kind == "video":
-                    video(frame)
+                    grid.video(frame)
                 else:
-                    if a_first:
-                        frame, a_first = _align_to_grid(frame, sr), False
-                    for o in resampler.resample(frame):
-                        audio(o)
+                    grid.audio_frame(frame)
         if self.stop.is_set():
-            return max(prev_t, (a_pos or 0) / sr)
-        # The end: rows up to the last frame's end, and the resampler's tail.
-        v_end = prev_t + frame_dt if prev is not None else 0.0
-        if prev is not None:
-            while next_row / self.fps < v_end - 1e-9:
-                self.put(("video", next_row, row(prev)))
-                next_row += 1
-        if resampler is not None and a_pos is not None:
-            for o in resampler.resample(None):
-                audio(o)
-        return max(v_end, (a_pos or 0) / sr)
+            return max(grid.prev_t, (grid.a_pos or 0) / grid.sr)
+        return grid.finish()
+
+
+class _Grid:
+    """Decoded frames and audio onto the ingest grids, put on the decoder's queue as they come:
+    video row k is the frame on screen at k / fps, audio continues the 16 kHz mono signal. A
+    timestamp jump over MAX_JUMP_S is a discontinuity the clock runs through."""
+
+    def __init__(self, dec: Decoder, c: Any, vs: Any, aus: Any):
+        import av
+
+        from vod2chat.ingest.media import time_tol
+
+        self.dec, self.put, self.name = dec, dec.put, dec.source.name
+        self.origin = Fraction(c.start_time or 0, av.time_base)
+        src_fps = float(vs.average_rate or vs.guessed_rate or 30) if vs is not None else 30.0
+        self.tol, self.frame_dt = time_tol(src_fps), 1.0 / src_fps
+        self.next_row, self.prev, self.prev_t, self.v_shift = 0, None, -math.inf, 0.0
+        self.rgb_of: tuple[Any, np.ndarray | None] = (None, None)
+        self.resampler = av.AudioResampler(format="fltp", rate=align.AUDIO_SR) if aus is not None else None
+        self.sr = align.AUDIO_SR
+        self.a_pos: int | None = None  # samples sent so far
+        self.a_shift, self.a_first = 0, True
+
+    def row(self, frame: Any) -> np.ndarray:
+        if self.rgb_of[0] is not frame:  # several rows can fall on one frame: scale it once
+            w, h = self.dec.size
+            self.rgb_of = (frame, frame.reformat(w, h, "rgb24", interpolation="BILINEAR").to_ndarray())
+        return self.rgb_of[1]
+
+    def video(self, frame: Any) -> None:
+        prev, prev_t, frame_dt = self.prev, self.prev_t, self.frame_dt
+        t = float(frame.time - self.origin) + self.v_shift if frame.pts is not None else prev_t + frame_dt
+        if prev is not None and not (-1.0 < t - prev_t < MAX_JUMP_S):
+            log.warning("%s: video timestamps jump from %.2f to %.2f s: a discontinuity; the clock goes on",
+                        self.name, prev_t, t)
+            self.v_shift += prev_t + frame_dt - t
+            t = prev_t + frame_dt
+        while self.next_row / self.dec.fps + self.tol < t:  # rows before this frame: the previous frame (the first, if none)
+            self.put(("video", self.next_row, self.row(prev if prev is not None else frame)))
+            self.next_row += 1
+        self.prev, self.prev_t = frame, t
+
+    def audio_frame(self, frame: Any) -> None:
+        from vod2chat.ingest.media import align_to_grid
+
+        if self.a_first:
+            frame, self.a_first = align_to_grid(frame, self.sr), False
+        for o in self.resampler.resample(frame):
+            self.audio(o)
+
+    def audio(self, o: Any) -> None:
+        sr = self.sr
+        data = o.to_ndarray().mean(axis=0).astype(np.float32)
+        at = round((o.time - self.origin) * sr) + self.a_shift if o.pts is not None else self.a_pos
+        if self.a_pos is None:
+            self.a_pos = 0
+            if at is not None and at > 0:  # the stream's audio starts after t = 0: silence until then
+                self.put(("audio", np.zeros(min(at, int(MAX_JUMP_S * sr)), np.float32)))
+                self.a_pos = min(at, int(MAX_JUMP_S * sr))
+            at = self.a_pos if at is None else at
+        gap = at - self.a_pos
+        if abs(gap) > MAX_JUMP_S * sr:
+            log.warning("%s: audio timestamps jump by %.2f s: a discontinuity; the clock goes on", self.name, gap / sr)
+            self.a_shift -= gap
+        elif gap > AUDIO_RESYNC_S * sr:  # a real gap: silence
+            self.put(("audio", np.zeros(gap, np.float32)))
+            self.a_pos += gap
+        elif gap < -AUDIO_RESYNC_S * sr:  # overlap: keep what was sent
+            data = data[-gap:]
+        if len(data):
+            self.put(("audio", data))
+            self.a_pos += len(data)
+
+    def finish(self) -> float:
+        """The end: rows up to the last frame's end, and the resampler's tail; the stream end in s."""
+        v_end = self.prev_t + self.frame_dt if self.prev is not None else 0.0
+        if self.prev is not None:
+            while self.next_row / self.dec.fps < v_end - 1e-9:
+                self.put(("video", self.next_row, self.row(self.prev)))
+                self.next_row += 1
+        if self.resampler is not None and self.a_pos is not None:
+            for o in self.resampler.resample(None):
+                self.audio(o)
+        return max(v_end, (self.a_pos or 0) / self.sr)
 
 
 # -- generation ---------------------------------------------------------------------------------
@@ -355,10 +373,7 @@ class Live:
             real_chat: Callable[[int], list[str]] | None = None) -> LiveResult:
         import torch
 
-        from vod2chat.inference.generate import draw_users
-        from vod2chat.shards.schema import Sample
-
-        cfg, data, hop, win = self.cfg, self.data, align.AUDIO_HOP, align.AUDIO_HOP_SAMPLES
+        cfg, data = self.cfg, self.data
         rng = np.random.default_rng(cfg.seed)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         res = LiveResult()
@@ -367,13 +382,7 @@ class Live:
         fmt = cfg.format or ("mpegts" if cfg.source == "-" or "://" in cfg.source else "")
         dec = Decoder(source, fmt, self.fps, self.enc.video.input_size, q)
         writer = Writer(cfg.out, self.stdout, publish)
-        # Rows kept for the window: video rows [v0, v0 + len(video)), audio rows likewise.
-        video: deque[np.ndarray] = deque()
-        audio: deque[np.ndarray] = deque()
-        v0 = a0 = 0
-        frames: list[tuple[int, np.ndarray]] = []
-        wave = np.zeros(0, np.float32)
-        wave0 = 0  # sample index of wave[0]
+        rows = _Rows(self.enc, self.fps)
         history: list[str] = []
         next_t = float(rng.exponential(60.0 / self.rate))
         t_wall0, next_status = time.perf_counter(), STATUS_EVERY_S
@@ -385,72 +394,19 @@ class Live:
             while end is None:
                 if self.stop.is_set():
                     raise KeyboardInterrupt
-                try:
-                    items = [q.get(timeout=0.2)]
-                except queue.Empty:
+                items = _drain(q)
+                if not items:
                     continue
-                while len(items) < 64:  # everything already decoded: batches when catching up
-                    try:
-                        items.append(q.get_nowait())
-                    except queue.Empty:
-                        break
-                for it in items:
-                    if it[0] == "video":
-                        frames.append((it[1], it[2]))
-                    elif it[0] == "audio":
-                        wave = np.concatenate([wave, it[1]])
-                    else:
-                        end = it
-                # Embed what is complete.
-                if frames:
-                    feats = self.enc.video.encode(np.stack([f for _, f in frames]))
-                    video.extend(feats)
-                    frames.clear()
-                n_win = len(wave) // win
-                if n_win:
-                    audio.extend(self.enc.audio.encode(wave[: n_win * win]))
-                    wave, wave0 = wave[n_win * win :], wave0 + n_win * win
-                # Messages whose every visible row is embedded.
-                if end is not None:
-                    ready = end[2] + 1e-9
-                else:
-                    ready_v = (v0 + len(video)) / self.fps if dec.has_video else math.inf
-                    ready_a = (a0 + len(audio) + 1) * hop if dec.has_audio else math.inf
-                    # Grid rows make a message at t answerable up to a row early (1/fps, one hop), but a
-                    # message stamped t is never written before the stream itself reached t: the
-                    # audio decoded so far (embedded or not) is where the stream is.
-                    heard = (wave0 + len(wave)) / align.AUDIO_SR if dec.has_audio else math.inf
-                    ready = min(ready_v, ready_a, heard)
+                end = rows.add(items)
+                rows.embed()
+                ready = end[2] + 1e-9 if end is not None else rows.ready(dec)
                 times = []
                 while next_t < ready:
                     times.append(round(next_t, 2))
                     next_t += float(rng.exponential(60.0 / self.rate))
                 if times:
-                    sample = Sample("live__stream__000000", np.asarray(video, np.float16).reshape(-1, self.enc.video.dim),
-                                    np.asarray(audio, np.float16).reshape(-1, self.enc.audio.dim),
-                                    {"context": [], "messages": []},
-                                    {"video_t0": v0 / self.fps, "fps": self.fps, "audio_t0": a0 * hop,
-                                     "audio_hop": hop, "audio_win": hop})
-                    ctx = real_chat(data.context_messages) if real_chat is not None else history
-                    texts = live_texts(self.model, self.tok, data, sample, times, ctx, self.sc, cfg.batch,
-                                       self.device, gen, cfg.streamer)
-                    for t, text in zip(times, texts):
-                        if not text:
-                            continue
-                        msg = {"t": t, "user": draw_users(1, self.users, rng)[0], "text": text}
-                        writer.write(msg)
-                        res.messages.append(msg)
-                        res.contexts.append(list(ctx[-data.context_messages :]) if data.context_messages else [])
-                        if real_chat is None:
-                            history = (history + [text])[-max(1, data.context_messages) :]
-                # Drop rows no later message can see.
-                keep_from = min(next_t, ready) - data.window_s - 1.0
-                while video and (v0 + 1) / self.fps < keep_from:
-                    video.popleft()
-                    v0 += 1
-                while audio and (a0 + 1) * hop + hop < keep_from:
-                    audio.popleft()
-                    a0 += 1
+                    history = self._write(times, rows.sample(), history, real_chat, rng, gen, writer, res)
+                rows.drop_before(min(next_t, ready) - data.window_s - 1.0)  # rows no later message can see
                 res.stream_s = min(ready, end[2]) if end is not None else (ready if math.isfinite(ready) else 0.0)
                 if res.stream_s >= next_status:
                     wall = time.perf_counter() - t_wall0
@@ -467,13 +423,118 @@ class Live:
             writer.close()
             res.wall_s = time.perf_counter() - t_wall0
             res.corrupt_packets = dec.corrupt
+        return self._finish(res, source.name)
+
+    def _write(self, times: list[float], sample: Any, history: list[str],
+               real_chat: Callable[[int], list[str]] | None, rng: np.random.Generator, gen: Any, writer: Writer,
+               res: LiveResult) -> list[str]:
+        """The messages at `times`, written; the model's own chat history after them."""
+        from vod2chat.inference.generate import draw_users
+
+        data = self.data
+        ctx = real_chat(data.context_messages) if real_chat is not None else history
+        texts = live_texts(self.model, self.tok, data, sample, times, ctx, self.sc, self.cfg.batch,
+                           self.device, gen, self.cfg.streamer)
+        for t, text in zip(times, texts):
+            if not text:
+                continue
+            msg = {"t": t, "user": draw_users(1, self.users, rng)[0], "text": text}
+            writer.write(msg)
+            res.messages.append(msg)
+            res.contexts.append(list(ctx[-data.context_messages :]) if data.context_messages else [])
+            if real_chat is None:
+                history = (history + [text])[-max(1, data.context_messages) :]
+        return history
+
+    def _finish(self, res: LiveResult, name: str) -> LiveResult:
         if res.corrupt_packets:
-            log.warning("%s: %d corrupt packets skipped", source.name, res.corrupt_packets)
+            log.warning("%s: %d corrupt packets skipped", name, res.corrupt_packets)
         print(f"live: {res.end}; {len(res.messages)} messages over {res.stream_s:.1f} s of stream "
               f"in {res.wall_s:.1f} s", file=sys.stderr, flush=True)
         if res.end.startswith("error"):
-            raise ValueError(f"live: {cfg.source}: {res.end[len('error: '):]}")
+            raise ValueError(f"live: {self.cfg.source}: {res.end[len('error: '):]}")
         return res
+
+
+def _drain(q: queue.Queue) -> list[tuple]:
+    """The next decoded item (waiting a little) and everything already decoded: batches when catching up."""
+    try:
+        items = [q.get(timeout=0.2)]
+    except queue.Empty:
+        return []
+    while len(items) < 64:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return items
+
+
+class _Rows:
+    """The embedded rows the next messages may see: video rows [v0, v0 + len(video)), audio rows
+    [a0, a0 + len(audio)), and decoded frames and samples not embedded yet."""
+
+    def __init__(self, enc: Any, fps: float):
+        self.enc, self.fps = enc, fps
+        self.video: deque[np.ndarray] = deque()
+        self.audio: deque[np.ndarray] = deque()
+        self.v0 = self.a0 = 0
+        self.frames: list[tuple[int, np.ndarray]] = []
+        self.wave = np.zeros(0, np.float32)
+        self.wave0 = 0  # sample index of wave[0]
+
+    def add(self, items: list[tuple]) -> tuple | None:
+        """Take decoded items; the end item if one came."""
+        end = None
+        for it in items:
+            if it[0] == "video":
+                self.frames.append((it[1], it[2]))
+            elif it[0] == "audio":
+                self.wave = np.concatenate([self.wave, it[1]])
+            else:
+                end = it
+        return end
+
+    def embed(self) -> None:
+        """Embed what is complete: every decoded frame, every whole audio window."""
+        if self.frames:
+            self.video.extend(self.enc.video.encode(np.stack([f for _, f in self.frames])))
+            self.frames.clear()
+        win = align.AUDIO_HOP_SAMPLES
+        n_win = len(self.wave) // win
+        if n_win:
+            self.audio.extend(self.enc.audio.encode(self.wave[: n_win * win]))
+            self.wave, self.wave0 = self.wave[n_win * win :], self.wave0 + n_win * win
+
+    def ready(self, dec: Decoder) -> float:
+        """The time up to which a message has every row it may see embedded."""
+        hop = align.AUDIO_HOP
+        ready_v = (self.v0 + len(self.video)) / self.fps if dec.has_video else math.inf
+        ready_a = (self.a0 + len(self.audio) + 1) * hop if dec.has_audio else math.inf
+        # Grid rows make a message at t answerable up to a row early (1/fps, one hop), but a
+        # message stamped t is never written before the stream itself reached t: the
+        # audio decoded so far (embedded or not) is where the stream is.
+        heard = (self.wave0 + len(self.wave)) / align.AUDIO_SR if dec.has_audio else math.inf
+        return min(ready_v, ready_a, heard)
+
+    def sample(self) -> Any:
+        from vod2chat.shards.schema import Sample
+
+        hop = align.AUDIO_HOP
+        return Sample("live__stream__000000", np.asarray(self.video, np.float16).reshape(-1, self.enc.video.dim),
+                      np.asarray(self.audio, np.float16).reshape(-1, self.enc.audio.dim),
+                      {"context": [], "messages": []},
+                      {"video_t0": self.v0 / self.fps, "fps": self.fps, "audio_t0": self.a0 * hop,
+                       "audio_hop": hop, "audio_win": hop})
+
+    def drop_before(self, keep_from: float) -> None:
+        hop = align.AUDIO_HOP
+        while self.video and (self.v0 + 1) / self.fps < keep_from:
+            self.video.popleft()
+            self.v0 += 1
+        while self.audio and (self.a0 + 1) * hop + hop < keep_from:
+            self.audio.popleft()
+            self.a0 += 1
 
 
 def main(cfg: LiveConfig) -> LiveResult:

@@ -242,7 +242,7 @@ def _decoded(container: av.container.InputContainer, stream: av.stream.Stream, p
         yield from frames
 
 
-def _time_tol(fps: float) -> float:
+def time_tol(fps: float) -> float:
     """How far after t a frame's pts may be and still count as shown at t: absorbs ms-rounded
     container timestamps (mkv, flv: <= 0.5 ms), but not NTSC's 1.001 (frame 30 at 1.001 s is not
     on screen at t = 1.0), nor a whole frame."""
@@ -302,7 +302,7 @@ class _FrameCursor:
         self.keyframes = keyframes if keyframes is not None else np.zeros(0)
         self.origin = _origin(container)
         self.dt = 1.0 / fps if fps > 0 else 0.04
-        self.tol = _time_tol(fps)
+        self.tol = time_tol(fps)
         self.frames: Iterator[av.VideoFrame] | None = None
         self.prev: av.VideoFrame | None = None
         self.next: av.VideoFrame | None = None
@@ -439,7 +439,7 @@ def _decord_indices(info: MediaInfo, vr: Any, t: np.ndarray) -> np.ndarray:
     ts = np.asarray(vr.get_frame_timestamp(range(n)), dtype=np.float64)[:, 0]  # float32 s from stream start
     if not (np.isfinite(ts).all() and (np.diff(ts) > 0).all()):
         raise RuntimeError("decord frame timestamps are not increasing")
-    tol = _time_tol(fps) + float(np.spacing(np.float32(max(ts[-1], 1.0))))  # + float32 rounding
+    tol = time_tol(fps) + float(np.spacing(np.float32(max(ts[-1], 1.0))))  # + float32 rounding
     # decord pads a truncated file with its last frame; PyAV then says what is wrong.
     last = me["start"] + ts[-1] + 1.0 / fps + TRUNCATED_TOLERANCE_S
     if t.max() > last and (_stream_end(me) or info.duration) > last:
@@ -525,7 +525,7 @@ def _read_audio_pyav(info: MediaInfo, start: float, n: int, sr: int) -> np.ndarr
             eof = True
             for k, frame in enumerate(frames):
                 if k == 0:
-                    frame = _align_to_grid(frame, sr)
+                    frame = align_to_grid(frame, sr)
                 t = _frame_time(frame, origin)
                 if t is not None:
                     last_t = t + frame.samples / frame.sample_rate
@@ -546,7 +546,7 @@ def _read_audio_pyav(info: MediaInfo, start: float, n: int, sr: int) -> np.ndarr
     return np.clip(out, -1.0, 1.0, out=out)
 
 
-def _align_to_grid(frame: av.AudioFrame, sr: int) -> av.AudioFrame:
+def align_to_grid(frame: av.AudioFrame, sr: int) -> av.AudioFrame:
     """Drop the first few input samples so the resampler starts on the output grid (t = j / sr).
 
     The resampler places its output by the first input pts; starting off-grid shifts every
