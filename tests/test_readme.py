@@ -127,9 +127,27 @@ def test_every_block_says_what_it_holds():
     assert not bad, "\n".join(bad)
 
 
+def runnable_commands(text: str) -> list[list[str]]:
+    """The commands of a ```sh block that can be checked before it runs: a loop's body with its
+    variable at its first value; not `source`, nor a command reading what an earlier one wrote (runs/)."""
+    out, loop = [], {}
+    for cmd in commands(text):
+        if cmd[0] == "for" and cmd[2] == "in":
+            loop = {cmd[1]: cmd[3]}
+            continue
+        if cmd[0] in {"do", "then"}:
+            cmd = cmd[1:]
+        if cmd[0] in {"done", "fi", "source"} or any(t.startswith("runs/") and t.endswith(".toml") for t in cmd):
+            continue
+        out.append([re.sub(r"\$(\w+)", lambda m: loop.get(m[1], m[0]), t) for t in cmd])
+    return out
+
+
 def test_every_shown_command_parses(monkeypatch):
     monkeypatch.chdir(REPO)  # --config launch/... is relative to the repository root, as the pages say
     shown = [(b, c) for b in blocks() if b.lang == "shell" for c in commands(b.text)]
+    shown += [(b, c) for b in blocks() if b.lang == "sh" for c in runnable_commands(b.text)]
+    assert sum(c[0] == "vod2chat" for b, c in shown if b.lang == "sh") >= 6  # the README's first run, checked early
     bad = []
     for b, cmd in shown:
         try:
