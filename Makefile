@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-fast install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q --timeout 900
 
+# The tests a change can be checked with in minutes (markers in pyproject.toml; README: Tests).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q --timeout 900 -m "not slow and not browser and not multiprocess and not gpu"
+
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/train.py
@@ -27,4 +31,4 @@ bench: $(STAMP)
 	$(PY) bench/moment.py --seeds 0,1,2
 
 clean:
-	rm -rf demo_out store runs synth_out bench_out real_vods
+	rm -rf demo_out store runs synth_out bench_out real_vods vods

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+
+from helpers import ingest_folder
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
@@ -30,22 +33,6 @@ def one_thread():
 
 
 SYNTH_VODS = [f"3000{i}" for i in range(5)]
-
-
-def ingest_folder(d: Path, streamer: str) -> Path:
-    """Ingest the videos and chat logs in d/vods (one process, no Ray, random-initialised encoders)
-    into d/store; returns the store."""
-    from vod2chat.config import load_config
-    from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
-    from vod2chat.shards.store import Store
-
-    cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
-                      [f"store={d / 'store'}", f"streamer={streamer}", "progress=false"])
-    enc, store = Encoders(cfg), Store(cfg.store)
-    for job in pair_inputs([str(d / "vods")], streamer):
-        assert ingest_vod(job, store, enc, cfg).status == "done"
-    return d / "store"
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +63,36 @@ def synth_run(synth_store: Path, tmp_path_factory) -> dict:
     return {"run": run, "out": main(cfg)}
 
 
+@pytest.fixture(scope="session")
+def random_encoder_run(tmp_path_factory) -> Path:
+    """A tiny model (launch/debug.toml) trained 4 steps on a factory store whose fingerprints are
+    those of random-initialised encoders: a checkpoint that generate and live accept with
+    `--weights random`, for the tests of their plumbing (the model's chat is noise)."""
+    from accelerate.state import AcceleratorState
+
+    from store_factory import make_store
+    from vod2chat.config import load_config
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.worker import Encoders
+    from vod2chat.trainer.config import Config
+    from vod2chat.trainer.main import main as train
+
+    root = tmp_path_factory.mktemp("genrun")
+    make_store(root / "store", vods=3, segments=4)
+    fps = json.loads(json.dumps(Encoders(IngestConfig(video_weights="random", audio_weights="random",
+                                                      device="cpu")).fingerprints()))
+    for p in (root / "store/vods").rglob("*.json"):
+        rec = json.loads(p.read_text())
+        rec["fingerprints"] = fps
+        p.write_text(json.dumps(rec))
+    AcceleratorState._reset_state()
+    cfg = load_config(Config, REPO / "launch/debug.toml", [f"data.store={root / 'store'}", f"train.run_dir={root / 'run'}",
+                                      "train.progress=false", "train.steps=4", "train.num_samples=0",
+                                      'data.val_vods=["1002"]'])
+    train(cfg)
+    return root / "run"
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster():
     """A local 2-node Ray cluster (a head and a worker raylet on loopback, one CPU each, so work
@@ -92,3 +109,15 @@ def two_node_cluster():
     yield cluster.address
     ray.shutdown()
     cluster.shutdown()
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    """A headless Chromium with one page (tests/browser.py); the test skips when none is installed."""
+    from browser import CHROMIUM, NO_CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip(NO_CHROMIUM)
+    b = Browser(tmp_path / "profile")
+    yield b
+    b.close()

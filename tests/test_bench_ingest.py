@@ -14,6 +14,8 @@ import pytest
 
 from vod2chat.shards.store import Store
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 

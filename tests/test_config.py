@@ -189,6 +189,7 @@ def test_a_user_error_is_one_line_and_debug_shows_the_traceback(capsys):
     assert e.value.code == 2 and "did you mean --train.steps?" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_trainer_entry_point_prints_one_line_per_rank(tmp_path: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, str(REPO / "trainer/main.py"), "--config", str(LAUNCH / "debug.toml"),

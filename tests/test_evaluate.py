@@ -175,6 +175,7 @@ def test_candidate_scores_equal_the_training_loss(store_dir: Path, tok: ChatToke
 
 
 # -- end to end ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_eval_end_to_end_av_matters(store_dir: Path, tmp_path: Path):
     from accelerate.state import AcceleratorState
 

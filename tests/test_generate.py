@@ -215,31 +215,6 @@ def test_html_page_is_self_contained(tmp_path: Path):
 
 
 # -- end to end on a real video --------------------------------------------------------------
-@pytest.fixture(scope="module")
-def random_encoder_run(tmp_path_factory) -> Path:
-    """A run trained (briefly) on a store whose fingerprints are those of random encoders."""
-    from accelerate.state import AcceleratorState
-
-    from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders
-    from vod2chat.trainer.main import main as train
-
-    root = tmp_path_factory.mktemp("genrun")
-    make_store(root / "store", vods=3, segments=4)
-    fps = json.loads(json.dumps(Encoders(IngestConfig(video_weights="random", audio_weights="random",
-                                                      device="cpu")).fingerprints()))
-    for p in (root / "store/vods").rglob("*.json"):
-        rec = json.loads(p.read_text())
-        rec["fingerprints"] = fps
-        p.write_text(json.dumps(rec))
-    AcceleratorState._reset_state()
-    cfg = load_config(Config, DEBUG, [f"data.store={root / 'store'}", f"train.run_dir={root / 'run'}",
-                                      "train.progress=false", "train.steps=4", "train.num_samples=0",
-                                      'data.val_vods=["1002"]'])
-    train(cfg)
-    return root / "run"
-
-
 def test_generate_on_a_real_video(random_encoder_run: Path, real_data: Path, tmp_path: Path):
     video = real_data / "video/in1.mp4"  # 7.0 s, H.264 + AAC
     cfg = GenerateConfig(run=str(random_encoder_run), vod=str(video), start="0:01", end="6.5", rate=240.0,

@@ -15,7 +15,7 @@ from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def test_cuda_ingest_is_cpu_fp32_up_to_bf16(tmp_path: Path, caplog: pytest.LogCaptureFixture):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vod2chat.ingest.config import IngestConfig
+from helpers import debug_cfg
 from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod, pair_inputs
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store, StoreError
@@ -27,13 +27,6 @@ REAL_PAIRS = {
     "big_buck_bunny_0_30.webm": "v5_rechat_1087079172.json",
     "chaplin.mp4": "v5_rechat_410474822.json.gz",
 }
-
-
-def debug_cfg(store: Path, **kw) -> IngestConfig:
-    base = dict(store=str(store), streamer="test", segment_s=10.0, lookback_s=5.0, fps=1.0, segments_per_shard=2,
-                video_weights="random", audio_weights="random", device="cpu", precision="fp32", video_batch=16,
-                progress=False)
-    return IngestConfig(**{**base, **kw})
 
 
 def link_pairs(real_data: Path, dst: Path) -> Path:
@@ -240,6 +233,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_ingest_survives_a_killed_actor(synth_vods: Path, tmp_path: Path, local_ray):
     import ray
 
@@ -276,6 +270,7 @@ def test_ray_ingest_survives_a_killed_actor(synth_vods: Path, tmp_path: Path, lo
     assert sorted(again.skipped) == ["test/500", "test/501", "test/502"] and not again.done
 
 
+@pytest.mark.slow
 def test_corrupt_video_fails_alone(synth_vods: Path, real_data: Path, tmp_path: Path, local_ray):
     from vod2chat.ingest.driver import main
 
@@ -294,6 +289,7 @@ def test_corrupt_video_fails_alone(synth_vods: Path, real_data: Path, tmp_path: 
     assert Store(cfg.store).verify().ok
 
 
+@pytest.mark.slow
 def test_summary_counts_chat_warns_and_never_retries_a_truncated_video(synth_vods: Path, tmp_path: Path,
                                                                        local_ray, capsys, caplog):
     from vod2chat.launch.cli import main as cli

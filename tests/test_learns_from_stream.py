@@ -13,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ingest_folder
+from helpers import ingest_folder
 from vod2chat.config import load_config
 from vod2chat.trainer.config import Config
+
+pytestmark = pytest.mark.slow
+
 
 REPO = Path(__file__).resolve().parents[1]
 

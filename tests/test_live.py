@@ -1,20 +1,20 @@
 """`vod2chat live` on streams written while it runs: a growing MPEG-TS file, an HLS playlist
 served on loopback, MPEG-TS on stdin. Real encoding (libx264 + AAC through PyAV, paced by the
-wall clock), the real CLI in a subprocess, the small model trained on synthetic streams
-(conftest `synth_run`). Also every live failure: a stall, the end of the source, corrupt
-packets, Ctrl-C; and Twitch IRC chat as context from a small IRC server on loopback.
+wall clock), the real CLI in a subprocess. Whether the chat follows the stream needs a model
+that listens to it (conftest `synth_run`, trained for minutes); the plumbing (HLS, stdin, every
+live failure: a stall, the end of the source, corrupt packets, Ctrl-C; Twitch IRC chat as
+context from a small IRC server on loopback) runs on a tiny, barely trained checkpoint
+(conftest `random_encoder_run`).
 """
 from __future__ import annotations
 
 import functools
 import http.server
 import json
-import os
 import re
 import signal
 import socketserver
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,80 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import RATE, finish, live_cmd, start, wait_ready, writer
 from vod2chat.synth.scenes import COLOUR_REACTIONS, SOUND_REACTIONS, Stream, plan_stream, write_live
 
-REPO = Path(__file__).resolve().parents[1]
-RATE = 150.0  # messages per minute: enough to count reactions on short streams
 END_SLACK_S = 0.5  # in MPEG-TS the AAC encoder's priming and flush run the audio a little past the video
-
-
-def live_cmd(run: Path, source: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "vod2chat.launch.cli", "live", "--run", str(run), "--source", source,
-            "--weights", "random", "--device", "cpu", "--rate", str(RATE), "--temperature", "0.7", *extra]
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-class Lines:
-    """A process's stdout lines, each with the wall time it arrived."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.items: list[tuple[float, str]] = []
-        self.thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
-        self.thread.start()
-
-    def _read(self, f) -> None:
-        for line in f:
-            self.items.append((time.time(), line))
-
-    def wait(self, n: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.items) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def messages(self) -> list[dict]:
-        return [json.loads(line) for _, line in self.items]
-
-
-def start(cmd: list[str], stdin=None) -> tuple[subprocess.Popen, Lines]:
-    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env=env())
-    return proc, Lines(proc)
-
-
-def wait_ready(proc: subprocess.Popen, out: Path, timeout: float = 180.0) -> None:
-    """--out is opened once the model and encoders are loaded: a stream written from then on is
-    followed from its first second (a loaded machine can take long to load them)."""
-    deadline = time.monotonic() + timeout
-    while not out.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline, "live never got ready"
-        time.sleep(0.1)
-
-
-def finish(proc: subprocess.Popen, lines: Lines, timeout: float) -> str:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    lines.thread.join(5)
-    return proc.stderr.read()
-
-
-def writer(stream: Stream, sink, **kw) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def run() -> None:
-        box["t0"] = time.time()  # about when stream t = 0 is written (write_live returns it exactly)
-        box["t0"] = write_live(stream, sink, **kw)
-        box["end"] = time.time()
-
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return th, box
 
 
 COLOUR_WORDS = {"red": ["red"], "green": ["green", "grass"], "blue": ["blue"], "yellow": ["yellow", "banana"],
@@ -155,6 +85,7 @@ def test_live_rows_are_exactly_what_ingest_reads_from_the_finished_file(tmp_path
 
 
 # -- following a stream as it is written ---------------------------------------------------------
+@pytest.mark.slow
 def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_path: Path):
     run = synth_run["run"]
     stream, other = plan_stream(seed=71, duration=40.0), plan_stream(seed=72, duration=40.0)
@@ -189,7 +120,8 @@ def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_pat
     assert right / named > right_shuffled / named_shuffled + 0.05, (right, named, right_shuffled, named_shuffled)
 
 
-def test_follows_an_hls_playlist_on_loopback(synth_run: dict, tmp_path: Path):
+@pytest.mark.slow  # a 16 s stream written in real time
+def test_follows_an_hls_playlist_on_loopback(random_encoder_run: Path, tmp_path: Path):
     site = tmp_path / "hls"
     site.mkdir()
     handler = functools.partial(QuietHandler, directory=str(site))
@@ -198,7 +130,7 @@ def test_follows_an_hls_playlist_on_loopback(synth_run: dict, tmp_path: Path):
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}/live.m3u8"
         stream = plan_stream(seed=73, duration=16.0)
-        proc, lines = start(live_cmd(synth_run["run"], url, "--stall-timeout", "10", "--out", str(tmp_path / "o")))
+        proc, lines = start(live_cmd(random_encoder_run, url, "--stall-timeout", "10", "--out", str(tmp_path / "o")))
         wait_ready(proc, tmp_path / "o")
         th, box = writer(stream, site / "live.m3u8", speed=1.0, fmt="hls", segment_s=1.0)
         th.join(60)
@@ -220,9 +152,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 # -- failures ---------------------------------------------------------------------------------
-def test_source_end_on_stdin_flushes_the_last_messages_and_exits_0(synth_run: dict, tmp_path: Path):
+def test_source_end_on_stdin_flushes_the_last_messages_and_exits_0(random_encoder_run: Path, tmp_path: Path):
     stream = plan_stream(seed=74, duration=10.0)
-    proc, lines = start(live_cmd(synth_run["run"], "-", "--stall-timeout", "30"), stdin=subprocess.PIPE)
+    proc, lines = start(live_cmd(random_encoder_run, "-", "--stall-timeout", "30"), stdin=subprocess.PIPE)
     write_live(stream, proc.stdin.buffer if hasattr(proc.stdin, "buffer") else proc.stdin, speed=0)
     proc.stdin.close()  # the end of the stream: well before the stall timeout
     err = finish(proc, lines, timeout=300)
@@ -233,11 +165,11 @@ def test_source_end_on_stdin_flushes_the_last_messages_and_exits_0(synth_run: di
     assert ts[-1] > stream.duration - 2.0  # messages up to the very end were written
 
 
-def test_stalled_source_waits_says_so_and_ends_cleanly(synth_run: dict, tmp_path: Path):
+def test_stalled_source_waits_says_so_and_ends_cleanly(random_encoder_run: Path, tmp_path: Path):
     path = tmp_path / "rec.ts"
     write_live(plan_stream(seed=75, duration=6.0), path, speed=0)  # then the encoder goes quiet
     t0 = time.monotonic()
-    proc, lines = start(live_cmd(synth_run["run"], str(path), "--stall-timeout", "3"))
+    proc, lines = start(live_cmd(random_encoder_run, str(path), "--stall-timeout", "3"))
     err = finish(proc, lines, timeout=300)
     assert proc.returncode == 0, err
     assert re.search(r"no new data for \d+ s; waiting", err) and "live: stalled" in err, err
@@ -246,14 +178,14 @@ def test_stalled_source_waits_says_so_and_ends_cleanly(synth_run: dict, tmp_path
     assert ts and ts[-1] <= 6.0 + END_SLACK_S
 
 
-def test_corrupt_packets_are_skipped_with_a_warning(synth_run: dict, tmp_path: Path):
+def test_corrupt_packets_are_skipped_with_a_warning(random_encoder_run: Path, tmp_path: Path):
     path = tmp_path / "clean.ts"
     write_live(plan_stream(seed=76, duration=10.0), path, speed=0)
     data = bytearray(path.read_bytes())
     rng = np.random.default_rng(0)
     mid = (len(data) // 2) // 188 * 188
     data[mid : mid + 188 * 12] = rng.integers(0, 256, 188 * 12, dtype=np.uint8).tobytes()  # 12 TS packets of noise
-    proc, lines = start(live_cmd(synth_run["run"], "-", "--stall-timeout", "30"), stdin=subprocess.PIPE)
+    proc, lines = start(live_cmd(random_encoder_run, "-", "--stall-timeout", "30"), stdin=subprocess.PIPE)
     proc.stdin.write(bytes(data)) if not hasattr(proc.stdin, "buffer") else proc.stdin.buffer.write(bytes(data))
     proc.stdin.close()
     err = finish(proc, lines, timeout=300)
@@ -263,9 +195,9 @@ def test_corrupt_packets_are_skipped_with_a_warning(synth_run: dict, tmp_path: P
     assert ts[-1] > 8.0  # it went on past the damage to the end
 
 
-def test_ctrl_c_exits_cleanly_keeping_every_line(synth_run: dict, tmp_path: Path):
+def test_ctrl_c_exits_cleanly_keeping_every_line(random_encoder_run: Path, tmp_path: Path):
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
-    proc, lines = start(live_cmd(synth_run["run"], str(path), "--out", str(out)))
+    proc, lines = start(live_cmd(random_encoder_run, str(path), "--out", str(out)))
     wait_ready(proc, out)
     th, box = writer(plan_stream(seed=77, duration=30.0), path, speed=1.0)
     lines.wait(4, timeout=120)
@@ -321,7 +253,7 @@ class IrcHandler(socketserver.StreamRequestHandler):
                     self.send(f"{tags} :viewer{i}!viewer{i}@viewer{i}.tmi.twitch.tv PRIVMSG {chan} :{text}")
 
 
-def test_real_chat_from_twitch_irc_is_the_context(synth_run: dict, tmp_path: Path):
+def test_real_chat_from_twitch_irc_is_the_context(random_encoder_run: Path, tmp_path: Path):
     from vod2chat.inference.live import LiveConfig, main
 
     chat = ["first real message", "what is this colour", "KEKW real chat", "see you tomorrow"]
@@ -330,7 +262,7 @@ def test_real_chat_from_twitch_irc_is_the_context(synth_run: dict, tmp_path: Pat
     path = tmp_path / "rec.ts"
     write_live(plan_stream(seed=78, duration=6.0), path, speed=0)
     try:
-        res = main(LiveConfig(run=str(synth_run["run"]), source=str(path), chat=f"irc://127.0.0.1:{srv.server_address[1]}/SomeChannel",
+        res = main(LiveConfig(run=str(random_encoder_run), source=str(path), chat=f"irc://127.0.0.1:{srv.server_address[1]}/SomeChannel",
                               rate=RATE, stall_timeout=2.0, video_weights="random", audio_weights="random", device="cpu"))
     finally:
         srv.shutdown()

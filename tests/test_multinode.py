@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from vod2chat.shards.store import Store
-from test_ingest import debug_cfg
+from helpers import debug_cfg
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
 def test_ingest_spreads_over_two_nodes(two_node_cluster: str, tmp_path: Path):

@@ -10,20 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from test_live import finish, live_cmd, start, writer
-from test_replay_browser import CHROMIUM, Browser
+from browser import CHROMIUM, NO_CHROMIUM, Browser
+from helpers import finish, live_cmd, start, writer
 from vod2chat.inference.overlay import Overlay
 from vod2chat.synth.scenes import plan_stream
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install -y "
-                                "chromium; or set CHROMIUM=/path/to/chrome)")
-
-
-@pytest.fixture
-def browser(tmp_path: Path):
-    b = Browser(tmp_path / "profile")
-    yield b
-    b.close()
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)]
 
 
 def free_port() -> int:
@@ -44,10 +36,10 @@ def wait_for(b: Browser, cond: str, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_page_shows_live_messages_as_they_are_written(synth_run: dict, browser: Browser, tmp_path: Path):
+def test_page_shows_live_messages_as_they_are_written(random_encoder_run: Path, browser: Browser, tmp_path: Path):
     port = free_port()
     path = tmp_path / "obs.ts"
-    proc, lines = start(live_cmd(synth_run["run"], str(path), "--serve", f"127.0.0.1:{port}", "--stall-timeout", "3"))
+    proc, lines = start(live_cmd(random_encoder_run, str(path), "--serve", f"127.0.0.1:{port}", "--stall-timeout", "3"))
     try:
         deadline = time.monotonic() + 180
         while True:  # the server is up once the model is loaded

@@ -4,11 +4,14 @@ same kind of run as torchrun --nproc_per_node 2."""
 
 from __future__ import annotations
 
+import pytest
 import json
 from pathlib import Path
 
 from store_factory import make_store
-from test_trainer import scalars
+from helpers import scalars
+
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
 def test_ray_train_on_two_nodes_writes_a_run_like_torchrun(two_node_cluster: str, tmp_path: Path):

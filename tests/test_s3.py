@@ -13,6 +13,7 @@ from vod2chat.config import load_config
 from s3_server import moto_server
 from vod2chat.shards.reader import Selection, ShardStream, read_store, select_records, shard_urls
 from vod2chat.shards.store import Store
+from helpers import DEBUG, VAL, scalars
 from store_factory import make_store
 from vod2chat.trainer.config import Config
 
@@ -56,6 +57,7 @@ def test_growing_store_never_breaks_a_reader(s3):
     assert len(select_records(Store("s3://vod2chat-test/store2"), Selection())) == 3  # new readers see it
 
 
+@pytest.mark.slow
 def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
     """`vod2chat ingest` on a local Ray, writing to s3:// exactly as to a directory; a rerun is a no-op."""
     from vod2chat.synth.scenes import synthesize
@@ -81,7 +83,7 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     from vod2chat.ingest.inputs import localize
     from vod2chat.synth.scenes import synthesize
     from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
-    from test_ingest import debug_cfg
+    from helpers import debug_cfg
 
     synthesize(tmp_path / "vods", seed=4, duration=12.0, vod_id="5151")
     store = Store("s3://vod2chat-test/fromurls")
@@ -110,12 +112,24 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
         pair_inputs(["s3://vod2chat-test/nothing"], "urls")
 
 
-def test_trainer_streams_from_s3(s3, tmp_path: Path):
+def test_training_on_s3_equals_training_on_local_disk(s3, tmp_path: Path):
+    """The same store in a bucket and in a directory: the trainer reads the same examples in the
+    same order, so the runs log the same losses step by step."""
+    from accelerate.state import AcceleratorState
+
     from vod2chat.trainer.main import main
 
-    make_store("s3://vod2chat-test/store3")
-    cfg = load_config(Config, REPO / "launch/debug.toml", [
-        "data.store=s3://vod2chat-test/store3", 'data.val_vods=["1003"]', f"train.run_dir={tmp_path / 'run'}", "train.steps=10",
-        "train.progress=false", "train.num_samples=0"])
-    out = main(cfg)
-    assert out["val/loss"] > 0 and (tmp_path / "run/checkpoints/step_0000010/meta.json").exists()
+    stores = {"s3": "s3://vod2chat-test/store3", "local": str(tmp_path / "local")}
+    for url in stores.values():
+        make_store(url)
+    out = {}
+    for name, url in stores.items():
+        AcceleratorState._reset_state()
+        out[name] = main(load_config(Config, DEBUG, [
+            f"data.store={url}", VAL, f"train.run_dir={tmp_path / name}", "train.steps=5", "train.log_every=1",
+            "train.progress=false", "train.num_samples=0"]))
+    losses = {name: scalars(tmp_path / name)["train/loss"] for name in stores}
+    assert [step for step, _ in losses["s3"]] == list(range(1, 6))
+    assert losses["s3"] == losses["local"]
+    assert out["s3"]["val/loss"] == out["local"]["val/loss"]
+    assert (tmp_path / "s3/checkpoints/step_0000005/meta.json").exists()

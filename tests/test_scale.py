@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from store_factory import make_store
-from test_trainer import DEBUG, REPO, VAL, cfg_for, scalars
+from helpers import DEBUG, REPO, VAL, cfg_for, scalars
 from vod2chat.config import load_config
 from vod2chat.shards.reader import ShardError
 from vod2chat.shards.schema import Sample, VodRecord, sample_key
@@ -185,6 +185,8 @@ def test_a_new_vod_between_save_and_resume_changes_nothing_unless_joined(store_d
     assert sel["vods"] == 4 and sel["changes"] == [{"step": 8, "event": "joined", "shards": 3, "vods": ["fake/1009"]}]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_a_truncated_checkpoint_falls_back_to_the_newest_intact_one(store_dir: Path, tmp_path: Path, caplog):
     run = tmp_path / "run"
     args = ("train.steps=12", "train.log_every=1", "train.save_every=6", "train.keep_last=5", "train.num_samples=0")
@@ -216,6 +218,8 @@ def run_args(store: Path, run: Path, *extra: str) -> list[str]:
             "train.num_samples=0", "train.log_every=1", "train.keep_last=5", VAL, *extra]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_elastic_resume_two_processes_to_one_and_one_to_two(store_dir: Path, tmp_path: Path):
     two = tmp_path / "two"
     torchrun(2, 29531, REPO / "trainer/main.py", *run_args(store_dir, two, "train.steps=6", "train.save_every=6"))
@@ -238,6 +242,8 @@ def test_elastic_resume_two_processes_to_one_and_one_to_two(store_dir: Path, tmp
     assert meta["world_size"] == 2 and meta["data"]["layout"]["world_size"] == 2
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_a_killed_rank_is_brought_back_by_torchrun_from_the_checkpoint(store_dir: Path, tmp_path: Path):
     run, log = tmp_path / "run", tmp_path / "losses.jsonl"
     torchrun(2, 29533, REPO / "tests/kill_rank.py", *run_args(store_dir, run, "train.steps=14", "train.save_every=6"),

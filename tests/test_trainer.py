@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from vod2chat.config import load_config
 from vod2chat.shards.schema import Sample
+from helpers import DEBUG, REPO, VAL, cfg_for, scalars
 from store_factory import make_store
 from vod2chat.trainer.config import Config, DataConfig
 from vod2chat.trainer.data import av_window, make_loader, sample_examples
@@ -25,9 +26,6 @@ from vod2chat.trainer.main import main
 from vod2chat.trainer.processes import mixed_precision
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-DEBUG = REPO / "launch/debug.toml"
-VAL = 'data.val_vods=["1003"]'  # the factory store has VODs 1000-1003
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +33,6 @@ def store_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tstore") / "store"
     make_store(d)
     return d
-
-
-def cfg_for(store: Path, run: Path, *extra: str) -> Config:
-    return load_config(Config, DEBUG, [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", VAL, *extra])
-
-
-def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
 def test_training_learns_and_logs_to_tensorboard(store_dir: Path, tmp_path: Path):
@@ -158,6 +146,7 @@ def test_a_given_tokenizer_without_the_streamers_token_is_a_warning(store_dir: P
         assert (f"{path} has no token for streamer(s) fake" in caplog.text) == warned, caplog.text
 
 
+@pytest.mark.multiprocess
 def test_two_ranks_see_disjoint_examples_whose_union_is_the_split(store_dir: Path, tmp_path: Path):
     cfg = load_config(Config, DEBUG, [f"data.store={store_dir}", VAL])
     tok = ChatTokenizer.train(["red green blue loud quiet pog wow"] * 10, 300, 1)
@@ -174,6 +163,8 @@ def test_two_ranks_see_disjoint_examples_whose_union_is_the_split(store_dir: Pat
     assert sorted(r0["keys"] + r1["keys"]) == sorted(k for b in single for k in b["keys"])
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
 def test_two_process_gloo_training_run(store_dir: Path, tmp_path: Path):
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,4 @@
-"""Attacks on what vod2chat promises about the files it reads (README: "Trust and failure").
+"""Attacks on what vod2chat promises about the files it reads (docs/trust.md).
 
 Records, run directories, weights and eval files live on shared buckets that other people
 write: nothing read may run code, and no path read from a file may leave the store."""
