@@ -247,9 +247,10 @@ def render_sprite(m: Message, colour: str, style: Style, fonts: tuple[Any, Any],
             if kind == "emote":
                 im.alpha_composite(p, (style.pad + int(x), y + (style.line_h - p.height) // 2))
             else:
-                # The name is drawn with a 1px stroke in its own colour: bold without a bold font file.
-                draw.text((style.pad + x, y + (style.line_h - style.font_size) // 2 - 1), p, font=font, fill=c,
-                          stroke_width=1 if kind == "name" else 0, stroke_fill=c)
+                # Names are bold: the font's bold file, else a 1px stroke in the name's own colour.
+                f = bold if kind == "name" else font
+                draw.text((style.pad + x, y + (style.line_h - style.font_size) // 2 - 1), p, font=f, fill=c,
+                          stroke_width=1 if kind == "name" and bold is font else 0, stroke_fill=c)
     return np.asarray(im)
 
 
@@ -263,7 +264,9 @@ class ChatColumn:
         self.msgs = sorted(messages, key=lambda m: m.t)
         self.times = [m.t for m in self.msgs]
         self.colours, self.emotes, self.style, self.height = colours, emotes, style, height
-        self.fonts = (load_font(font_path, style.font_size), load_font(font_path, style.font_size))
+        regular = load_font(font_path, style.font_size)
+        bold_path = Path(font_path).with_name(f"{Path(font_path).stem}-Bold{Path(font_path).suffix}") if font_path else None
+        self.fonts = (regular, load_font(str(bold_path), style.font_size) if bold_path and bold_path.is_file() else regular)
         self.sprites: dict[int, np.ndarray] = {}
         self.shown = -1  # messages [0, shown) are on screen (or scrolled past)
         self.frame = self._blank()
@@ -356,7 +359,7 @@ def close_output(out: Output) -> None:
 def _bar(total: float, enabled: bool, desc: str) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=round(total, 1), unit="s", desc=desc, disable=not enabled,
+    return tqdm(total=round(float(total), 1), unit="s", desc=desc, disable=not enabled,
                 bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s of video [{elapsed}<{remaining}, {rate_fmt}]")
 
 
