@@ -24,6 +24,7 @@ import gzip
 import io
 import json
 import logging
+import re
 import time
 import unicodedata
 import zlib
@@ -35,7 +36,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vod2chat.config import param, save_config
-from vod2chat.ingest.chat import Message, parse_chat, td_html_records
+from vod2chat.ingest.chat import Message, parse_chat, parse_irc_line, td_html_records
 
 log = logging.getLogger(__name__)
 
@@ -137,29 +138,58 @@ def _decode_emote(data: str, size: int) -> Any | None:
         return None
 
 
-def chat_extras(path: str, fmt: str, emote_px: int) -> tuple[dict[str, str], dict[str, Any]]:
-    """User colours and embedded emote images the chat file carries (TwitchDownloader/v5 JSON,
-    TwitchDownloader HTML); other formats carry neither."""
-    colours: dict[str, str] = {}
-    emotes: dict[str, Any] = {}
-    if fmt == "twitchdownloader-html":
-        raw = Path(path).read_bytes()
-        text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig", errors="replace")
-        for r in td_html_records(text):
-            if r["color"]:
-                colours.setdefault(" ".join(r["user"].split()), r["color"])
-    if fmt != "v5-rechat":
-        return colours, emotes
+_HEX = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def _read_doc(path: str) -> tuple[str, Any]:
+    """(text, JSON or None) of a chat file: gzip by magic bytes, UTF-16 by its byte order mark."""
     raw = Path(path).read_bytes()
-    doc = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
-    for c in doc.get("comments", []) if isinstance(doc, dict) else doc:
-        who, msg = (c.get("commenter") or {}), (c.get("message") or {})
-        name, colour = who.get("display_name") or who.get("name"), msg.get("user_color")
-        if isinstance(name, str) and isinstance(colour, str) and len(colour) == 7:
-            colours.setdefault(name, colour)
-    embedded = doc.get("embeddedData") or doc.get("emotes") or {} if isinstance(doc, dict) else {}
+    raw = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    text = raw.decode("utf-16" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig", errors="replace")
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError:
+        return text, None
+
+
+def _colour_pairs(fmt: str, text: str, doc: Any) -> Iterator[tuple[Any, Any]]:
+    """(user, colour) as each format stores them; checked by the caller."""
+    if fmt == "twitchdownloader-html":
+        yield from ((" ".join(r["user"].split()), r["color"]) for r in td_html_records(text))
+    elif fmt == "v5-rechat":
+        for c in (doc.get("comments", []) if isinstance(doc, dict) else doc or []):
+            if isinstance(c, dict):
+                who, msg = c.get("commenter") or {}, c.get("message") or {}
+                yield who.get("display_name") or who.get("name"), msg.get("user_color")
+    elif fmt == "irc-tags":
+        lines = doc["messages"] if isinstance(doc, dict) else text.split("\n")
+        for ln in lines:
+            if isinstance(ln, str) and ln.startswith("@"):
+                tags, prefix, _, _ = parse_irc_line(ln.strip())
+                yield tags.get("display-name", "").strip() or prefix.split("!", 1)[0], tags.get("color")
+    elif fmt in ("chat-downloader", "chat-downloader-jsonl"):
+        recs = doc if isinstance(doc, list) else [json.loads(ln) for ln in text.split("\n") if ln.strip()[:1] == "{"]
+        for r in recs:
+            a = r.get("author") if isinstance(r, dict) else None
+            if isinstance(a, dict):
+                yield a.get("display_name") or a.get("name"), a.get("colour")
+
+
+def chat_extras(path: str, fmt: str, emote_px: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """User colours the chat file carries (TwitchDownloader/v5 JSON and HTML, IRC tags,
+    chat-downloader) and emote images embedded in a TwitchDownloader JSON (-E)."""
+    text, doc = _read_doc(path)
+    colours: dict[str, str] = {}
+    try:
+        for name, colour in _colour_pairs(fmt, text, doc):
+            if isinstance(name, str) and isinstance(colour, str) and _HEX.fullmatch(colour):
+                colours.setdefault(name, colour)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # odd records: hash colours instead
+        log.warning("%s: user colours not read (%s); names get Twitch's default colours", path, e)
+    emotes: dict[str, Any] = {}
+    embedded = (doc.get("embeddedData") or doc.get("emotes") or {}) if isinstance(doc, dict) else {}
     for key in ("thirdParty", "firstParty"):  # first party wins a name clash, as on Twitch
-        for e in embedded.get(key) or []:
+        for e in (embedded.get(key) or []) if isinstance(embedded, dict) else []:
             if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("data"), str):
                 im = _decode_emote(e["data"], emote_px)
                 if im is not None:

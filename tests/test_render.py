@@ -146,3 +146,32 @@ def test_colours_and_bounded_sprites():
         col.at(float(t))
         assert len(col.sprites) <= 240 // col.style.line_h + 2  # only what is on screen is kept
     assert col.rebuilds == 2000
+
+
+def test_colours_from_irc_tags_and_chat_downloader_and_hostile_values(tmp_path, real_data):
+    from vod2chat.inference.render import chat_extras
+
+    colours, emotes = chat_extras(str(real_data / "chat/irc_tags_recentmessages_nymn.json"), "irc-tags", 20)
+    assert len(colours) > 50 and emotes == {} and all(len(c) == 7 and c[0] == "#" for c in colours.values())
+    cd = tmp_path / "cd.jsonl"
+    cd.write_text("\n".join(json.dumps(r) for r in [
+        {"author": {"name": "a", "display_name": "A", "colour": "#123456"}, "message": "x", "time_in_seconds": 1},
+        {"author": {"name": "b", "colour": "red; background:url(x)"}, "message": "y", "time_in_seconds": 2},
+        {"author": {"name": "c", "colour": 7}, "message": "z", "time_in_seconds": 3}]) + "\n", encoding="utf-8")
+    assert chat_extras(str(cd), "chat-downloader-jsonl", 20)[0] == {"A": "#123456"}  # the others: hash colours
+    out = tmp_path / "c.mov"
+    assert cli(["render", "--config", str(LAUNCH / "render_debug.toml"), "--chat", str(cd), "--out", str(out)]) == 0
+
+
+def test_over_layout_draws_on_the_video(tmp_path, real_data):
+    video = real_data / "video/in1.mp4"
+    out = tmp_path / "over.mp4"
+    assert cli(["render", "--config", str(LAUNCH / "render_debug.toml"), "--chat", str(_td_json(tmp_path / "c.json")),
+                "--over", str(video), "--layout", "over", "--out", str(out)]) == 0
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height) == (320, 240)
+        assert c.streams.audio
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    at = lambda t: next(img for ft, img in frames if ft >= t)  # noqa: E731
+    assert _near(at(1.9)[:, 160:], RED) == 0 and _near(at(2.1)[:, 160:], RED) > 15
+    assert _near(at(2.1)[:, :160], RED, 30) < _near(at(2.1)[:, 160:], RED, 30)  # the column is on the right
