@@ -460,7 +460,8 @@ def _read_td_html(text: str, stream_start: float | None) -> Iterator[Item]:
     for r in td_html_records(text):
         m = re.search(r"\[\s*(\d+:\d{1,2}:\d{1,2})\s*\]", r["head"])
         t = _hms(m[1]) if m else None
-        body = _clean(" ".join(r["text"].split()).removeprefix(": ").removeprefix(":"))
+        body = " ".join(r["text"].split())
+        body = _clean(body[1:] if body.startswith(":") else body)  # the ': ' after the name, once
         user = " ".join(r["user"].split())
         if t is None:
             yield r["line"], f"comment without a [h:mm:ss] stamp: {_clip(' '.join(r['head'].split()))}"

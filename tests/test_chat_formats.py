@@ -217,3 +217,30 @@ def test_new_endings_pair_with_videos():
         assert ending in CHAT_SUFFIXES
         assert split_name(f"2424877187{ending}") == ("2424877187", "chat")
         assert split_name(f"2424877187{ending}.gz") == ("2424877187", "chat")
+
+
+def test_real_chat_written_as_twitchdownloader_text_and_html_reads_back(real_data, tmp_path):
+    """The real v5/TwitchDownloader JSON written out by ChatText.cs's and ChatHtml.cs's rules
+    (relative h:mm:ss of the offset, truncated; display name; body) reads back message for message."""
+    import html
+    import math
+
+    src = json.loads((real_data / "chat/v5_rechat_1087079172.json").read_text(encoding="utf-8"))
+    want = parse_chat(real_data / "chat/v5_rechat_1087079172.json").messages
+    rows = []
+    for c in src["comments"]:
+        s = math.floor(c["content_offset_seconds"])
+        rows.append((f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}", c["commenter"]["display_name"],
+                     c["message"]["body"]))
+    txt = tmp_path / "1087079172.txt"
+    txt.write_text("".join(f"[{st}] {name}: {body}\n" for st, name, body in rows), encoding="utf-8")
+    page = tmp_path / "1087079172.html"
+    page.write_bytes(_td_html([(st, html.escape(n), None, html.escape(b) + " ") for st, n, b in rows],
+                              link=False).encode("utf-16"))
+    for path, fmt in ((txt, "twitchdownloader-txt"), (page, "twitchdownloader-html")):
+        log = parse_chat(path)
+        assert (log.format, len(log.messages), log.skipped) == (fmt, len(want), [])
+        assert sorted((m.user, m.text) for m in log.messages) == sorted((m.user, " ".join(m.text.split()) if
+                                                                         fmt.endswith("html") else m.text)
+                                                                        for m in want)
+        assert [m.t for m in log.messages] == sorted(float(math.floor(m.t)) for m in want)
