@@ -244,3 +244,22 @@ def test_real_chat_written_as_twitchdownloader_text_and_html_reads_back(real_dat
                                                                          fmt.endswith("html") else m.text)
                                                                         for m in want)
         assert [m.t for m in log.messages] == sorted(float(math.floor(m.t)) for m in want)
+
+
+@pytest.mark.parametrize("name", ["chat_downloader_replay_a.json", "chat_downloader_replay_b.json"])
+def test_real_chat_downloader_records_as_jsonl_and_csv_read_back(real_data, tmp_path, name):
+    """The real chat-downloader records, written as its JSON-lines and CSV writers would."""
+    recs = json.loads((real_data / "chat" / name).read_text(encoding="utf-8"))
+    want = parse_chat(real_data / "chat" / name)
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs), encoding="utf-8")
+    rows = [_flatten(r) for r in recs]
+    cols = sorted({k for r in rows for k in r})
+    table = tmp_path / "x.csv"
+    with table.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(rows)
+    for path in (jsonl, table):
+        log = parse_chat(path)
+        assert (log.messages, log.skipped, log.events) == (want.messages, [], want.events), path.suffix
