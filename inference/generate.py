@@ -62,6 +62,7 @@ class GenerateConfig:
     irc: str = param("", "tcd irc text (optional)")
     ass: str = param("", ".ass subtitles (optional)")
     html: str = param("", "replay page (optional)")
+    video: str = param("", "the VOD with the generated chat beside it, as .mp4 (`vod2chat render --over`; optional)")
     rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
     streamer: str = param("", "rate and usernames from this streamer's training VODs only, and its token "
                               "(data.streamer_token)")
@@ -235,6 +236,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     from vod2chat.ingest.features import embed_range
     from vod2chat.ingest.media import probe
     from vod2chat.inference.evaluate import resolve_device
+    from vod2chat.inference.render import render_messages
     from vod2chat.inference.replay import write_ass, write_html
 
     if not cfg.run or not cfg.vod:
@@ -294,6 +296,9 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     if cfg.html:
         write_html(msgs, cfg.html, cfg.vod, start=start, embed_max_bytes=int(cfg.embed_video_mb * (1 << 20)))
         written.append(Path(cfg.html))
+    if cfg.video:
+        render_messages(msgs, cfg.video, over=cfg.vod, start=start, end=end, progress=False)
+        written.append(Path(cfg.video))
     print(f"{len(msgs)} messages for {cfg.vod} [{start:.1f}, {end:.1f}] s at {rate:.1f}/min "
           f"({len(times) - len(msgs)} empty dropped); features {t_feat:.1f} s, decoding {t_dec:.1f} s "
           f"({len(times) / max(t_dec, 1e-9):.1f} messages/s), total {time.perf_counter() - t_begin:.1f} s")

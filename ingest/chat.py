@@ -24,20 +24,39 @@ Formats (the names ChatLog.format and `fmt=` use):
   v5-rechat        Twitch v5 / TwitchDownloader {"comments": [{content_offset_seconds, ...}]}
   twitch-dl        twitch-dl `chat json`: GraphQL comment nodes (contentOffsetSeconds, fragments)
   chat-downloader  chat-downloader JSON list [{author, message, time_in_seconds}, ...]
-stream_start only matters for irc-tags: every other format already stores VOD offsets.
+  chat-downloader-jsonl / chat-downloader-csv
+                   the same records, one JSON object per line / flattened to CSV columns (author.name, ...)
+  twitchdownloader-txt
+                   TwitchDownloader text: `[h:mm:ss] Name: text` (hours go past 24), or
+                   `[yyyy-MM-dd HH:mm:ss(.fff) UTC] Name: text` (t = time - stream_start, default the
+                   first message, as for irc-tags; the summary says so). A line without a timestamp
+                   continues the message above (message bodies may hold newlines). The export
+                   without timestamps is refused: it has no time to align with the video.
+  twitchdownloader-html
+                   TwitchDownloader HTML: one `<pre class="comment-root">[h:mm:ss] ...` per message
+                   (UTF-16 as TwitchDownloader writes it, or UTF-8), read with html.parser, nothing run.
+                   Its stamps drop whole days (TwitchDownloader formats h:mm:ss of the offset's TimeSpan).
+stream_start only matters for irc-tags and UTC text: every other format already stores VOD offsets.
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import json
+import logging
 import re
+from datetime import datetime, timezone
+from html.parser import HTMLParser
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from vod2chat.ingest.errors import NotRetryable
 
-CHAT_SUFFIXES: tuple[str, ...] = (".txt", ".irc", ".log", ".json", ".gz", ".ass", ".ssa")
+log = logging.getLogger(__name__)
+
+CHAT_SUFFIXES: tuple[str, ...] = (".txt", ".irc", ".log", ".json", ".gz", ".ass", ".ssa", ".jsonl", ".csv", ".html",
+                                  ".htm")
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ class ChatLog:
     path: str
     skipped: list[Skip] = field(default_factory=list)
     events: int = 0  # non-message records (CLEARCHAT, USERNOTICE, ...), ignored on purpose
+    note: str = ""  # how times were made, when the file does not say it (UTC stamps without --stream-start)
 
     def summary(self) -> str:
         s = f"{self.format}: {len(self.messages)} messages, {len(self.skipped)} skipped"
@@ -69,6 +89,8 @@ class ChatLog:
             s += f" ({shown}{', ...' if len(self.skipped) > 3 else ''})"
         if self.events:
             s += f", {self.events} non-message events ignored"
+        if self.note:
+            s += f"; {self.note}"
         return s
 
 
@@ -294,6 +316,159 @@ def _read_vod2chat(payload: Any, stream_start: float | None) -> Iterator[Item]:
         yield i, Message(t, user, text) if user and text else "empty user or text"
 
 
+# -- chat-downloader JSON lines and CSV ---------------------------------------------------------
+def _jsonl_records(text: str) -> Iterator[tuple[int, Any]]:
+    for no, line in _lines(text):
+        try:
+            yield no, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield no, f"invalid JSON ({e.msg} at column {e.colno})"
+
+
+def _read_chat_downloader_jsonl(text: str, stream_start: float | None) -> Iterator[Item]:
+    for no, rec in _jsonl_records(text):
+        if isinstance(rec, str):
+            yield no, rec
+            continue
+        yield no, next(iter(_read_chat_downloader([rec], stream_start)))[1]
+
+
+def _read_chat_downloader_csv(text: str, stream_start: float | None) -> Iterator[Item]:
+    """chat-downloader's CSV writer flattens each record with '.' between keys (author.name,
+    author.display_name, ...) and leaves missing values empty."""
+    rows = csv.DictReader(text.splitlines(keepends=True))
+    for row in rows:
+        no = rows.line_num
+        if None in row:
+            yield no, f"more fields than the header's {len(rows.fieldnames or [])}"
+            continue
+        get = lambda k: (row.get(k) or "").strip()  # noqa: E731
+        if not get("message"):
+            kind = get("message_type") or get("action_type")
+            yield no, None if kind and kind != "text_message" else "empty message"
+            continue
+        rec = {"message": row["message"], "time_in_seconds": get("time_in_seconds") or None,
+               "author": {"display_name": get("author.display_name"), "name": get("author.name") or get("author")}}
+        yield no, next(iter(_read_chat_downloader([rec], stream_start)))[1]
+
+
+# -- TwitchDownloader text -------------------------------------------------------------------------
+_TD_STAMP = re.compile(r"\[(?:(\d+:\d{1,2}:\d{1,2})|(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{1,7})?) UTC)\]")
+_TD_LINE = re.compile(_TD_STAMP.pattern + r" (?P<user>[^:]+?): ?(?P<text>.*)")
+_STAMPISH = re.compile(r"\[[\d:.\- ]*(?:UTC)?\]")  # looks like a stamp, so it is not message text
+_UNTIMED = re.compile(r"[^\s\[<@:#][^:]{0,40}: \S.*")  # `Name: text`, the export without timestamps
+
+
+def _utc(stamp: str) -> float | None:
+    try:
+        fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in stamp else "%Y-%m-%d %H:%M:%S"
+        return datetime.strptime(stamp, fmt).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def _td_text_rows(text: str) -> Iterator[tuple[int, "tuple[float, bool, str, str] | str"]]:
+    """(line, (seconds, is_utc, user, text) or why it is malformed); continuation lines are
+    folded into the message above them."""
+    pending: list | None = None
+    for no, line in _lines(text):
+        m = _TD_LINE.match(line)
+        if not m:
+            if pending is not None and not _STAMPISH.match(line):
+                pending[1][3] += "\n" + line
+            else:
+                yield no, f"not '[h:mm:ss] Name: text': {_clip(line)}"
+            continue
+        if pending is not None:
+            yield pending[0], tuple(pending[1])
+            pending = None
+        t = _hms(m[1]) if m[1] else _utc(m[2])
+        if t is None:
+            yield no, f"bad timestamp '[{m[1] or m[2] + ' UTC'}]'"
+            continue
+        pending = [no, [t, m[1] is None, m["user"].strip(), m["text"]]]
+    if pending is not None:
+        yield pending[0], tuple(pending[1])
+
+
+def _read_td_text(text: str, stream_start: float | None) -> Iterator[Item]:
+    rows = list(_td_text_rows(text))
+    utc = [r[0] for _, r in rows if isinstance(r, tuple) and r[1]]
+    start = stream_start if stream_start is not None else min(utc, default=0.0)
+    for no, r in rows:
+        if isinstance(r, str):
+            yield no, r
+            continue
+        t, is_utc, user, body = r
+        body = _clean(body)
+        yield no, Message(t - start if is_utc else t, user, body) if user and body else "empty user or text"
+
+
+# -- TwitchDownloader HTML -------------------------------------------------------------------------
+class _TdHtml(HTMLParser):
+    """Collects one record per <pre class="comment-root">: the text before the author (the
+    stamp, maybe inside a link), the author (with its colour) and the message text. Badge names
+    (invisible text beside badge images) sit before the author and are ignored; emote names
+    inside the message are its text, as the chatter typed them."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.records: list[dict[str, Any]] = []
+        self.rec: dict[str, Any] | None = None
+        self.region = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        classes = (a.get("class") or "").split()
+        if tag == "pre" and "comment-root" in classes:
+            self.rec = {"line": self.getpos()[0], "head": "", "user": "", "color": None, "text": ""}
+            self.region = "head"
+        elif self.rec is not None and tag == "span" and "comment-author" in classes:
+            self.region = "user"
+            m = re.search(r"color:\s*(#[0-9a-fA-F]{6})\b", a.get("style") or "")
+            self.rec["color"] = m[1] if m else None
+        elif self.rec is not None and tag == "span" and "comment-message" in classes:
+            self.region = "text"
+        elif self.rec is not None and tag == "div" and "invis-text" in classes and self.region == "head":
+            self.region = "badge"
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.rec is None:
+            return
+        if tag == "pre":
+            self.records.append(self.rec)
+            self.rec, self.region = None, ""
+        elif tag == "div" and self.region == "badge":
+            self.region = "head"
+        elif tag == "span" and self.region == "user":
+            self.region = "after-user"
+
+    def handle_data(self, data: str) -> None:
+        if self.rec is not None and self.region in ("head", "user", "text"):
+            self.rec[self.region] += data
+
+
+def td_html_records(text: str) -> list[dict[str, Any]]:
+    """The raw records of a TwitchDownloader HTML export (line, head, user, color, text)."""
+    p = _TdHtml()
+    p.feed(text)
+    p.close()
+    return p.records
+
+
+def _read_td_html(text: str, stream_start: float | None) -> Iterator[Item]:
+    for r in td_html_records(text):
+        m = re.search(r"\[\s*(\d+:\d{1,2}:\d{1,2})\s*\]", r["head"])
+        t = _hms(m[1]) if m else None
+        body = " ".join(r["text"].split())
+        body = _clean(body[1:] if body.startswith(":") else body)  # the ': ' after the name, once
+        user = " ".join(r["user"].split())
+        if t is None:
+            yield r["line"], f"comment without a [h:mm:ss] stamp: {_clip(' '.join(r['head'].split()))}"
+        else:
+            yield r["line"], Message(t, user, body) if user and body else "empty user or text"
+
+
 READERS: dict[str, Reader] = {
     "tcd-irc": _read_tcd,
     "irc-tags": _read_irc_tags,
@@ -302,8 +477,13 @@ READERS: dict[str, Reader] = {
     "twitch-dl": _read_twitch_dl,
     "chat-downloader": _read_chat_downloader,
     "vod2chat": _read_vod2chat,
+    "twitchdownloader-txt": _read_td_text,
+    "twitchdownloader-html": _read_td_html,
+    "chat-downloader-jsonl": _read_chat_downloader_jsonl,
+    "chat-downloader-csv": _read_chat_downloader_csv,
 }
-TEXT_FORMATS = ("tcd-irc", "irc-tags", "ass")
+TEXT_FORMATS = ("tcd-irc", "irc-tags", "ass", "twitchdownloader-txt", "twitchdownloader-html", "chat-downloader-jsonl",
+                "chat-downloader-csv")
 
 
 # -- loading and detection -----------------------------------------------------------------
@@ -316,15 +496,27 @@ def _load(path: Path) -> Any:
         except (OSError, EOFError) as e:
             raise ChatFormatError(f"{path}: gzip data is corrupt ({e}); re-download the chat log") from e
     # One bad byte should not cost a whole VOD's chat: undecodable bytes become U+FFFD.
-    text = raw.decode("utf-8-sig", errors="replace")
+    # TwitchDownloader writes its HTML as UTF-16 with a byte order mark.
+    utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+    text = raw.decode("utf-16" if utf16 else "utf-8-sig", errors="replace")
     if text.lstrip()[:1] not in ("{", "["):
         return text
     try:
-        return json.loads(text)
+        payload = json.loads(text)
     except json.JSONDecodeError as e:
-        if _vote(text)[0]:
-            return text  # tcd-irc and .ass text start with '[' too
+        if _vote(text)[0] or not _JSONISH.match(text):
+            return text  # tcd-irc, .ass, TwitchDownloader text and JSON lines start with '[' or '{' too
         raise ChatFormatError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    return text if _is_cd_record(payload) else payload  # a JSON-lines file of one line
+
+
+# What a JSON document's first line looks like ('{"', '[{', '[' alone, ...), so that only such a
+# file gets "invalid JSON"; '[0:00:05] Alice: hi' or '[note]' is text that did not match a format.
+_JSONISH = re.compile(r"\s*[\[{]\s*([\"{\[\]}]|$)", re.M)
+
+
+def _is_cd_record(rec: Any) -> bool:
+    return isinstance(rec, dict) and ("time_in_seconds" in rec or "message_type" in rec or "action_type" in rec)
 
 
 def _first(seq: Any) -> Any:
@@ -359,8 +551,13 @@ def _detect(payload: Any, path: Path) -> str:
 
 def _vote(text: str) -> tuple[str | None, list[tuple[int, str]]]:
     """Vote over the first 200 non-empty lines: a few odd lines must not flip the format."""
-    votes = dict.fromkeys(TEXT_FORMATS, 0)
     lines = _lines(text)[:200]
+    if 'class="comment-root"' in text:  # the HTML head (styles, embedded emotes) may be long
+        return "twitchdownloader-html", lines
+    header = next(csv.reader([lines[0][1]]), []) if lines else []
+    if {"message", "time_in_seconds"} <= set(header):
+        return "chat-downloader-csv", lines
+    votes = dict.fromkeys(TEXT_FORMATS, 0)
     for _, ln in lines:
         s = ln.strip()
         m = _TCD.fullmatch(s)
@@ -370,8 +567,19 @@ def _vote(text: str) -> tuple[str | None, list[tuple[int, str]]]:
             votes["irc-tags"] += 1
         elif s.lower().startswith(("dialogue:", "[script info]", "[events]")):
             votes["ass"] += 1
+        elif _TD_LINE.match(s):
+            votes["twitchdownloader-txt"] += 1
+        elif s.startswith("{") and _is_cd_record(_json_or_none(s)):
+            votes["chat-downloader-jsonl"] += 1
     best = max(votes, key=votes.__getitem__)
     return (best if votes[best] else None), lines
+
+
+def _json_or_none(s: str) -> Any:
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError:
+        return None
 
 
 def _detect_text(text: str, path: Path) -> str:
@@ -379,9 +587,18 @@ def _detect_text(text: str, path: Path) -> str:
     if best:
         return best
     no, ln = lines[0] if lines else (0, "")
+    untimed = sum(bool(_UNTIMED.fullmatch(s.strip())) for _, s in lines)
+    if lines and untimed > len(lines) / 2:
+        raise ChatFormatError(
+            f"{path}: looks like a TwitchDownloader text export without timestamps ('Name: text', line {no}: "
+            f"{_clip(ln)}): it has no times to align with the video; export it again with timestamps "
+            "(Relative or UTC) or as JSON")
+    if text.lstrip().lower().startswith(("<!doctype html", "<html")):
+        raise ChatFormatError(f"{path}: an HTML page without TwitchDownloader's <pre class=\"comment-root\"> "
+                              "messages; not a chat export vod2chat reads")
     raise ChatFormatError(
-        f"{path}: not a chat log: tried {', '.join(TEXT_FORMATS)} and no line matches "
-        f"(first bad line {no}: {_clip(ln)}); expected e.g. '[0:01:02] <user> text'"
+        f"{path}: not a chat log: tried {', '.join(TEXT_FORMATS)} and the JSON layouts, and no line matches "
+        f"(first line {no}: {_clip(ln)}); expected e.g. '[0:01:02] <user> text' or '[0:01:02] user: text'"
     )
 
 
@@ -427,7 +644,15 @@ def parse_chat(
             f"(limit {max_bad_fraction:.0%}); {first}. Check the file, or pass fmt= (one of {', '.join(READERS)})"
         )
     messages.sort(key=lambda m: m.t)  # list.sort is stable: equal times keep file order
-    return ChatLog(messages, fmt, str(path), skipped, events)
+    return ChatLog(messages, fmt, str(path), skipped, events, _time_note(payload, fmt, stream_start, path))
+
+
+def _time_note(payload: Any, fmt: str, stream_start: float | None, path: Path) -> str:
+    if fmt != "twitchdownloader-txt" or stream_start is not None or not re.search(r"^\[\d{4}-", payload, re.M):
+        return ""
+    note = "UTC timestamps: t=0 is the first message (pass --stream-start, unix seconds, to align with the VOD)"
+    log.warning("%s: %s", path, note)
+    return note
 
 
 def _stamp(t: float) -> str:

@@ -163,6 +163,13 @@ def run_live(cfg: Any) -> int:
     return 0
 
 
+def run_render(cfg: Any) -> int:
+    from vod2chat.inference.render import main as render_main
+
+    render_main(cfg)
+    return 0
+
+
 _WEIGHTS = {"--weights": (("video_weights", "audio_weights"),
                           "'random' for random-initialised encoders (offline demos; recorded in the store)")}
 
@@ -207,6 +214,12 @@ COMMANDS: list[Command] = [
             "Follows a video file still being written, an HLS playlist URL, or MPEG-TS on stdin (--source -). "
             "Messages are JSON lines on stdout (and --out); --serve 127.0.0.1:PORT serves the overlay page; "
             "--chat irc://irc.chat.twitch.tv/CHANNEL reads the channel's chat as context.", aliases=_WEIGHTS),
+    Command("render", "a chat log as video: a column with alpha (.webm/.mov), on a chroma key (.mp4), or beside/over the VOD",
+            "vod2chat.inference.render:RenderConfig", run_render,
+            "Any chat log vod2chat reads (or what `generate` wrote), drawn as Twitch shows it: names in their "
+            "colours, new messages at the bottom, embedded emotes of a TwitchDownloader JSON (-E) in place of their "
+            "names. --over VOD: the VOD with the chat beside it (--layout over: over its right side), audio kept.",
+            default_config=str(LAUNCH / "render.toml")),
 ]
 
 

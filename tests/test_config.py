@@ -40,6 +40,7 @@ SHIPPED = {
     "synth.toml": ("synth",), "synth_debug.toml": ("synth",),
     "store.toml": ("store",), "store_debug.toml": ("store",),
     "demo.toml": ("demo",), "demo_debug.toml": ("demo",),
+    "render.toml": ("render",), "render_debug.toml": ("render",),
 }
 
 

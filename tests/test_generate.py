@@ -280,3 +280,24 @@ def test_generate_checks_its_inputs_and_outputs_before_any_work(random_encoder_r
     # The debug variant runs as is (random encoders, CPU, greedy) and saves its config beside the chat.
     assert cli([*base, "--vod", video, "--out", str(tmp_path / "c.json"), "--end", "3"]) == 0
     assert load_config(GenerateConfig, tmp_path / "c.toml").sampling.temperature == 0.0
+
+
+def test_generate_video_renders_what_it_generated(random_encoder_run: Path, real_data: Path, tmp_path: Path):
+    """--video: the VOD range with the generated chat beside it (the render library), audio kept."""
+    import av
+
+    video = real_data / "video/in1.mp4"
+    cfg = GenerateConfig(run=str(random_encoder_run), vod=str(video), start="1", end="4", rate=120.0,
+                         out=str(tmp_path / "chat.json"), video=str(tmp_path / "chat.mp4"),
+                         video_weights="random", audio_weights="random", device="cpu", batch=4, seed=1)
+    out = main(cfg)
+    assert out
+    with av.open(str(tmp_path / "chat.mp4")) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.width, v.codec_context.height) == (320 + 350, 240)
+        assert c.streams.audio and c.duration / 1e6 == pytest.approx(3.0, abs=0.2)
+        col = [f.to_ndarray(format="rgb24")[:, 320:] for f in c.decode(video=0)]
+    assert len(col) == pytest.approx(90, abs=2)  # 3 s at 29.97 fps
+    first = out[0]["t"] - 1.0  # seconds into the rendered range when the first message shows
+    drawn = [int((img.astype(int).max(axis=-1) > 150).sum()) for img in col]  # text pixels in the column
+    assert drawn[0] == 0 and drawn[min(len(col) - 1, int(first * 29.97) + 2)] > 20
