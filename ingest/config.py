@@ -40,7 +40,7 @@ class IngestConfig:
     stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
     # Hostile or broken chat logs: a 100 MB message, a small .json.gz that inflates to gigabytes.
     max_message_chars: int = param(500, "chat messages longer than this are cut (Twitch's own limit); counted per VOD")
-    chat_max_mb: float = param(64.0, "a chat log may read (decompressed) to this many MiB plus chat_max_kb_per_s per "
+    chat_max_mb: float = param(16.0, "a chat log may read (decompressed) to this many MiB plus chat_max_kb_per_s per "
                                      "second of its video; past that its VOD fails")
     chat_max_kb_per_s: float = param(128.0, "chat log size allowed per second of video, KiB (see chat_max_mb)")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).

@@ -94,7 +94,7 @@ def test_a_gzip_bomb_fails_its_vod_by_name_with_a_cap_from_the_vod_length(real_d
     [job] = find_pairs(cfg.inputs, cfg.streamer).jobs
     with pytest.raises(ChatTooLargeError, match=r"666.json.gz: chat log inflates past 1.4 MiB"):
         plan_vod(job, cfg, {"video": {}, "audio": {}}, Store(cfg.store))
-    # The defaults (64 MiB + 128 KiB per second) read a real chat log of the same video.
+    # The defaults (16 MiB + 128 KiB per second) read a real chat log of the same video.
     (tmp_path / "666.json.gz").unlink()
     (tmp_path / "666.json").symlink_to(real_data / "chat/chat_downloader_replay_a.json")
     [job] = find_pairs(cfg.inputs, cfg.streamer).jobs
