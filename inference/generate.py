@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import sys
 import time
 import unicodedata
 from collections import Counter
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from vod2chat.config import param, save_config
 from vod2chat.shards.schema import Sample, VodRecord
@@ -74,6 +76,11 @@ class GenerateConfig:
     device: str = param("auto", "auto | cpu | cuda")
     batch: int = param(32, "stretches decoded side by side")
     embed_video_mb: float = param(16.0, "the HTML page embeds the video when it is at most this big")
+    progress: bool = param(True, "progress bars on stderr (features, then messages)")
+
+
+class OutputError(OSError):
+    """Some outputs could not be written; the message names each one and why."""
 
 
 # -- small pieces ----------------------------------------------------------------------------
@@ -205,7 +212,8 @@ def clean_text(s: str) -> str:
 
 @torch.no_grad()
 def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times: list[float], sc: SamplingConfig,
-                   batch: int, device: torch.device, gen: torch.Generator, streamer: str = "") -> list[str]:
+                   batch: int, device: torch.device, gen: torch.Generator, streamer: str = "",
+                   bar: tqdm | None = None) -> list[str]:
     """One text per time; each sees the A/V before its time and its stretch's earlier messages
     (and the streamer's token, where the run was trained with data.streamer_token)."""
     texts: list[str | None] = [None] * len(times)
@@ -227,17 +235,72 @@ def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times
         for i, ids in zip(rows, new):
             # [:max_new_tokens]: sampling.generate lets short prefixes run on in a ragged batch.
             texts[i] = clean_text(tok.decode(ids[: sc.max_new_tokens]))
+        if bar is not None:
+            bar.update(len(rows))
     return [t or "" for t in texts]
+
+
+class _Counted:
+    """An encoder that moves a progress bar by the rows it embeds (embed_range has no hook)."""
+
+    def __init__(self, inner: Any, bar: tqdm):
+        self.inner, self.bar = inner, bar
+
+    def encode(self, x: Any) -> Any:
+        out = self.inner.encode(x)
+        self.bar.update(len(out))
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def embed_with_progress(media: Any, start: float, end: float, window_s: float, enc: Any, icfg: Any,
+                        show: bool) -> Sample:
+    """embed_range, with a bar over the feature rows (video frames and audio windows)."""
+    from vod2chat.ingest.features import embed_range, range_rows
+
+    v, a, _ = range_rows(media.duration, start, end, window_s, icfg.fps)
+    total = (len(v) if media.video_stream is not None else 0) + (len(a) if media.audio_stream is not None else 0)
+    with tqdm(total=total, unit="row", desc="generate: features", disable=not show, file=sys.stderr) as bar:
+        video, audio = enc.video, enc.audio
+        enc.video, enc.audio = _Counted(video, bar), _Counted(audio, bar)
+        try:
+            return embed_range(media, start, end, window_s, enc, icfg)
+        finally:
+            enc.video, enc.audio = video, audio
+
+
+def write_outputs(cfg: GenerateConfig, msgs: list[Any], start: float, end: float) -> tuple[list[Path], list[str]]:
+    """Every output asked for that can be written: one that fails (a full disk, a name the irc
+    format cannot hold) is reported, and does not stop the others. -> (written, failures)."""
+    from vod2chat.ingest.chat import write_irc, write_json
+    from vod2chat.inference.render import render_messages
+    from vod2chat.inference.replay import write_ass, write_html
+
+    out = Path(cfg.out) if cfg.out else Path(cfg.vod).with_suffix(".chat.json")
+    jobs = [("--out", out, lambda p: (write_json(msgs, p), save_config(cfg, p.with_suffix(".toml"))))]
+    jobs += [("--irc", Path(cfg.irc), lambda p: write_irc(msgs, p))] if cfg.irc else []
+    jobs += [("--ass", Path(cfg.ass), lambda p: write_ass(msgs, p, title=f"{Path(cfg.vod).name} (vod2chat)"))] if cfg.ass else []
+    jobs += [("--html", Path(cfg.html), lambda p: write_html(msgs, p, cfg.vod, start=start,
+                                                          embed_max_bytes=int(cfg.embed_video_mb * (1 << 20))))] if cfg.html else []
+    jobs += [("--video", Path(cfg.video), lambda p: render_messages(msgs, p, over=cfg.vod, start=start, end=end,
+                                                                     progress=False))] if cfg.video else []
+    written, failed = [], []
+    for flag, path, write in jobs:
+        try:
+            write(path)
+            written.append(path)
+        except (OSError, ValueError) as e:
+            failed.append(f"{flag} {path}: {type(e).__name__}: {e}")
+    return written, failed
 
 
 # -- main ----------------------------------------------------------------------------------
 def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
-    from vod2chat.ingest.chat import Message, write_irc, write_json
-    from vod2chat.ingest.features import embed_range
+    from vod2chat.ingest.chat import Message
     from vod2chat.ingest.media import probe
     from vod2chat.inference.evaluate import resolve_device
-    from vod2chat.inference.render import render_messages
-    from vod2chat.inference.replay import write_ass, write_html
 
     if not cfg.run or not cfg.vod:
         raise ValueError("generate needs --run (a trained run) and --vod (a video file)")
@@ -271,7 +334,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
         users = Counter()
 
     t_feat = time.perf_counter()
-    sample = embed_range(media, start, end, data.window_s, enc, icfg)
+    sample = embed_with_progress(media, start, end, data.window_s, enc, icfg, cfg.progress)
     t_feat = time.perf_counter() - t_feat
     rng = np.random.default_rng(cfg.seed)
     times = poisson_times(start, end, rate, rng)
@@ -279,29 +342,18 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     sc = cfg.sampling.resolved(data.max_message_tokens)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t_dec = time.perf_counter()
-    texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen, cfg.streamer)
+    with tqdm(total=len(times), unit="msg", desc="generate: messages", disable=not cfg.progress, file=sys.stderr) as bar:
+        texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen, cfg.streamer, bar)
     t_dec = time.perf_counter() - t_dec
     msgs = [Message(t, u, x) for t, u, x in zip(times, names, texts) if x]
 
-    out = Path(cfg.out) if cfg.out else Path(cfg.vod).with_suffix(".chat.json")
-    write_json(msgs, out)
-    written = [out]
-    save_config(cfg, out.with_suffix(".toml"))  # what produced the chat, loadable with --config
-    if cfg.irc:
-        write_irc(msgs, cfg.irc)
-        written.append(Path(cfg.irc))
-    if cfg.ass:
-        write_ass(msgs, cfg.ass, title=f"{Path(cfg.vod).name} (vod2chat)")
-        written.append(Path(cfg.ass))
-    if cfg.html:
-        write_html(msgs, cfg.html, cfg.vod, start=start, embed_max_bytes=int(cfg.embed_video_mb * (1 << 20)))
-        written.append(Path(cfg.html))
-    if cfg.video:
-        render_messages(msgs, cfg.video, over=cfg.vod, start=start, end=end, progress=False)
-        written.append(Path(cfg.video))
+    written, failed = write_outputs(cfg, msgs, start, end)  # the JSON's .toml beside it: what produced the chat
     print(f"{len(msgs)} messages for {cfg.vod} [{start:.1f}, {end:.1f}] s at {rate:.1f}/min "
           f"({len(times) - len(msgs)} empty dropped); features {t_feat:.1f} s, decoding {t_dec:.1f} s "
           f"({len(times) / max(t_dec, 1e-9):.1f} messages/s), total {time.perf_counter() - t_begin:.1f} s")
     for p in written:
         print(f"  wrote {p}")
+    if failed:
+        raise OutputError(f"{len(failed)} of {len(failed) + len(written)} output(s) not written (the others were): "
+                          + "; ".join(failed))
     return [dataclasses.asdict(m) for m in msgs]

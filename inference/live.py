@@ -56,6 +56,25 @@ AUDIO_RESYNC_S = 0.1  # smaller audio pts jitter is ignored (as in ingest.media)
 MAX_WARNINGS = 10  # corrupt packets reported one by one before they are only counted
 QUEUE_ITEMS = 512  # decoded rows waiting for the encoders: bounds memory when the model falls behind
 STATUS_EVERY_S = 30.0  # stream seconds between status lines on stderr
+BURST_MIN_S = 2.0  # arrival pauses shorter than this are not worth a warning, whatever the rate
+BURST_FACTOR = 4.0  # ... nor those under this many intervals between messages
+
+
+def burst_warning(source: ByteSource, rate: float) -> str | None:
+    """Why messages will come in bursts, when a file or pipe delivers the stream in bursts much
+    longer than the interval between messages (a message waits for the stream to reach its time)."""
+    from vod2chat.inference.sources import HlsSource
+
+    interval = 60.0 / rate
+    if isinstance(source, HlsSource) or len(source.gaps) < 3:  # HLS comes in segments by design
+        return None
+    typical = sorted(source.gaps[-3:])[1]
+    if typical < max(BURST_MIN_S, BURST_FACTOR * interval):
+        return None
+    return (f"{source.name}: the stream arrives in bursts about {typical:.0f} s apart, much longer than the "
+            f"{interval:.1f} s between messages, so messages come in bursts too. A writer is buffering: ffmpeg "
+            "writing a file or pipe at a low bitrate flushes in 256 KiB steps; add -flush_packets 1 to its output "
+            "(README: Live)")
 
 
 @dataclass
@@ -144,6 +163,8 @@ class Decoder(threading.Thread):
             log.debug("decoder failed", exc_info=True)
             reason = f"error: {e}"
         finally:
+            if getattr(self.source, "error", None) is not None:  # the source's own error (an HLS loop) says more
+                reason = f"error: {self.source.error}"
             self.opened.set()
             self.put(("end", reason, end_t))
 
@@ -387,6 +408,7 @@ class Live:
         next_t = float(rng.exponential(60.0 / self.rate))
         t_wall0, next_status = time.perf_counter(), STATUS_EVERY_S
         end: tuple | None = None
+        warned_bursts = False
         print(f"live: following {cfg.source} at {self.rate:.1f} messages/min (window {data.window_s:g} s, "
               f"{self.fps:g} fps){'; real chat from ' + cfg.chat if cfg.chat else ''}", file=sys.stderr, flush=True)
         dec.start()
@@ -397,6 +419,9 @@ class Live:
                 items = _drain(q)
                 if not items:
                     continue
+                if not warned_bursts and (warning := burst_warning(source, self.rate)):
+                    log.warning(warning)
+                    warned_bursts = True
                 end = rows.add(items)
                 rows.embed()
                 ready = end[2] + 1e-9 if end is not None else rows.ready(dec)

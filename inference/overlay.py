@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 BACKLOG = 50  # messages a newly connected page gets
 KEEPALIVE_S = 10.0  # a comment line this often: finds dead connections, keeps proxies open
+# Each connection holds a thread: a socket that sends nothing (or stops reading) is closed after
+# IDLE_TIMEOUT_S, and past MAX_CONNECTIONS open at once new ones are closed unanswered.
+IDLE_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 256
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>vod2chat live</title>
@@ -78,10 +82,42 @@ connect();
 """
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with at most `max_connections` connections (threads) at once."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: Any, max_connections: int):
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.max_connections, self.refused = max_connections, 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            if self.refused in (1, 100, 10000):
+                log.warning("overlay: %d connections open: refusing more (%d so far)", self.max_connections,
+                            self.refused)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 class Overlay:
     """A small threaded HTTP server; `publish` hands a message to every connected page."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, max_connections: int = MAX_CONNECTIONS,
+                 idle_timeout: float = IDLE_TIMEOUT_S):
         self.server_id = uuid.uuid4().hex[:8]
         self.history: deque[tuple[int, str]] = deque(maxlen=BACKLOG)
         self.clients: set[queue.Queue] = set()
@@ -92,6 +128,7 @@ class Overlay:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = idle_timeout  # the socket's: a request that never comes, a page that stopped reading
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("overlay: " + fmt, *args)
@@ -111,8 +148,7 @@ class Overlay:
                 else:
                     self.send_error(404, "only / and /events here")
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedServer((host, port), Handler, max_connections)
         self.host, self.port = host, self.httpd.server_address[1]
         self.url = f"http://{host}:{self.port}/"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},

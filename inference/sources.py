@@ -29,6 +29,9 @@ POLL_S = 0.05  # how often a followed file is checked for new bytes
 SAY_STALL_AFTER_S = 3.0  # a quiet source is reported after this long (then ended at stall_timeout)
 HTTP_TIMEOUT_S = 10.0
 MAX_SEGMENT_BYTES = 256 << 20  # an HLS segment larger than this is refused: a broken or hostile server
+MAX_VARIANT_HOPS = 4  # master playlists followed in a row before the chain counts as a loop
+MAX_BACKOFF_S = 8.0  # the longest pause between refetches of a playlist that keeps failing
+GAP_S = 1.0  # a pause in the data longer than this (and then data again) counts as one burst boundary
 
 
 class ByteSource:
@@ -45,11 +48,20 @@ class ByteSource:
         self.wait_s = 0.0
         self._last_data = time.monotonic()
         self._said_waiting = False
+        # Pauses (seconds) the reader waited for data between arrivals: a writer that buffers
+        # (ffmpeg to a file at a low bitrate) delivers in bursts, and live's messages come in
+        # bursts with it. Only waits count: a reader busy elsewhere is not a pause of the source.
+        self.gaps: list[float] = []
+        self._empty_since: float | None = None
 
     def _got(self, data: bytes) -> bytes:
         if data:
             self.bytes_read += len(data)
-            self._last_data = time.monotonic()
+            now = time.monotonic()
+            if self._empty_since is not None and now - self._empty_since > GAP_S and self.bytes_read > len(data):
+                self.gaps = (self.gaps + [now - self._empty_since])[-8:]
+            self._empty_since = None
+            self._last_data = now
             if self._said_waiting:
                 log.warning("%s: data again after a pause", self.name)
                 self._said_waiting = False
@@ -59,6 +71,8 @@ class ByteSource:
         """Call when there is nothing to read; True once the stall timeout has passed."""
         if self.stalled:
             return True
+        if self._empty_since is None:
+            self._empty_since = time.monotonic()
         quiet = time.monotonic() - self._last_data
         if quiet >= min(SAY_STALL_AFTER_S, self.stall_timeout / 2) and not self._said_waiting:
             log.warning("%s: no new data for %.0f s; waiting (ends after %.0f s without data: --stall-timeout)",
@@ -175,6 +189,17 @@ def parse_playlist(text: str, base: str) -> tuple[list[tuple[int, str]], bool, f
     return segments, ended, target, variants
 
 
+def _next_variant(url: str, masters: list[str]) -> str:
+    """The variant to fetch after the master playlists `masters`; a loop is an error naming it."""
+    if url in masters:
+        raise ValueError(f"HLS master playlist {masters[-1]} lists {url}, which leads back to itself "
+                         "(a playlist loop); give the URL of a media playlist")
+    if len(masters) > MAX_VARIANT_HOPS:
+        raise ValueError(f"HLS: {len(masters)} master playlists in a row ({masters[0]} ... {url}); "
+                         "give the URL of a media playlist")
+    return url
+
+
 class HlsSource(ByteSource):
     """An HLS playlist of MPEG-TS segments (what `streamlink --stream-url` prints): polled for new
     segments, which are fetched in order and read back to back as one transport stream."""
@@ -189,26 +214,32 @@ class HlsSource(ByteSource):
         self._thread.start()
 
     def _poll(self) -> None:
-        url, done, target = self.url, -1, 2.0
+        url, done, target, pause = self.url, -1, 2.0, 0.0
+        masters: list[str] = []  # master playlists followed in a row, to catch one that lists itself
         try:
             while not self.closed.is_set():
                 try:
                     segments, ended, target, variants = parse_playlist(
                         _fetch(url, 4 << 20).decode("utf-8", "replace"), url)
                     if variants:  # a master playlist: follow its first variant (streamlink picks one for us)
-                        url = variants[0]
+                        masters.append(url)
+                        url = _next_variant(variants[0], masters)
                         continue
+                    masters.clear()
+                    pause = 0.0
                     for seq, seg in segments:
                         if seq > done and not self.closed.is_set():
                             self._put(_fetch(seg, MAX_SEGMENT_BYTES))
                             done = seq
                 except (urllib.error.URLError, OSError) as e:
-                    # Not there yet, or a hiccup: try again; the reader's stall timeout ends it.
-                    log.debug("%s: %s; retrying", url, e)
+                    # Not there yet, or a hiccup: try again, less often each time; the reader's
+                    # stall timeout ends it.
+                    pause = min(max(2 * pause, 0.5), MAX_BACKOFF_S)
+                    log.debug("%s: %s; retrying in %.1f s", url, e, pause)
                     ended = False
                 if ended:
                     break
-                self.closed.wait(max(0.1, min(target / 2, 1.0)))
+                self.closed.wait(max(pause, 0.1, min(target / 2, 1.0)))
         except BaseException as e:  # handed to the reader, which ends the stream with it
             self.error = e
         finally:

@@ -48,6 +48,7 @@ class IrcChat:
         self.joined = threading.Event()
         self.timeout = connect_timeout
         self.sock: socket.socket | None = None
+        self.dropped_lines = 0
         self.thread = threading.Thread(target=self._run, name="irc", daemon=True)
 
     @classmethod
@@ -93,7 +94,7 @@ class IrcChat:
             pause = min(pause * 2, 60.0)
 
     def _read(self) -> None:
-        buf = b""
+        buf, dropping = b"", False  # dropping: inside a line already too long, until its newline
         while not self.closed.is_set():
             try:
                 chunk = self.sock.recv(65536)
@@ -103,12 +104,21 @@ class IrcChat:
                 raise ConnectionError("the server closed the connection")
             buf += chunk
             *lines, buf = buf.split(b"\n")
-            if len(buf) > MAX_LINE:
-                buf = b""
             for raw in lines:
-                if len(raw) > MAX_LINE:
+                if dropping or len(raw) > MAX_LINE:
+                    self._too_long()
+                    dropping = False
                     continue
                 self._line(raw.decode("utf-8", "replace").rstrip("\r"))
+            if len(buf) > MAX_LINE:  # no newline yet: the line is too long already, whatever follows
+                dropping, buf = True, b""
+
+    def _too_long(self) -> None:
+        """A line over MAX_LINE is dropped whole (its tail never parses as a line of its own)."""
+        self.dropped_lines += 1
+        if self.dropped_lines in (1, 10, 100, 1000):
+            log.warning("chat %s:%d: dropped %d line(s) longer than %d bytes", self.host, self.port,
+                        self.dropped_lines, MAX_LINE)
 
     def _line(self, line: str) -> None:
         if not line:

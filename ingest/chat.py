@@ -45,9 +45,10 @@ import gzip
 import json
 import logging
 import re
+import zlib
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from html.parser import HTMLParser
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -81,6 +82,7 @@ class ChatLog:
     skipped: list[Skip] = field(default_factory=list)
     events: int = 0  # non-message records (CLEARCHAT, USERNOTICE, ...), ignored on purpose
     note: str = ""  # how times were made, when the file does not say it (UTC stamps without --stream-start)
+    truncated: int = 0  # messages cut to parse_chat's max_chars (or a user name to MAX_USER_CHARS)
 
     def summary(self) -> str:
         s = f"{self.format}: {len(self.messages)} messages, {len(self.skipped)} skipped"
@@ -89,6 +91,8 @@ class ChatLog:
             s += f" ({shown}{', ...' if len(self.skipped) > 3 else ''})"
         if self.events:
             s += f", {self.events} non-message events ignored"
+        if self.truncated:
+            s += f", {self.truncated} over-long messages truncated"
         if self.note:
             s += f"; {self.note}"
         return s
@@ -487,18 +491,79 @@ TEXT_FORMATS = ("tcd-irc", "irc-tags", "ass", "twitchdownloader-txt", "twitchdow
 
 
 # -- loading and detection -----------------------------------------------------------------
-def _load(path: Path) -> Any:
-    """File -> str (text) or decoded JSON. gzip is found by magic bytes, whatever the suffix."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise ChatFormatError(f"{path}: gzip data is corrupt ({e}); re-download the chat log") from e
+# Bounded reading, whatever the file says about itself. A chat log is read as a stream (gzip too),
+# so a small file that inflates to gigabytes stops at `max_bytes` instead of filling memory, and
+# a text log is read line by line so one 100 MB line is cut to MAX_LINE_BYTES before any copy of
+# it is made. Both happen before the format is known: every format goes through here.
+MAX_MESSAGE_CHARS = 500  # Twitch's own limit on a chat message; longer ones are cut (parse_chat)
+MAX_USER_CHARS = 64  # Twitch logins and display names are at most 25 characters
+MAX_LINE_BYTES = 64 << 10  # a text line: Twitch IRC's 8 KiB of tags + 500 characters, with room to spare
+_CHUNK = 1 << 20
+
+
+class ChatTooLargeError(ChatFormatError):
+    """A chat log that inflates past its size cap (a gzip bomb, or the log of another, longer video)."""
+
+
+def _open_raw(path: Path) -> Any:
+    f = path.open("rb")
+    if f.peek(2)[:2] == b"\x1f\x8b":  # gzip by magic bytes, whatever the suffix
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    return f
+
+
+def _looks_like_json(head: bytes) -> bool:
+    """JSON starts with '{' or '[' + a value; tcd-irc text starts with '[0:00:01]'."""
+    s = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return s[:1] == b"{" or (s[:1] == b"[" and s[1:].lstrip()[:1] in (b"{", b"[", b'"', b"]", b""))
+
+
+def _read_bounded(path: Path, max_bytes: int | None) -> bytes:
+    """The (decompressed) bytes of a chat log, at most max_bytes of them; text lines are cut at
+    MAX_LINE_BYTES (the rest of such a line is read past, never kept)."""
+    cap = max_bytes if max_bytes is not None else float("inf")
+    seen, out = 0, []
+
+    def count(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen > cap:
+            raise ChatTooLargeError(
+                f"{path}: chat log inflates past {cap / 2**20:.1f} MiB (its size cap for this VOD: "
+                "ingest's chat_max_mb + chat_max_kb_per_s per second of video); a gzip bomb, or the chat of "
+                "another, longer video? Raise --chat-max-kb-per-s if it really is this VOD's chat")
+
+    try:
+        with _open_raw(path) as f:
+            head = f.peek(4096)[:4096] if hasattr(f, "peek") else b""
+            if _looks_like_json(head):
+                while chunk := f.read(_CHUNK):
+                    count(len(chunk))
+                    out.append(chunk)
+                return b"".join(out)
+            while line := f.readline(MAX_LINE_BYTES + 1):
+                count(len(line))
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    out.append(line[:MAX_LINE_BYTES] + b"\n")
+                    while (rest := f.readline(_CHUNK)):  # past the rest of the line, counted, not kept
+                        count(len(rest))
+                        if rest.endswith(b"\n"):
+                            break
+                else:
+                    out.append(line)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise ChatFormatError(f"{path}: gzip data is corrupt ({e}); re-download the chat log") from e
+    return b"".join(out)
+
+
+def _load(path: Path, max_bytes: int | None = None) -> Any:
+    """File -> str (text) or decoded JSON."""
+    raw = _read_bounded(path, max_bytes)
     # One bad byte should not cost a whole VOD's chat: undecodable bytes become U+FFFD.
     # TwitchDownloader writes its HTML as UTF-16 with a byte order mark.
     utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
     text = raw.decode("utf-16" if utf16 else "utf-8-sig", errors="replace")
+    del raw
     if text.lstrip()[:1] not in ("{", "["):
         return text
     try:
@@ -602,31 +667,39 @@ def _detect_text(text: str, path: Path) -> str:
     )
 
 
-def detect_format(path: str | Path) -> str:
-    """The format name parse_chat would use for this file (reads the file)."""
+def detect_format(path: str | Path, max_bytes: int | None = None) -> str:
+    """The format name parse_chat would use for this file (reads the file, at most max_bytes)."""
     path = Path(path)
-    return _detect(_load(path), path)
+    return _detect(_load(path, max_bytes), path)
 
 
 # -- entry points ---------------------------------------------------------------------------
 def parse_chat(
-    path: str | Path, fmt: str | None = None, stream_start: float | None = None, max_bad_fraction: float = 0.5
+    path: str | Path, fmt: str | None = None, stream_start: float | None = None, max_bad_fraction: float = 0.5,
+    max_chars: int = MAX_MESSAGE_CHARS, max_bytes: int | None = None,
 ) -> ChatLog:
-    """Read a chat log of any supported format; see the module docstring for the policy."""
+    """Read a chat log of any supported format; see the module docstring for the policy.
+    Texts longer than max_chars are cut there (counted in ChatLog.truncated); a file that reads
+    (decompresses) to more than max_bytes is ChatTooLargeError."""
     path = Path(path)
     if fmt is not None and fmt not in READERS:
         raise ValueError(f"unknown chat format {fmt!r}; choose one of {', '.join(READERS)}")
-    payload = _load(path)
+    payload = _load(path, max_bytes)
     fmt = fmt or _detect(payload, path)
     if isinstance(payload, str) != (fmt in TEXT_FORMATS) and fmt != "irc-tags":
         raise ChatFormatError(f"{path}: is {'text' if isinstance(payload, str) else 'JSON'}, not {fmt}")
     unit = "line" if isinstance(payload, str) else "record"
     messages: list[Message] = []
     skipped: list[Skip] = []
-    events = 0
+    events = truncated = 0
     try:
         for loc, item in READERS[fmt](payload, stream_start):
             if isinstance(item, Message):
+                if len(item.text) > max_chars or len(item.user) > MAX_USER_CHARS:
+                    # One huge message would be stored with every segment that sees it and then
+                    # sit in the tokenizer's training: cut to what Twitch itself would allow.
+                    truncated += 1
+                    item = Message(item.t, item.user[:MAX_USER_CHARS].strip(), item.text[:max_chars].strip())
                 # Millisecond resolution (Twitch's own) for every format: no float noise such
                 # as 5.5969999999999995, and write_irc round-trips exactly.
                 messages.append(Message(round(item.t, 3), item.user, item.text))
@@ -644,7 +717,8 @@ def parse_chat(
             f"(limit {max_bad_fraction:.0%}); {first}. Check the file, or pass fmt= (one of {', '.join(READERS)})"
         )
     messages.sort(key=lambda m: m.t)  # list.sort is stable: equal times keep file order
-    return ChatLog(messages, fmt, str(path), skipped, events, _time_note(payload, fmt, stream_start, path))
+    return ChatLog(messages, fmt, str(path), skipped, events,
+                   note=_time_note(payload, fmt, stream_start, path), truncated=truncated)
 
 
 def _time_note(payload: Any, fmt: str, stream_start: float | None, path: Path) -> str:
@@ -674,15 +748,19 @@ def write_json(messages: Iterable[Message], path: str | Path) -> None:
 def write_irc(messages: Iterable[Message], path: str | Path) -> None:
     """Write tcd irc text; t is kept to the millisecond ([0:00:01.50], [0:02:07.467]).
 
-    Newlines in text become spaces (one message per line); surrounding whitespace is dropped,
+    Newlines in text become spaces (one message per line), '>' and newlines in a user name '_';
+    surrounding whitespace is dropped,
     as parse_chat drops it, so parse_chat(write_irc(ms)) == ms for stripped, ms-precision input.
     """
     lines = []
     for m in messages:
         text = re.sub(r"[\r\n]+", " ", m.text).strip()
-        if m.t < 0 or not m.user.strip() or re.search(r"[>\r\n]", m.user) or not text:
-            raise ValueError(f"cannot write {m} as tcd irc text: needs t >= 0, text, and a user without '>'")
-        lines.append(f"[{_stamp(m.t)}] <{m.user}> {text}\n")
+        # '>' ends the name in this format and a line break ends the line: such names (other
+        # platforms allow them) are written with '_' there, so every message still fits.
+        user = re.sub(r"[>\r\n]", "_", m.user).strip()
+        if m.t < 0 or not user or not text:
+            raise ValueError(f"cannot write {m} as tcd irc text: needs t >= 0, a user and text")
+        lines.append(f"[{_stamp(m.t)}] <{user}> {text}\n")
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 

@@ -38,6 +38,11 @@ class IngestConfig:
     audio_stream: int | None = param(None, "stream index (default: the best)")
     decode_backend: str = param("auto", "auto (pyav) | decord (optional: pip install 'vod2chat[decord]') | pyav")
     stream_start: float | None = param(None, "unix seconds, for raw IRC logs")
+    # Hostile or broken chat logs: a 100 MB message, a small .json.gz that inflates to gigabytes.
+    max_message_chars: int = param(500, "chat messages longer than this are cut (Twitch's own limit); counted per VOD")
+    chat_max_mb: float = param(16.0, "a chat log may read (decompressed) to this many MiB plus chat_max_kb_per_s per "
+                                     "second of its video; past that its VOD fails")
+    chat_max_kb_per_s: float = param(128.0, "chat log size allowed per second of video, KiB (see chat_max_mb)")
     # Inputs given as s3:// or gs:// URLs are fetched once per node into this cache (LRU, bounded).
     input_cache: str = param("~/.cache/vod2chat/inputs", "where URL inputs are fetched to")
     input_cache_gb: float = param(100.0, "input cache bound (least recently used out first)")
@@ -52,3 +57,9 @@ class IngestConfig:
     parts_in_flight: int = param(2, "parts queued per actor, so the next one waits there, not in the driver")
     max_retries: int = param(2, "retries of a part whose actor died")
     progress: bool = param(True, "progress bars")
+    dry_run: bool = param(False, "list each video/chat pair with its detected chat format and what cannot be paired; "
+                                 "start nothing")
+
+    def chat_max_bytes(self, duration: float) -> int:
+        """The size cap of the chat log of a VOD lasting `duration` seconds."""
+        return int(self.chat_max_mb * 2**20 + self.chat_max_kb_per_s * 1024 * max(0.0, duration))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import check_weights
 from vod2chat.ingest.errors import NotRetryable
-from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, ingest_part, pair_inputs, plan_vod
+from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, find_pairs, ingest_part, plan_vod
 from vod2chat.shards.schema import ShardInfo, VodRecord
 from vod2chat.shards.store import Store, chat_counts, chat_warning
 
@@ -69,8 +69,14 @@ class IngestSummary:
     nodes: set[str] = field(default_factory=set)
     retries: int = 0
     stages: dict[str, float] = field(default_factory=dict)  # seconds: start-up, plan, per-stage sums over parts
-    chat: dict[str, dict[str, int]] = field(default_factory=dict)  # vod -> kept / dropped / malformed
+    chat: dict[str, dict[str, int]] = field(default_factory=dict)  # vod -> kept / dropped / malformed / truncated
     warnings: list[str] = field(default_factory=list)  # VODs that keep less than half of their chat
+    unpaired: list[str] = field(default_factory=list)  # inputs that did not pair, one line naming each file
+    truncated: dict[str, int] = field(default_factory=dict)  # vod -> messages cut to max_message_chars
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.unpaired
 
     def add_record(self, vod: str, rec: VodRecord) -> None:
         self.done.append(vod)
@@ -79,14 +85,17 @@ class IngestSummary:
         self.shards += len(rec.shards)
         self.chat[vod] = chat_counts(rec)
         warning = chat_warning(vod, **self.chat[vod], duration=rec.duration)
+        self.chat[vod]["truncated"] = self.truncated.get(vod, 0)
         if warning:
             log.warning(warning)
             self.warnings.append(warning)
 
     def table(self) -> str:
         rate = self.hours * 3600 / self.wall_s if self.wall_s else 0.0
-        lines = [f"{'VOD':<32} {'kept':>8} {'dropped':>8} {'malformed':>9}   chat messages (dropped: outside the video)"]
-        lines += [f"{vod:<32} {c['kept']:>8} {c['dropped']:>8} {c['malformed']:>9}" for vod, c in sorted(self.chat.items())]
+        lines = [f"{'VOD':<32} {'kept':>8} {'dropped':>8} {'malformed':>9} {'truncated':>9}   chat messages "
+                 "(dropped: outside the video; truncated: cut to max_message_chars)"]
+        lines += [f"{vod:<32} {c['kept']:>8} {c['dropped']:>8} {c['malformed']:>9} {c.get('truncated', 0):>9}"
+                  for vod, c in sorted(self.chat.items())]
         lines += [
             f"VODs: {len(self.done)} done, {len(self.skipped)} skipped (already in store), {len(self.failed)} failed",
             f"ingested: {self.hours:.3f} h of VOD, {self.messages} messages, {self.shards} shards "
@@ -97,6 +106,7 @@ class IngestSummary:
             lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
         lines += [f"WARNING {w}" for w in self.warnings]
         lines += [f"FAILED {vod}: {err}" for vod, err in sorted(self.failed.items())]
+        lines += [f"UNPAIRED {p}" for p in self.unpaired]
         return "\n".join(lines)
 
 
@@ -155,11 +165,17 @@ class _Pool:
 def main(cfg: IngestConfig) -> IngestSummary:
     """Ingest every VOD of cfg.inputs into cfg.store on a local Ray or the cluster at cfg.address."""
     t0 = time.perf_counter()
-    jobs = pair_inputs(cfg.inputs, cfg.streamer)
+    pairing = find_pairs(cfg.inputs, cfg.streamer)
+    if not pairing.jobs:
+        raise ValueError(f"nothing to ingest: no video pairs with a chat log ({len(pairing.problems)} problem(s)): "
+                         + " | ".join(pairing.problems))
+    jobs = pairing.jobs
+    for p in pairing.problems:  # said now, and again in the summary; the pairs go on
+        log.warning("not ingested: %s", p)
     # The driver runs on a node of the cluster (`ray up` puts the weights on every node): a missing
     # file is reported here, alone, before any actor starts.
     check_weights(cfg.video_weights, cfg.audio_weights)
-    store, summary = Store(cfg.store), IngestSummary()
+    store, summary = Store(cfg.store), IngestSummary(unpaired=list(pairing.problems))
     init_ray(cfg.address)
     pool = _Pool(cfg)
     fingerprints = ray.get(pool.actors[0].info.remote())["fingerprints"]
@@ -180,6 +196,7 @@ def main(cfg: IngestConfig) -> IngestSummary:
             summary.skipped.append(vod)
         else:
             plans[vod] = plan
+            summary.truncated[vod] = plan.chat_truncated
     store.check_fingerprints(fingerprints)
     summary.stages["plan"] = time.perf_counter() - t0 - summary.stages["start-up"]
 
@@ -231,6 +248,30 @@ def main(cfg: IngestConfig) -> IngestSummary:
     bar.close()
     summary.wall_s = time.perf_counter() - t0
     return summary
+
+
+def dry_run(cfg: IngestConfig) -> tuple[str, bool]:
+    """What `ingest` would do with cfg.inputs, without Ray or encoders: each pair with its chat
+    format (the parser's own detection), what does not pair and why. -> (report, all pairable)."""
+    from vod2chat.ingest.chat import ChatFormatError, detect_format
+    from vod2chat.ingest.inputs import is_url, localize
+    from vod2chat.ingest.media import MediaError, probe
+
+    pairing = find_pairs(cfg.inputs, cfg.streamer)
+    lines, ok = [], not pairing.problems
+    for job in tqdm(pairing.jobs, unit="VOD", desc="dry run", disable=not cfg.progress or len(pairing.jobs) < 5):
+        try:
+            # The real ingest allows a chat log this big for this video; URL videos are not fetched here.
+            duration = probe(job.video).duration if not is_url(job.video) else 12 * 3600.0
+            chat = localize(job.chat, cfg.input_cache, cfg.input_cache_gb)
+            what = f"chat format {detect_format(chat, cfg.chat_max_bytes(duration))}"
+        except (ChatFormatError, MediaError, OSError) as e:
+            what, ok = f"CANNOT INGEST: {e}", False
+        lines.append(f"{job.streamer}/{job.vod_id}: {job.video} + {job.chat}: {what}")
+    lines += [f"UNPAIRED {p}" for p in pairing.problems]
+    lines += [f"ignored  {c}: a chat log without a video" for c in pairing.lone_chats]
+    lines.append(f"{len(pairing.jobs)} pair(s), {len(pairing.problems)} input problem(s); dry run: nothing started")
+    return "\n".join(lines), ok
 
 
 def _reason(e: BaseException) -> str:

@@ -52,6 +52,11 @@ AUDIO_PREROLL_S = 0.5  # decode this much before `start`: AAC/MP3 frames overlap
 AUDIO_RESYNC_S = 0.1  # an audio pts this far from where the samples so far lead is a real gap
 MAX_BAD_PACKETS = 50  # packets that fail to decode in one call before the file counts as corrupt
 NOT_VIDEO_FORMATS = ("tty",)
+# Demuxers that open other files or URLs named inside the file (a .ffconcat or playlist saved
+# as .mp4 would make the prober read a file beside it): refused by content before opening, and
+# by the format ffmpeg detected after.
+PLAYLIST_FORMATS = ("concat", "hls", "applehttp", "dash", "imf", "webm_dash_manifest")
+PLAYLIST_MAGIC = (b"ffconcat", b"#EXTM3U", b"<")  # concat script, HLS playlist, XML (DASH MPD, IMF CPL)
 INTERPOLATION = "BILINEAR"  # decord's scale filter default: keeps the two backends pixel-identical
 
 
@@ -82,18 +87,36 @@ def _open(path: str | Path, hwaccel: str | None = None) -> av.container.InputCon
     path = str(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such media file")
+    _refuse_playlists(path)
     if hwaccel and hwaccel not in _hw_unavailable:
         from av.codec.hwaccel import HWAccel
 
         try:
-            return av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
+            return _checked(av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True)), path)
         except Exception as e:  # noqa: BLE001 - no such device or driver here: decode on the CPU
             _hw_unavailable.add(hwaccel)
             log.warning("%s decoding is unavailable (%s: %s); decoding on the CPU", hwaccel, type(e).__name__, e)
     try:
-        return av.open(path)
+        return _checked(av.open(path), path)
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot open as a media file ({e}); is it a complete video download?") from e
+
+
+def _refuse_playlists(path: str) -> None:
+    """A local media file is media: never a script or playlist naming other files."""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(PLAYLIST_MAGIC):
+        raise MediaError(f"{path}: is a text file ({head[:16]!r}...: a concat script, playlist or manifest "
+                         "naming other files), not a video; give the video file itself")
+
+
+def _checked(c: av.container.InputContainer, path: str) -> av.container.InputContainer:
+    if set(c.format.name.split(",")) & set(PLAYLIST_FORMATS):
+        c.close()
+        raise MediaError(f"{path}: is {c.format.long_name or c.format.name} (it names other files), not a video; "
+                         "give the video file itself")
+    return c
 
 
 def _origin(container: av.container.InputContainer) -> Fraction:

@@ -65,6 +65,7 @@ class VodPlan:
     settings: dict[str, Any]
     settings_id: str
     times: list[float] = field(default_factory=list)
+    chat_truncated: int = 0  # messages cut to max_message_chars
 
 
 # -- pairing ---------------------------------------------------------------------------
@@ -92,10 +93,20 @@ def vod_id_of(path: str | Path) -> str:
     return found[0] if found else Path(path).name
 
 
-def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
+@dataclass
+class Pairing:
+    """What the inputs pair into: the jobs, what could not be paired (one line naming each file),
+    and chat logs without a video (left alone: e.g. a generated `<vod>.chat.json`)."""
+
+    jobs: list[VodJob]
+    problems: list[str]
+    lone_chats: list[str]
+
+
+def find_pairs(inputs: list[str], streamer: str) -> Pairing:
     """Pair videos with chat logs by VOD id. Directories (and s3:// or gs:// prefixes) are
-    searched recursively. Every video needs exactly one chat log; chat logs without a video
-    (e.g. generated `<vod>.chat.json` next to it) are left alone."""
+    searched recursively. A video pairs with exactly one chat log; every other case is a problem
+    naming the files, and the rest still pair."""
     if not streamer:
         raise ValueError("--streamer is required (the channel these VODs belong to)")
     check_name("streamer", streamer)
@@ -113,6 +124,7 @@ def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
                                 f"({', '.join(CHAT_ENDINGS)})")
     if not videos and not problems:
         raise FileNotFoundError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {', '.join(inputs) or '(no inputs)'}")
+    jobs = []
     for vid, paths in sorted(videos.items()):
         try:
             check_name("vod_id", vid)
@@ -121,13 +133,22 @@ def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
             continue
         if len(paths) > 1:
             problems.append(f"two videos map to VOD id {vid!r}: {' and '.join(paths)}; keep one or rename the other")
-        if len(chats.get(vid, [])) > 1:
+        elif len(chats.get(vid, [])) > 1:
             problems.append(f"two chat logs for VOD id {vid!r}: {' and '.join(chats[vid])}; keep one")
-        if vid not in chats:
+        elif vid not in chats:
             problems.append(f"no chat log for video {paths[0]}: put '{vid}{{{','.join(CHAT_ENDINGS)}}}' next to it")
-    if problems:
-        raise ValueError(f"cannot pair inputs ({len(problems)} problem(s)): " + " | ".join(problems))
-    return [VodJob(streamer, v, videos[v][0], chats[v][0]) for v in sorted(videos)]
+        else:
+            jobs.append(VodJob(streamer, vid, paths[0], chats[vid][0]))
+    lone = sorted(c for vid, cs in chats.items() if vid not in videos for c in cs)
+    return Pairing(jobs, problems, lone)
+
+
+def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
+    """find_pairs, all or nothing: any file that does not pair is an error naming every such file."""
+    pairing = find_pairs(inputs, streamer)
+    if pairing.problems:
+        raise ValueError(f"cannot pair inputs ({len(pairing.problems)} problem(s)): " + " | ".join(pairing.problems))
+    return pairing.jobs
 
 
 # -- planning --------------------------------------------------------------------------
@@ -209,10 +230,14 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
                 f"(settings {old.settings_id} vs {sid}); pass --replace to re-ingest it"
             )
         shard_base = store.next_shard_index(old)
-    chat = parse_chat(local.chat, stream_start=cfg.stream_start)
+    chat = parse_chat(local.chat, stream_start=cfg.stream_start, max_chars=cfg.max_message_chars,
+                      max_bytes=cfg.chat_max_bytes(media.duration))
     kept = [m for m in chat.messages if 0 <= m.t <= media.duration]
     warning = chat_warning(f"{job.streamer}/{job.vod_id}", len(kept), len(chat.messages) - len(kept),
                            len(chat.skipped), media.duration)
+    if chat.truncated:
+        log.warning("%s/%s: %d chat message(s) longer than %d characters cut to that (max_message_chars)",
+                    job.streamer, job.vod_id, chat.truncated, cfg.max_message_chars)
     if warning and cfg.strict:
         raise ChatCoverageError(f"{warning} Refused (--strict); chat log {job.chat}")
     segments = align.plan_segments(media.duration, cfg.segment_s, cfg.lookback_s, cfg.fps)
@@ -221,7 +246,7 @@ def plan_vod(job: VodJob, cfg: IngestConfig, fingerprints: dict[str, Any], store
         chat_skipped=[f"{s.path}:{s.line}: {s.reason}" for s in chat.skipped],
         dropped=len(chat.messages) - len(kept), segments=segments,
         parts=align.plan_parts(segments, cfg.segments_per_shard), shard_base=shard_base,
-        settings=settings, settings_id=sid, times=[m.t for m in kept],
+        settings=settings, settings_id=sid, times=[m.t for m in kept], chat_truncated=chat.truncated,
     )
 
 

@@ -43,12 +43,17 @@ class Command:
 
 # -- what each command does with its config --------------------------------------------------
 def run_ingest(cfg: Any) -> int:
+    from vod2chat.ingest.driver import dry_run
     from vod2chat.ingest.driver import main as ingest_main
 
+    if cfg.dry_run:
+        report, ok = dry_run(cfg)
+        print(report)
+        return 0 if ok else 1
     summary = ingest_main(cfg)
     print(summary.table())
     _save_in_store(cfg, "ingest.toml")
-    return 1 if summary.failed else 0
+    return 0 if summary.ok else 1
 
 
 def _save_in_store(cfg: Any, name: str) -> None:

@@ -239,6 +239,23 @@ def test_generate_on_a_real_video(random_encoder_run: Path, real_data: Path, tmp
     assert main(dataclasses.replace(cfg, out=str(tmp_path / "again.json"), irc="", ass="", html="")) == out
 
 
+def test_generate_writes_every_output_it_can_and_shows_its_progress(random_encoder_run: Path, real_data: Path,
+                                                                   tmp_path: Path, capsys):
+    from vod2chat.inference.generate import OutputError
+
+    blocked = tmp_path / "chat.irc"
+    blocked.mkdir()  # an output that cannot be written: a folder where the file should go
+    cfg = GenerateConfig(run=str(random_encoder_run), vod=str(real_data / "video/in1.mp4"), end="3", rate=240.0,
+                         out=str(tmp_path / "chat.json"), irc=str(blocked), ass=str(tmp_path / "chat.ass"),
+                         html=str(tmp_path / "replay.html"), video_weights="random", audio_weights="random",
+                         device="cpu", batch=4, seed=1)
+    with pytest.raises(OutputError, match=r"1 of 4 output\(s\) not written .*--irc .*chat.irc: IsADirectoryError"):
+        main(cfg)
+    assert all((tmp_path / n).is_file() for n in ("chat.json", "chat.toml", "chat.ass", "replay.html"))
+    err = capsys.readouterr().err
+    assert "generate: features" in err and "generate: messages" in err  # tqdm bars on stderr
+
+
 def test_generate_refuses_encoders_other_than_the_runs(random_encoder_run: Path, real_data: Path, tmp_path: Path):
     store_trained = tmp_path / "fake_run"
     # A run on the plain fake store ("fake" fingerprints): random encoders are another feature space.

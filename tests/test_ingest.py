@@ -4,6 +4,7 @@ with an actor killed mid-run and a corrupt video among good ones."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import os
 import signal
@@ -301,35 +302,44 @@ def test_summary_counts_chat_warns_and_never_retries_a_truncated_video(synth_vod
     # A chat log for another video: 10 messages an hour in, 2 malformed lines, 1 inside the 40 s.
     (vods / "501.mkv").symlink_to(synth_vods / "501.mkv")
     lines = [f"[1:00:{s:02d}] <u{s}> far away" for s in range(10)] + ["garbage line", "[x] <u> bad", "[0:00:05] <u> here"]
+    lines.append("[0:00:06] <spammer> " + "long " * 100_000)  # 500 KB in one message: cut to 500 characters
     (vods / "501.irc").write_text("\n".join(lines) + "\n")
     data = (synth_vods / "502.mkv").read_bytes()
     (vods / "502.mkv").write_bytes(data[: len(data) // 2])  # truncated: probes fine, decoding ends at ~20 s
     (vods / "502.irc").symlink_to(synth_vods / "502.irc")
+    (vods / "503.mkv").symlink_to(synth_vods / "500.mkv")  # no chat log: named, the others still ingest
+    (vods / "504.mkv").symlink_to(synth_vods / "500.mkv")
+    with gzip.open(vods / "504.json.gz", "wb") as f:  # a gzip bomb: ~40 KiB that inflates to 40 MiB
+        for _ in range(40):
+            f.write(b" " * (1 << 20))
     store = tmp_path / "store"
     args = ["ingest", "--store", str(store), "--streamer", "test", "--weights", "random", "--device", "cpu",
             "--num-actors", "1", "--set", "segment_s=10.0", "--set", "lookback_s=5.0", "--set", "segments_per_shard=4",
-            "--set", "max_retries=2", "--set", "progress=false", str(vods)]
+            "--set", "max_retries=2", "--set", "progress=false", "--set", "chat_max_mb=4", str(vods)]
     assert cli(args) == 1  # a VOD failed
     out = capsys.readouterr()
     assert "0 retried part(s)" in out.out  # a truncated file fails the same way on any actor
     assert "FAILED test/502: MediaError: " in out.out and "502.mkv: video ends at" in out.out
     [row] = [ln.split() for ln in out.out.splitlines() if ln.startswith("test/501 ")]
-    assert row[1:] == ["1", "10", "2"]  # kept, dropped outside the video, malformed
-    assert "WARNING test/501 keeps 1 of 13 chat messages (10 outside the video's 40 s, 2 malformed)" in out.out
-    assert "test/501 keeps 1 of 13" in caplog.text  # also logged (the console) as it happens
+    assert row[1:] == ["2", "10", "2", "1"]  # kept, dropped outside the video, malformed, truncated
+    assert "WARNING test/501 keeps 2 of 14 chat messages (10 outside the video's 40 s, 2 malformed)" in out.out
+    assert "test/501 keeps 2 of 14" in caplog.text  # also logged (the console) as it happens
+    assert f"UNPAIRED no chat log for video {vods / '503.mkv'}" in out.out
+    assert "FAILED test/504: ChatTooLargeError: " in out.out and "504.json.gz: chat log inflates past" in out.out
+    assert "VODs: 2 done" in out.out  # 500 and 501: what pairs is ingested
     assert not any(ln.startswith("WARNING test/500") for ln in out.out.splitlines())
     # store ls shows the same counts and names the VOD.
     assert cli(["store", "ls", str(store)]) == 0
     ls = capsys.readouterr().out
     [total] = [ln.split() for ln in ls.splitlines() if ln.startswith("total")]
     assert total[1] == "2" and total[4:6] == ["10", "2"]
-    assert "WARNING test/501 keeps 1 of 13" in ls
+    assert "WARNING test/501 keeps 2 of 14" in ls
     # --strict: the same VOD is a failure before any work (planning refuses it, not retried).
     from vod2chat.ingest.worker import ChatCoverageError, plan_vod
 
     cfg = debug_cfg(tmp_path / "strict", strict=True)
     job = VodJob("test", "501", str(vods / "501.mkv"), str(vods / "501.irc"))
-    with pytest.raises(ChatCoverageError, match=r"test/501 keeps 1 of 13.*--strict.*501.irc"):
+    with pytest.raises(ChatCoverageError, match=r"test/501 keeps 2 of 14.*--strict.*501.irc"):
         plan_vod(job, cfg, {"video": {}, "audio": {}}, Store(cfg.store))
     assert plan_vod(dataclasses.replace(job, vod_id="500", video=str(vods / "500.mkv"), chat=str(vods / "500.irc")),
                     cfg, {"video": {}, "audio": {}}, Store(cfg.store)) is not None
