@@ -162,6 +162,26 @@ class _Pool:
         self.actors[slot] = self._new(slot)
 
 
+def _plan_all(pool: _Pool, jobs: list[VodJob], summary: IngestSummary) -> dict[str, VodPlan]:
+    """Plan every VOD (probe + chat parse) on the actors: they see the files as workers will.
+    A VOD that fails to plan is reported in the summary and the others go on."""
+    planned = {pool.actors[i % len(pool.actors)].plan.remote(j): j for i, j in enumerate(jobs)}
+    plans: dict[str, VodPlan] = {}
+    for ref, job in planned.items():
+        vod = f"{job.streamer}/{job.vod_id}"
+        try:
+            plan = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - reported, the others go on
+            summary.failed[vod] = _reason(e)
+            continue
+        if plan is None:
+            summary.skipped.append(vod)
+        else:
+            plans[vod] = plan
+            summary.truncated[vod] = plan.chat_truncated
+    return plans
+
+
 def main(cfg: IngestConfig) -> IngestSummary:
     """Ingest every VOD of cfg.inputs into cfg.store on a local Ray or the cluster at cfg.address."""
     t0 = time.perf_counter()
@@ -182,21 +202,7 @@ def main(cfg: IngestConfig) -> IngestSummary:
     summary.stages["start-up"] = time.perf_counter() - t0
     store.check_fingerprints(fingerprints)
 
-    # Plan every VOD (probe + chat parse) on the actors: they see the files as workers will.
-    planned = {pool.actors[i % len(pool.actors)].plan.remote(j): j for i, j in enumerate(jobs)}
-    plans: dict[str, VodPlan] = {}
-    for ref, job in planned.items():
-        vod = f"{job.streamer}/{job.vod_id}"
-        try:
-            plan = ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - reported, the others go on
-            summary.failed[vod] = _reason(e)
-            continue
-        if plan is None:
-            summary.skipped.append(vod)
-        else:
-            plans[vod] = plan
-            summary.truncated[vod] = plan.chat_truncated
+    plans = _plan_all(pool, jobs, summary)
     store.check_fingerprints(fingerprints)
     summary.stages["plan"] = time.perf_counter() - t0 - summary.stages["start-up"]
 

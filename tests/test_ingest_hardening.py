@@ -120,7 +120,7 @@ def test_what_pairs_is_kept_and_the_rest_is_named(real_data: Path, tmp_path: Pat
     (tmp_path / "1.mp4").symlink_to(real_data / "video/in1.mp4")
     (tmp_path / "1.json").symlink_to(real_data / "chat/chat_downloader_replay_a.json")
     (tmp_path / "2.mp4").symlink_to(real_data / "video/in1.mp4")  # no chat
-    (tmp_path / "2.html").write_text("<html>a chat export in a format this cannot pair</html>")
+    (tmp_path / "2.pdf").write_text("%PDF-1.4 not a chat log: nothing pairs it")
     (tmp_path / "3.chat.json").write_text("[]")  # a generated chat, no video
     p = find_pairs([str(tmp_path)], "s")
     assert [j.vod_id for j in p.jobs] == ["1"]
