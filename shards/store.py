@@ -38,7 +38,7 @@ class StoreToolConfig:
     action: str = param("ls", "ls: totals per streamer; verify: checksums, counts, orphans; gc: remove orphans",
                         positional=True, choices=["ls", "verify", "gc"])
     store: str = param("", "store directory or fsspec URL", positional=True, required=True)
-    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)")
+    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)", ge=0)
     dry_run: bool = param(False, "gc: only list what would be removed")
 
 
