@@ -249,7 +249,13 @@ class Reader:
             if not self.cfg.skip_errors:
                 raise ValueError(f"sample {raw.get('__key__', p)} of shard {self.ds.shards[s]['path']}: {e}") from e
             log.warning("skipping sample %s of %s: %s", raw.get("__key__", p), self.ds.shards[s]["path"], e)
+            self._record_skip(f"{self.ds.shards[s]['path']}#{raw.get('__key__', p)}")
             return []
+
+    def _record_skip(self, what: str) -> None:
+        # Recorded once: a resampled shard is read again and again, and its bad sample with it.
+        if what not in self.skipped:
+            self.skipped.append(what)
 
     def _restore(self, refs: list[tuple[int, int, int]]) -> list[Any]:
         """The shuffle buffer from its references: each named shard read once."""
