@@ -62,6 +62,9 @@ class TrainConfig:
     log_every: int = param(10, "steps between TensorBoard scalars", ge=1)
     num_samples: int = param(4, "generated messages logged next to real ones at each eval", ge=0)
     seed: int = param(0, "model init and data order", ge=0)
+    # A step whose loss or gradient is NaN/Inf is skipped (weights untouched) and counted; this
+    # many in a row stop the run with an error before anything diverged is saved.
+    max_bad_steps: int = param(10, "steps in a row with a non-finite loss or gradient before the run stops", ge=1)
     resume: bool = param(False, "continue from the latest checkpoint in run_dir", flag="--resume")
     progress: bool = param(True, "a progress bar")
 

@@ -45,11 +45,14 @@ from tqdm import tqdm
 from vod2chat.config import ArgParser, add_config_args, config_from_args, run_command, save_config, to_dict
 from vod2chat.config import parse_args as parse_cli
 from vod2chat.shards.store import Store
+from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.steps import (build_optimizer, build_tokenizer, evaluate, flat_dict, grad_accum_steps, load,
                                     init_restarted_process_group, log_samples, mixed_precision, plan_data, restarted, save, to_device, train_step)
+from vod2chat.trainer.report import final_summary, startup_summary
+from vod2chat.trainer.steps import BadSteps, log_hparams
 from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
@@ -61,16 +64,14 @@ def main(cfg: Config) -> dict[str, float]:
 
 def run(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
+    check_resume_asked(tc.resume and not restarted(), run_dir)
     tc.resume = tc.resume or restarted()
     init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
     cfg.data.store = Store(cfg.data.store).require().canonical_url
     if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
         cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
-    if not tc.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
-        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
-                         "continue it, or choose a new train.run_dir")
+    check_fresh_run_dir(tc.resume, run_dir)
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -89,14 +90,21 @@ def run(cfg: Config) -> dict[str, float]:
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     start, ckpt = load(acc, cfg, model, optimizer, scheduler, store_fps)
+    if ckpt is not None:
+        acc.print(f"resuming from step {start} (checkpoint {ckpt})")
     if start == 0:  # a resumed run has its own statistics, from the checkpoint
         acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data))
     if acc.is_main_process:
         save_config(cfg, run_dir / "config.toml")
-        acc.init_trackers("tb", config=flat_dict(to_dict(cfg)))
+        acc.init_trackers("tb")
+        log_hparams(acc, flat_dict(to_dict(cfg)))
     plan = plan_data(cfg, ckpt, start, acc.process_index, acc.num_processes)  # the data position: O(1)
     batches = make_train_loader(plan.shards, tok, cfg.data, tc.micro_batch, tc.seed, plan.states, plan.num_workers)
     val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed)
+    if acc.is_main_process:
+        print(startup_summary(cfg, acc.unwrap_model(model), plan.shards, acc.mixed_precision, acc.num_processes,
+                              plan.num_workers, acc.device, start), flush=True)
+    bad = BadSteps(tc.max_bad_steps, run_dir)
     meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
             "tokenizer": {"vocab_size": tok.vocab_size}}
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (tc.progress and acc.is_main_process))
@@ -107,6 +115,7 @@ def run(cfg: Config) -> dict[str, float]:
         micro = [to_device(next(batches), acc.device) for _ in range(accum)]
         out = train_step(model, optimizer, scheduler, micro, acc, tc.grad_clip)
         done = step + 1
+        bad.update(out, done)
         if step == start:  # start-up cost: from entering main() to the first step done (resume included)
             startup = {"train/startup_s": time.perf_counter() - t_start}
             acc.log(startup, step=done)
@@ -115,7 +124,7 @@ def run(cfg: Config) -> dict[str, float]:
             n = min(tc.log_every, done - start) or 1
             metrics = {"train/loss": out["loss"], "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": out["grad_norm"],
                        "train/examples_per_s": out["examples"] * acc.num_processes * n / dt,
-                       "train/tokens_per_s": out["tokens"] * acc.num_processes * n / dt}
+                       "train/tokens_per_s": out["tokens"] * acc.num_processes * n / dt, "train/skipped_steps": bad.total}
             acc.log(metrics, step=done)
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         if done % tc.eval_every == 0 or done == tc.steps:
@@ -126,7 +135,25 @@ def run(cfg: Config) -> dict[str, float]:
         if done % tc.save_every == 0 or done == tc.steps:
             save(acc, cfg, done, model, optimizer, scheduler, tok_path, meta, plan, batches)
     acc.end_training()
+    if acc.is_main_process:
+        print(final_summary(metrics, run_dir, tc.steps), flush=True)
     return {**metrics, **startup}
+
+
+def check_fresh_run_dir(resume: bool, run_dir: Path) -> None:
+    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
+        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
+                         "continue it, or choose a new train.run_dir")
+
+
+def check_resume_asked(asked: bool, run_dir: Path) -> None:
+    """--resume into a folder without a checkpoint (a typo in train.run_dir) would silently restart
+    a long run from step 0: an error naming the folder. (A torchrun restart before the first save
+    is not asked: it starts afresh.)"""
+    if asked and not checkpoint.list_checkpoints(run_dir):
+        where = "does not exist" if not run_dir.exists() else f"holds no checkpoint ({checkpoint.ckpt_root(run_dir)}/step_*)"
+        raise ValueError(f"--resume: {run_dir} {where}: check train.run_dir, or drop --resume to start a new run there")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
