@@ -64,6 +64,16 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").exists())
 
 
+def require_checkpoint(run_dir: str | Path) -> None:
+    """--resume into a folder without a checkpoint (a typo in train.run_dir) would silently restart a
+    long run from step 0: an error naming the folder."""
+    run_dir = Path(run_dir)
+    if not list_checkpoints(run_dir):
+        where = "does not exist" if not run_dir.exists() else f"holds no checkpoint ({ckpt_root(run_dir)}/{PREFIX}*)"
+        raise CheckpointError(f"--resume: {run_dir} {where}: check train.run_dir, or drop --resume to start a new "
+                              "run there")
+
+
 def latest(run_dir: str | Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None

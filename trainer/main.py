@@ -64,7 +64,8 @@ def main(cfg: Config) -> dict[str, float]:
 
 def run(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
-    check_resume_asked(tc.resume and not restarted(), run_dir)
+    if tc.resume and not restarted():  # a torchrun restart before the first save starts afresh
+        checkpoint.require_checkpoint(run_dir)
     tc.resume = tc.resume or restarted()
     init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
@@ -145,15 +146,6 @@ def check_fresh_run_dir(resume: bool, run_dir: Path) -> None:
         # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
         raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
                          "continue it, or choose a new train.run_dir")
-
-
-def check_resume_asked(asked: bool, run_dir: Path) -> None:
-    """--resume into a folder without a checkpoint (a typo in train.run_dir) would silently restart
-    a long run from step 0: an error naming the folder. (A torchrun restart before the first save
-    is not asked: it starts afresh.)"""
-    if asked and not checkpoint.list_checkpoints(run_dir):
-        where = "does not exist" if not run_dir.exists() else f"holds no checkpoint ({checkpoint.ckpt_root(run_dir)}/step_*)"
-        raise ValueError(f"--resume: {run_dir} {where}: check train.run_dir, or drop --resume to start a new run there")
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
