@@ -236,3 +236,27 @@ def test_a_run_prints_its_summary_warns_about_silent_vods_and_lists_once_in_tens
     assert "train/loss" in tags["scalars"], tags
     hparams = mux.PluginRunToTagToContent("hparams")
     assert list(hparams) == ["."] and "_hparams_/experiment" in hparams["."], hparams
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda a: a.astype("int8"), r"video\.npy is int8"),
+    (lambda a: a[:0], r"video\.npy has 0 rows"),
+    (lambda a: a[:, :1024], r"video\.npy has shape \[\d+, 1024\]"),
+])
+def test_features_of_another_dtype_or_shape_stop_training_naming_the_shard(store_dir: Path, tmp_path: Path, bad,
+                                                                             message):
+    """Issue 18, finding 6: int8 or 0-row video.npy trained silently; a wrong width named no shard."""
+    import io
+
+    import numpy as np
+
+    from test_hostile_features import npy
+
+    store = tmp_path / "store"
+    shutil.copytree(store_dir, store)
+    rel = "shards/fake/1001-00000.tar"
+    rewrite_shard(store, rel, lambda name, data: npy(bad(np.load(io.BytesIO(data)))) if name.endswith(".video.npy")
+                  else data)
+    with pytest.raises(ValueError, match=rf"{rel}.*: {message}"):
+        main(cfg_for(store, tmp_path / "run", "train.steps=4", "train.num_samples=0"))
+    assert checkpoint.list_checkpoints(tmp_path / "run") == []
