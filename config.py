@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -31,7 +32,8 @@ class ConfigError(ValueError):
 # -- declaring fields ----------------------------------------------------------------------
 def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
           flag: str | None = None, positional: bool = False, choices: list[str] | None = None,
-          required: bool = False, flatten: bool = False) -> Any:
+          required: bool = False, flatten: bool = False, ge: float | None = None, gt: float | None = None,
+          le: float | None = None, lt: float | None = None) -> Any:
     """A dataclass field that also describes its command-line flag.
 
     help: the flag's help text. flag: an extra short spelling (`--resume` for `train.resume`).
@@ -39,11 +41,14 @@ def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callab
     the rest: input files, VOD ids). required: the command refuses to run while it is empty.
     flatten: a nested section whose flags drop the prefix (`--temperature`, not
     `--sampling.temperature`); its TOML keys and dotted overrides keep it.
+    ge/gt/le/lt: the range a number (or each number of a list or table) must lie in, checked at
+    load; every numeric field declares one (tests/test_config.py). NaN and inf are never accepted.
     """
     if isinstance(default, (list, dict)):  # a mutable default: one copy per instance
         factory, default = (lambda d=default: type(d)(d)), dataclasses.MISSING
     meta = {"help": help, "flag": flag, "positional": positional, "choices": choices, "flatten": flatten,
-            "required": required}
+            "required": required, "range": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
+                                              if v is not None}}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -157,8 +162,37 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+_RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
+def range_text(bounds: dict[str, float]) -> str:
+    """`> 0 and <= 1` for {"gt": 0, "le": 1}."""
+    return " and ".join(f"{_RANGE_TEXT[k]} {bounds[k]:g}" for k in ("ge", "gt", "le", "lt") if k in bounds)
+
+
+def check_range(value: Any, bounds: dict[str, float], where: str) -> None:
+    """A number outside its field's declared range, NaN or inf is one line naming the key, the
+    value and the range: `train.lr=inf: out of range, must be a finite number > 0`."""
+    if isinstance(value, list):
+        for v in value:
+            check_range(v, bounds, where)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_range(v, bounds, f"{where}.{k}")
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    ok = math.isfinite(value) and all(
+        {"ge": value >= b, "gt": value > b, "le": value <= b, "lt": value < b}[k] for k, b in bounds.items())
+    if not ok:
+        want = "a finite number" + (f" {range_text(bounds)}" if bounds else "")
+        raise ConfigError(f"{where}={value!r}: out of range, must be {want}")
+
+
 def _build(cls: type[T], data: dict[str, Any], where: str, root: type) -> T:
     hints = field_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in hints:
             raise _unknown(root, f"{where}{key}")
@@ -171,6 +205,7 @@ def _build(cls: type[T], data: dict[str, Any], where: str, root: type) -> T:
             kwargs[name] = _build(hint, value, f"{where}{name}.", root)
         else:
             kwargs[name] = _coerce(value, hint, f"{where}{name}")
+            check_range(kwargs[name], fields[name].metadata.get("range") or {}, f"{where}{name}")
     return cls(**kwargs)
 
 

@@ -65,17 +65,17 @@ class GenerateConfig:
     ass: str = param("", ".ass subtitles (optional)")
     html: str = param("", "replay page (optional)")
     video: str = param("", "the VOD with the generated chat beside it, as .mp4 (`vod2chat render --over`; optional)")
-    rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
+    rate: float = param(0.0, "messages per minute; 0: the training chat's rate", ge=0)
     streamer: str = param("", "rate and usernames from this streamer's training VODs only, and its token "
                               "(data.streamer_token)")
     sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
-    seed: int = param(0, "sampling seed")
+    seed: int = param(0, "sampling seed", ge=0)
     video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used random encoders); default: the torch hub cache")
     audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
     audio_pca: str | None = param(None, "VGGish PCA params path")
     device: str = param("auto", "auto | cpu | cuda")
-    batch: int = param(32, "stretches decoded side by side")
-    embed_video_mb: float = param(16.0, "the HTML page embeds the video when it is at most this big")
+    batch: int = param(32, "stretches decoded side by side", ge=1)
+    embed_video_mb: float = param(16.0, "the HTML page embeds the video when it is at most this big", ge=0)
     progress: bool = param(True, "progress bars on stderr (features, then messages)")
 
 

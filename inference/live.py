@@ -85,19 +85,19 @@ class LiveConfig:
     out: str = param("", "also append each message here as a JSON line")
     serve: str = param("", "HOST:PORT of the overlay page for OBS (a browser source), e.g. 127.0.0.1:8765")
     chat: str = param("", "irc://irc.chat.twitch.tv/CHANNEL: the channel's real chat as context (anonymous, read-only)")
-    rate: float = param(0.0, "messages per minute; 0: the training chat's rate")
+    rate: float = param(0.0, "messages per minute; 0: the training chat's rate", ge=0)
     streamer: str = param("", "rate and usernames from this streamer's training VODs only, and its token "
                               "(data.streamer_token)")
-    stall_timeout: float = param(30.0, "seconds without new data before the stream counts as over")
+    stall_timeout: float = param(30.0, "seconds without new data before the stream counts as over", gt=0)
     format: str = param("", "container format of the source; default: detected (stdin and HLS: mpegts)")
     sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
-    seed: int = param(0, "sampling seed")
+    seed: int = param(0, "sampling seed", ge=0)
     video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used "
                                             "random encoders); default: the torch hub cache")
     audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
     audio_pca: str | None = param(None, "VGGish PCA params path")
     device: str = param("auto", "auto | cpu | cuda")
-    batch: int = param(8, "messages decoded side by side when catching up")
+    batch: int = param(8, "messages decoded side by side when catching up", ge=1)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from vod2chat.config import param
 class DownloadConfig:
     out: str = param("vods", "output folder")
     streamer: str = param("", "download this channel's most recent archived VODs (how many: --last)")
-    last: int = param(10, "with --streamer: how many")
+    last: int = param(10, "with --streamer: how many", ge=1)
     vods: list[str] = param(factory=list, help="VOD ids or https://www.twitch.tv/videos/<id> URLs", positional=True)
     quality: str = param("480p", "twitch-dl quality; frames are embedded at 224x224, so 480p is plenty")
     chat_tool: str = param("twitch-dl", "the chat downloader", choices=["twitch-dl", "chat-downloader"])

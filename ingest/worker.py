@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from vod2chat.ingest import align
 from vod2chat.ingest.chat import CHAT_SUFFIXES, Message, parse_chat
@@ -27,8 +28,8 @@ from vod2chat.ingest.features import Encoders, _timed, embed_rows  # Encoders: i
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe
-from vod2chat.shards.schema import (SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, ShardInfo, VodRecord, check_name,
-                                    sample_key)
+from vod2chat.shards.schema import (FEATURE_DTYPE, SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, ShardInfo, VodRecord,
+                                    check_name, sample_key)
 from vod2chat.shards.store import Store, StoreError, chat_warning
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,23 @@ def check_part_fingerprints(plan: VodPlan, enc: Encoders) -> None:
             "node the same weights and an explicit precision (--set precision=fp32 or bf16)")
 
 
+class NonFiniteFeatures(NotRetryable, ValueError):
+    """An encoder produced NaN/Inf (damaged weights, a numeric overflow): the part is never written."""
+
+
+def check_finite_features(plan: VodPlan, part: int, v0: int, a0: int, video: np.ndarray, audio: np.ndarray) -> None:
+    """Features are checked as they will be stored (float16: a value beyond 65504 becomes Inf), so
+    a NaN/Inf row never reaches a shard, where it would turn every training step touching it to NaN."""
+    for name, rows, first in (("video", video, v0), ("audio", audio, a0)):
+        ok = np.isfinite(rows.astype(FEATURE_DTYPE, copy=False)).all(axis=tuple(range(1, rows.ndim)))
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise NonFiniteFeatures(
+                f"{plan.job.streamer}/{plan.job.vod_id} part {part}: the {name} encoder gave NaN/Inf (or a value "
+                f"beyond float16) in {len(bad)} of {len(rows)} rows (first: row {first + int(bad[0])}); nothing of "
+                "this VOD is committed. Check the encoder weights and precision, then ingest it again")
+
+
 def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> list[Sample]:
     check_part_fingerprints(plan, enc)
     segs = plan.parts[part]
@@ -270,6 +288,7 @@ def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> 
     local = local_job(plan.job, cfg)  # the plan may have been made on another node
     media = dataclasses.replace(plan.media, path=local.video)
     video, audio = embed_rows(media, range(v0, segs[-1].v1), range(a0, segs[-1].a1), enc, cfg, local.audio)
+    check_finite_features(plan, part, v0, a0, video, audio)
     fps = enc.fingerprints()
     last = len(plan.segments) - 1
     samples = []

@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import tomli_w
 
-from vod2chat.config import ConfigError, field_hints, hint_at, is_section, leaf_paths, load_config, strip_optional
+from vod2chat.config import (ConfigError, field_hints, hint_at, is_section, leaf_paths, load_config, range_text,
+                             strip_optional)
 
 
 # -- the command line generated from a config ----------------------------------------------
@@ -99,7 +100,8 @@ def add_config_args(p: argparse.ArgumentParser, cls: type, config: str | None = 
         flags = ["--" + flag_path.replace("_", "-")]
         if f.metadata.get("flag"):
             flags.insert(0, f.metadata["flag"])
-        help_text = (f.metadata.get("help") or "") + _default_text(f)
+        bounds = f.metadata.get("range")
+        help_text = (f.metadata.get("help") or "") + _default_text(f) + (f" [{range_text(bounds)}]" if bounds else "")
         inner, _ = strip_optional(hint)
         if inner is bool:
             p.add_argument(*flags, dest=f"cfg:{path}", action=argparse.BooleanOptionalAction,

@@ -29,7 +29,7 @@ class DemoConfig:
     train_config: str = param("demo_train.toml", "the training config, under launch/ or a path")
     # Float sums depend on how work is split over threads: a fixed count (and deterministic kernels)
     # makes the numbers a function of the machine kind, the same on every run.
-    threads: int = param(2, "torch threads for training, evaluation and generation (fixed: reproducible numbers)")
+    threads: int = param(2, "torch threads for training, evaluation and generation (fixed: reproducible numbers)", ge=1)
 
 
 def synth_vods(out: Path, n: int, duration: float) -> list[str]:

@@ -359,4 +359,26 @@ def decode_sample(raw: dict[str, Any]) -> Sample:
         raise SchemaError(f"{where}: {type(e).__name__}: {e}") from None
     SegmentMeta.from_dict(meta, where)  # the contract's fields are there
     ChatBlock.from_dict(chat, where)
+    check_features(sample, where)
     return sample
+
+
+def check_features(s: Sample, where: str) -> None:
+    """Feature arrays as the contract stores them: float16, [rows, dim], at least one video row,
+    every value finite. NaN/Inf rows would poison the feature statistics and every gradient that
+    touches them, and another dtype or width means another writer: both are errors, never cast."""
+    for name, a, dim in (("video.npy", s.video, VIDEO_DIM), ("audio.npy", s.audio, AUDIO_DIM)):
+        if a.dtype != FEATURE_DTYPE:
+            raise SchemaError(f"{where}: {name} is {a.dtype}, the contract stores {np.dtype(FEATURE_DTYPE).name}; "
+                              "re-ingest the VOD")
+        if a.ndim != 2 or a.shape[1] != dim:
+            raise SchemaError(f"{where}: {name} has shape {list(a.shape)}, the contract's is [rows, {dim}]; "
+                              "re-ingest the VOD")
+        if name == "video.npy" and not len(a):
+            raise SchemaError(f"{where}: {name} has 0 rows (a segment always shows frames); re-ingest the VOD")
+        # float16 NaN/Inf have every exponent bit set; testing the bits is ~6x faster than np.isfinite,
+        # which numpy does not vectorise for float16 (this runs on every sample the trainer reads).
+        bad = int(np.count_nonzero((a.view(np.uint16) & 0x7C00) == 0x7C00))
+        if bad:
+            raise SchemaError(f"{where}: {name} holds {bad} NaN/Inf values; re-ingest the VOD (or set "
+                              "data.skip_errors=true to skip it)")

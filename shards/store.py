@@ -27,7 +27,8 @@ import fsspec
 import webdataset as wds
 
 from vod2chat.config import param
-from vod2chat.shards.schema import Sample, SchemaError, ShardInfo, VodRecord, check_name, encode_sample
+from vod2chat.shards.schema import (Sample, SchemaError, ShardInfo, VodRecord, check_name, decode_sample,
+                                   encode_sample)
 
 TMP_PREFIX = ".tmp-"
 
@@ -38,7 +39,7 @@ class StoreToolConfig:
     action: str = param("ls", "ls: totals per streamer; verify: checksums, counts, orphans; gc: remove orphans",
                         positional=True, choices=["ls", "verify", "gc"])
     store: str = param("", "store directory or fsspec URL", positional=True, required=True)
-    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)")
+    min_age: float = param(3600.0, "gc: keep orphans younger than this many seconds (an ingest may be writing them)", ge=0)
     dry_run: bool = param(False, "gc: only list what would be removed")
 
 
@@ -317,11 +318,31 @@ class Store:
                 sha.update(block)
         if sha.hexdigest() != sh.sha256:
             return [f"{sh.path}: sha256 mismatch (shard changed or corrupt)"]
-        with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
-            keys = {m.name.split(".", 1)[0] for m in tf}
-        if len(keys) != sh.samples:
-            return [f"{sh.path}: {len(keys)} samples, record says {sh.samples}"]
-        return []
+        return self._verify_samples(sh, path)
+
+    def _verify_samples(self, sh: ShardInfo, path: str) -> list[str]:
+        """Every sample of a shard decoded as the trainer decodes it (members, schema, feature dtype,
+        shape and finiteness); a tar that cannot be read is named, and the next shard is checked."""
+        raw: dict[str, dict[str, Any]] = {}
+        try:
+            with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
+                for m in tf:  # read into memory only: members are never extracted to disk
+                    key, _, ext = m.name.partition(".")
+                    member = tf.extractfile(m) if m.isfile() else None
+                    if member is not None:
+                        raw.setdefault(key, {"__key__": key, "__url__": sh.path})[ext] = member.read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            return [f"{sh.path}: not a readable tar ({type(e).__name__}: {e}); re-ingest its VOD"]
+        if len(raw) != sh.samples:
+            return [f"{sh.path}: {len(raw)} samples, record says {sh.samples}"]
+        bad = []
+        for sample in raw.values():
+            try:
+                decode_sample(sample)
+            except SchemaError as e:
+                bad.append(str(e))
+        more = [f"{sh.path}: {len(bad) - 3} more bad samples"] if len(bad) > 3 else []
+        return bad[:3] + more
 
     def gc(self, min_age_s: float = 3600.0, dry_run: bool = False) -> list[str]:
         """Remove orphan shards. Young orphans may belong to an ingest still running: keep them."""

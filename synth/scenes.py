@@ -217,10 +217,10 @@ def _write_audio(out: av.container.OutputContainer, aus: av.audio.stream.AudioSt
 class SynthConfig:
     """`vod2chat synth`: one synthetic stream (video + chat that reacts to it)."""
     out: str = param("synth_out", "output directory: {vod_id}.mkv and {vod_id}.irc go here")
-    seed: int = param(0, "everything is drawn from it: the same seed gives the same stream")
-    duration: float = param(120.0, "seconds")
+    seed: int = param(0, "everything is drawn from it: the same seed gives the same stream", ge=0)
+    duration: float = param(120.0, "seconds", gt=0)
     vod_id: str = param("", "file name stem, which ingest pairs video and chat by; default 100001 (scenes) / 200001 (events)")
-    fps: int = param(10, "video frame rate (scenes)")
+    fps: int = param(10, "video frame rate (scenes)", ge=1)
     kind: str = param("scenes", "scenes: coloured scenes with tones (the demo); events: brief events, delayed reaction "
                       "bursts, per-channel words, and a <vod_id>.truth.json for `eval --truth`",
                       choices=["scenes", "events"])

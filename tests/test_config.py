@@ -317,3 +317,69 @@ def test_accelerate_launch_of_several_cpu_processes_is_refused_with_the_command_
     r = subprocess.run([accelerate, "launch", "--config_file", str(LAUNCH / "accelerate/cpu.yaml"), *base],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert r.returncode != 0 and "no such store" in r.stderr and "torchrun" not in r.stderr
+
+
+def numeric_leaves(cls: type, prefix: str = ""):
+    """(dotted key, field) of every int/float field (also optional ones, lists and tables of them)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        h = hints[f.name]
+        if dataclasses.is_dataclass(h):
+            yield from numeric_leaves(h, f"{prefix}{f.name}.")
+            continue
+        args = [a for a in (typing.get_args(h) or (h,)) if a is not type(None)]
+        if any(a in (int, float) for a in args) and h is not bool:
+            yield f"{prefix}{f.name}", f
+
+
+def test_every_numeric_field_of_every_stage_declares_a_range_its_default_lies_in():
+    import dataclasses
+
+    from vod2chat.config import check_range
+
+    for stage, cls in config_classes().items():
+        for key, f in numeric_leaves(cls):
+            assert f.metadata.get("range"), f"{stage}: {key} declares no range (param(..., ge=/gt=/le=/lt=))"
+            if f.default is not dataclasses.MISSING and f.default is not None:
+                check_range(f.default, f.metadata["range"], f"{stage}:{key}")
+
+
+@pytest.mark.parametrize("override, key, value, why", [
+    ("data.window_s=-5", "data.window_s", "-5.0", "must be a finite number > 0"),
+    ("data.window_s=nan", "data.window_s", "nan", "must be a finite number > 0"),
+    ("train.lr=inf", "train.lr", "inf", "must be a finite number > 0"),
+    ("data.context_messages=-1", "data.context_messages", "-1", "must be a finite number >= 0"),
+    ("train.global_batch=0", "train.global_batch", "0", "must be a finite number >= 1"),
+    ("train.steps=-1", "train.steps", "-1", "must be a finite number >= 1"),
+    ("train.micro_batch=0", "train.micro_batch", "0", "must be a finite number >= 1"),
+    ("train.eval_every=0", "train.eval_every", "0", "must be a finite number >= 1"),
+    ("train.save_every=0", "train.save_every", "0", "must be a finite number >= 1"),
+    ("train.beta2=1", "train.beta2", "1.0", "must be a finite number >= 0 and < 1"),
+    ("data.streamer_weights={a = -1.0}", "data.streamer_weights.a", "-1.0", "must be a finite number >= 0"),
+])
+def test_nonsense_numbers_are_refused_at_load_naming_key_value_and_range(override, key, value, why, capsys, tmp_path):
+    """The issue's cases, through the real `vod2chat train` command line: exit 2 before any set-up,
+    one line naming the key, the value and the range."""
+    run = tmp_path / "run"
+    assert cli(["train", "--config", str(LAUNCH / "debug.toml"), "--store", str(tmp_path / "nostore"),
+                "--train.run-dir", str(run), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vod2chat train: error: {key}={value}: out of range, {why}  (--debug shows the traceback)"]
+    assert not run.exists()
+
+
+def test_a_range_is_checked_for_flags_and_toml_too(tmp_path: Path, capsys):
+    from vod2chat.trainer.config import Config
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nlr = -0.1\n")
+    with pytest.raises(ConfigError, match=r"^train\.lr=-0\.1: out of range, must be a finite number > 0$"):
+        load_config(Config, bad)
+    assert cli(["train", "--config", str(LAUNCH / "debug.toml"), "--train.lr", "nan"]) == 2
+    assert "train.lr=nan: out of range" in capsys.readouterr().err
+    assert cli(["eval", "--run", str(tmp_path), "--top-p", "1.5"]) == 2
+    assert "sampling.top_p=1.5: out of range, must be a finite number > 0 and <= 1" in capsys.readouterr().err
+    assert load_config(Config, None, ["train.lr=1e-3", "data.window_s=5"]).data.window_s == 5.0

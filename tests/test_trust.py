@@ -209,14 +209,14 @@ def reseal(ckpt: Path, path: Path) -> None:
         (ckpt / "meta.json").write_text(json.dumps(meta))
 
 
-def train_resume(store: Path, run: Path):
+def train_resume(store: Path, run: Path, resume: bool = True):
     from vod2chat.config import load_config
     from vod2chat.trainer.config import Config
     from vod2chat.trainer.main import main as train
 
     cfg = load_config(Config, Path(__file__).resolve().parents[1] / "launch/debug.toml",
                       [f"data.store={store}", f"train.run_dir={run}", "train.progress=false", "train.steps=3", 'data.val_vods=["1003"]',
-                       "train.eval_batches=1", "train.num_samples=0", "train.resume=true"])
+                       "train.eval_batches=1", "train.num_samples=0", f"train.resume={str(resume).lower()}"])
     return lambda: train(cfg)
 
 
@@ -323,6 +323,6 @@ def test_a_pickled_feature_array_in_a_shard_never_runs(tmp_path: Path, capsys):
     rec = json.loads(rec_path.read_text())
     rec["shards"][0].update(bytes=shard.stat().st_size, sha256=hashlib.sha256(shard.read_bytes()).hexdigest())
     rec_path.write_text(json.dumps(rec))
-    text = failure_text(train_resume(root, tmp_path / "run"), capsys)  # a fresh run (nothing to resume)
+    text = failure_text(train_resume(root, tmp_path / "run", resume=False), capsys)  # a fresh run
     assert not marker.exists(), "a pickled array in a shard ran code"  # ... but never here
     assert "1000" in text and "bject" in text, text

@@ -14,15 +14,18 @@ list the run trains on.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import pickle
 import random
+import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
     from vod2chat.trainer.config import Config
 
 PREFIX = "step_"
+DAMAGED = ".damaged"  # a damaged checkpoint set aside by pruning: step_0000500.damaged
+_NAME = re.compile(rf"^{PREFIX}\d+$")
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +68,17 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = ckpt_root(run_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "meta.json").exists())
+    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").exists())
+
+
+def require_checkpoint(run_dir: str | Path) -> None:
+    """--resume into a folder without a checkpoint (a typo in train.run_dir) would silently restart a
+    long run from step 0: an error naming the folder."""
+    run_dir = Path(run_dir)
+    if not list_checkpoints(run_dir):
+        where = "does not exist" if not run_dir.exists() else f"holds no checkpoint ({ckpt_root(run_dir)}/{PREFIX}*)"
+        raise CheckpointError(f"--resume: {run_dir} {where}: check train.run_dir, or drop --resume to start a new "
+                              "run there")
 
 
 def latest(run_dir: str | Path) -> Path | None:
@@ -103,10 +118,64 @@ def staging_dir(run_dir: str | Path, step: int) -> Path:
     return d
 
 
-def write_rank_state(stage: Path, rank: int, data_state: dict[str, Any] | None = None) -> None:
-    torch.save(rng_state(), stage / f"rng_rank{rank}.pt")
-    if data_state is not None:
-        (stage / f"data_rank{rank}.json").write_text(json.dumps(data_state, separators=(",", ":")))
+def save_tensors(obj: Any, path: Path) -> None:
+    """torch.save through a Python file: a full disk then surfaces as OSError(ENOSPC) (torch's own
+    writer reports it only as an "enforce fail" message)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+class DiskFullError(OSError):
+    """The run directory's disk filled up while a checkpoint was written."""
+
+
+@contextmanager
+def disk_full_is_one_error(stage: Path, step: int) -> Iterator[None]:
+    """A full disk mid-save: the half-written staging directory is removed and the error is one
+    line naming where, not torch's writer message; the published checkpoints are untouched."""
+    try:
+        yield
+    except Exception as e:
+        if not _disk_full(e):
+            raise
+        shutil.rmtree(stage, ignore_errors=True)
+        err = DiskFullError(f"disk full at {stage.parent}: checkpoint step {step} was not written (nothing half-written "
+                            "is left, the previous checkpoints are kept); free space there and continue with --resume")
+        err.errno = errno.ENOSPC
+        raise err from None
+
+
+def write_rank_state(stage: Path, rank: int, data_state: dict[str, Any] | None = None, step: int = 0) -> None:
+    with disk_full_is_one_error(stage, step):
+        save_tensors(rng_state(), stage / f"rng_rank{rank}.pt")
+        if data_state is not None:
+            (stage / f"data_rank{rank}.json").write_text(json.dumps(data_state, separators=(",", ":")))
+
+
+def non_finite(state: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict holding NaN or Inf."""
+    if torch.is_tensor(state):
+        return [prefix or "tensor"] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return [n for k, v in items for n in non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def check_finite(model_state: dict[str, Any], optim_state: dict[str, Any], step: int, root: Path) -> None:
+    """A checkpoint of NaN/Inf weights would replace good ones under keep_last: never written."""
+    bad = non_finite(model_state) + [f"optimizer {n}" for n in non_finite(optim_state.get("state", {}))]
+    if bad:
+        raise CheckpointError(f"not writing checkpoint step {step}: {len(bad)} tensors hold NaN/Inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}); the checkpoints in {root} are kept. The training "
+                              "diverged or read non-finite features: check the store with `vod2chat store verify`")
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -122,9 +191,25 @@ def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, sche
             meta: dict[str, Any], tokenizer_path: str | Path, keep_last: int,
             selection: dict[str, Any] | None = None) -> Path:
     """Main process only, after every rank wrote its RNG and data states into `stage`."""
-    torch.save(model.state_dict(), stage / "model.pt")
-    torch.save(optimizer.state_dict(), stage / "optim.pt")
-    torch.save(scheduler.state_dict(), stage / "sched.pt")
+    model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    try:
+        check_finite(model_state, optim_state, step, stage.parent)
+    except CheckpointError:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    with disk_full_is_one_error(stage, step):
+        final = _write_and_rename(stage, step, model_state, optim_state, scheduler, cfg, meta, tokenizer_path,
+                                  selection)
+    prune(stage.parent.parent, keep_last, final)
+    return final
+
+
+def _write_and_rename(stage: Path, step: int, model_state: dict[str, Any], optim_state: dict[str, Any],
+                      scheduler: Any, cfg: Any, meta: dict[str, Any], tokenizer_path: str | Path,
+                      selection: dict[str, Any] | None) -> Path:
+    save_tensors(model_state, stage / "model.pt")
+    save_tensors(optim_state, stage / "optim.pt")
+    save_tensors(scheduler.state_dict(), stage / "sched.pt")
     save_config(cfg, stage / "config.toml")
     shutil.copy(tokenizer_path, stage / "tokenizer.json")
     if selection is not None:
@@ -135,9 +220,37 @@ def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, sche
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
     stage.rename(final)
-    for old in list_checkpoints(stage.parent.parent)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old)
     return final
+
+
+def set_aside(ckpt: Path, problems: list[str]) -> Path:
+    """A damaged checkpoint is renamed out of the way (kept for a person to look at, never
+    resumed from, never counted as kept): step_0000500 -> step_0000500.damaged."""
+    dest, n = ckpt.with_name(ckpt.name + DAMAGED), 1
+    while dest.exists():
+        dest, n = ckpt.with_name(f"{ckpt.name}{DAMAGED}.{n}"), n + 1
+    ckpt.rename(dest)
+    log.warning("checkpoint %s is damaged (%s): set aside as %s", ckpt, "; ".join(problems), dest.name)
+    return dest
+
+
+def prune(run_dir: str | Path, keep_last: int, newest: Path | None = None) -> list[Path]:
+    """Keep the `keep_last` newest INTACT checkpoints (0: all). Every checkpoint is verified first
+    (sizes and sha256 against its meta.json; `newest`, just written, is known intact): damaged
+    ones are set aside, so a damaged newer checkpoint can never push intact ones out. Returns the
+    checkpoints removed."""
+    if keep_last <= 0:
+        return []
+    intact = []
+    for ckpt in reversed(list_checkpoints(run_dir)):  # newest first
+        problems = [] if ckpt == newest else verify(ckpt)
+        if problems:
+            set_aside(ckpt, problems)
+        else:
+            intact.append(ckpt)
+    for old in intact[keep_last:]:
+        shutil.rmtree(old)
+    return intact[keep_last:]
 
 
 def read_meta(ckpt: str | Path) -> dict[str, Any]:
@@ -236,7 +349,7 @@ def save_run(acc: Accelerator, cfg: Config, step: int, st: TrainState) -> None:
     """Every rank's stream state, then (main process) the checkpoint of `step`, published whole."""
     stage = staging_dir(cfg.train.run_dir, step)
     acc.wait_for_everyone()
-    write_rank_state(stage, acc.process_index, st.batches.state())
+    write_rank_state(stage, acc.process_index, st.batches.state(), step)
     acc.wait_for_everyone()
     if acc.is_main_process:
         plan = st.plan

@@ -38,13 +38,16 @@ from tqdm import tqdm
 
 from vod2chat.config import save_config, to_dict
 from vod2chat.shards.store import Store
+from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.batch import to_device
 from vod2chat.trainer.checkpoint import TrainState, resume, save_run
 from vod2chat.trainer.processes import grad_accum_steps, init_restarted_process_group, mixed_precision, restarted
-from vod2chat.trainer.steps import build_optimizer, build_tokenizer, evaluate, flat_dict, log_samples, plan_data, train_step
+from vod2chat.trainer.report import final_summary, startup_summary
+from vod2chat.trainer.steps import (BadSteps, build_optimizer, build_tokenizer, evaluate, flat_dict, log_hparams, log_samples,
+                                    plan_data, train_step)
 from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
@@ -56,16 +59,15 @@ def main(cfg: Config) -> dict[str, float]:
 
 def run(cfg: Config) -> dict[str, float]:
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
+    if tc.resume and not restarted():  # a torchrun restart before the first save starts afresh
+        checkpoint.require_checkpoint(run_dir)
     tc.resume = tc.resume or restarted()
     init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
     cfg.data.store = Store(cfg.data.store).require().canonical_url
     if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
         cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
-    if not tc.resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
-        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
-                         "continue it, or choose a new train.run_dir")
+    check_fresh_run_dir(tc.resume, run_dir)
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -84,14 +86,21 @@ def run(cfg: Config) -> dict[str, float]:
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     start, ckpt = resume(acc, cfg, model, optimizer, scheduler, store_fps)
+    if ckpt is not None:
+        acc.print(f"resuming from step {start} (checkpoint {ckpt})")
     if start == 0:  # a resumed run has its own statistics, from the checkpoint
         acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data))
     if acc.is_main_process:
         save_config(cfg, run_dir / "config.toml")
-        acc.init_trackers("tb", config=flat_dict(to_dict(cfg)))
+        acc.init_trackers("tb")
+        log_hparams(acc, flat_dict(to_dict(cfg)))
     plan = plan_data(cfg, ckpt, start, acc.process_index, acc.num_processes)  # the data position: O(1)
     batches = make_train_loader(plan.shards, tok, cfg.data, tc.micro_batch, tc.seed, plan.states, plan.num_workers)
     val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed)
+    if acc.is_main_process:
+        print(startup_summary(cfg, acc.unwrap_model(model), plan.shards, acc.mixed_precision, acc.num_processes,
+                              plan.num_workers, acc.device, start), flush=True)
+    bad = BadSteps(tc.max_bad_steps, run_dir)
     meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
             "tokenizer": {"vocab_size": tok.vocab_size}}
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, tok_path=tok_path, meta=meta, plan=plan,
@@ -104,6 +113,7 @@ def run(cfg: Config) -> dict[str, float]:
         micro = [to_device(next(batches), acc.device) for _ in range(accum)]
         out = train_step(model, optimizer, scheduler, micro, acc, tc.grad_clip)
         done = step + 1
+        bad.update(out, done)
         if step == start:  # start-up cost: from entering main() to the first step done (resume included)
             startup = {"train/startup_s": time.perf_counter() - t_start}
             acc.log(startup, step=done)
@@ -112,7 +122,7 @@ def run(cfg: Config) -> dict[str, float]:
             n = min(tc.log_every, done - start) or 1
             metrics = {"train/loss": out["loss"], "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": out["grad_norm"],
                        "train/examples_per_s": out["examples"] * acc.num_processes * n / dt,
-                       "train/tokens_per_s": out["tokens"] * acc.num_processes * n / dt}
+                       "train/tokens_per_s": out["tokens"] * acc.num_processes * n / dt, "train/skipped_steps": bad.total}
             acc.log(metrics, step=done)
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         if done % tc.eval_every == 0 or done == tc.steps:
@@ -123,7 +133,16 @@ def run(cfg: Config) -> dict[str, float]:
         if done % tc.save_every == 0 or done == tc.steps:
             save_run(acc, cfg, done, state)
     acc.end_training()
+    if acc.is_main_process:
+        print(final_summary(metrics, run_dir, tc.steps), flush=True)
     return {**metrics, **startup}
+
+
+def check_fresh_run_dir(resume: bool, run_dir: Path) -> None:
+    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
+        raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
+                         "continue it, or choose a new train.run_dir")
 
 
 if __name__ == "__main__":

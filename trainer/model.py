@@ -46,17 +46,17 @@ AGE_GATE_SPEED = 10.0
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = param(4000, "the trainer sets it from the tokenizer")
-    d_model: int = param(256)
-    n_heads: int = param(4)
-    n_enc_layers: int = param(2)
-    n_dec_layers: int = param(4)
-    d_ff: int = param(1024)
-    dropout: float = param(0.1)
-    max_len: int = param(128, "tokens per example: <bos> context <sep> message <eos>")
-    video_dim: int = param(2048)
-    audio_dim: int = param(128)
-    max_time_s: float = param(64.0, "ages are clamped to [0, max_time_s]: set it >= the data window")
+    vocab_size: int = param(4000, "the trainer sets it from the tokenizer", gt=0)
+    d_model: int = param(256, gt=0)
+    n_heads: int = param(4, gt=0)
+    n_enc_layers: int = param(2, ge=0)
+    n_dec_layers: int = param(4, ge=1)
+    d_ff: int = param(1024, gt=0)
+    dropout: float = param(0.1, ge=0, lt=1)
+    max_len: int = param(128, "tokens per example: <bos> context <sep> message <eos>", ge=4)
+    video_dim: int = param(2048, gt=0)
+    audio_dim: int = param(128, gt=0)
+    max_time_s: float = param(64.0, "ages are clamped to [0, max_time_s]: set it >= the data window", gt=0)
     use_video: bool = param(True, "both False: a text-only model (the ablation baseline)")
     use_audio: bool = param(True)
     # Making a brief moment findable in a long window (README "Finding the moment"):

@@ -45,6 +45,8 @@ def train_on_ray(cfg: Config) -> dict[str, float]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     rc = cfg.ray
+    if cfg.train.resume:  # refused here, once, rather than in every worker and every restart of the group
+        checkpoint.require_checkpoint(cfg.train.run_dir)
     if not ray.is_initialized():
         ray.init(address=rc.address or None, log_to_driver=True)
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if rc.use_gpu == "auto" else rc.use_gpu == "true"

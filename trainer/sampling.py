@@ -20,11 +20,11 @@ from vod2chat.trainer.tokenizer import ChatTokenizer
 
 @dataclass
 class SamplingConfig:
-    temperature: float = param(1.0, "0: greedy")
-    top_k: int = param(0, "0: off")
-    top_p: float = param(0.9, "nucleus sampling: the smallest set of tokens reaching this probability; 1: off")
-    repetition_penalty: float = param(1.0, "1: off (CTRL-style: divide positive logits, multiply negative)")
-    max_new_tokens: int = param(0, "tokens per message; 0: the run's data.max_message_tokens")
+    temperature: float = param(1.0, "0: greedy", ge=0)
+    top_k: int = param(0, "0: off", ge=0)
+    top_p: float = param(0.9, "nucleus sampling: the smallest set of tokens reaching this probability; 1: off", gt=0, le=1)
+    repetition_penalty: float = param(1.0, "1: off (CTRL-style: divide positive logits, multiply negative)", gt=0)
+    max_new_tokens: int = param(0, "tokens per message; 0: the run's data.max_message_tokens", ge=0)
 
     def resolved(self, max_message_tokens: int) -> "SamplingConfig":
         """A copy whose max_new_tokens is set (0 means the longest message the run was trained on)."""

@@ -76,12 +76,48 @@ def train_step(model, optimizer, scheduler, micro_batches: list[dict[str, Any]],
             loss = loss_sum / max(1, n_tokens)
         acc.backward(loss)
         total += loss_sum.item()
-    grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    # grad_clip 0 is "off": clip_grad_norm_ with max_norm 0 would zero every gradient.
+    grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    finite = step_is_finite(acc, total, float(grad_norm))
+    if finite:  # a NaN/Inf gradient would make every weight NaN for good: that step is skipped
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return {"loss": total / max(1, n_tokens), "grad_norm": float(grad_norm), "tokens": n_tokens,
-            "examples": sum(len(b["keys"]) for b in micro_batches)}
+            "examples": sum(len(b["keys"]) for b in micro_batches), "skipped": not finite}
+
+
+def step_is_finite(acc: Accelerator, loss_sum: float, grad_norm: float) -> bool:
+    """The same verdict on every rank: a loss is rank-local, so one NaN anywhere skips the step everywhere."""
+    bad = torch.tensor([0.0 if math.isfinite(loss_sum) and math.isfinite(grad_norm) else 1.0], device=acc.device)
+    return float(acc.reduce(bad, reduction="sum")) == 0.0
+
+
+class TrainingDiverged(RuntimeError):
+    """train.max_bad_steps steps in a row had a non-finite loss or gradient."""
+
+
+class BadSteps:
+    """Steps skipped for a non-finite loss or gradient: each is a warning and counted (TensorBoard
+    train/skipped_steps); train.max_bad_steps in a row stop the run before anything is saved."""
+
+    def __init__(self, limit: int, run_dir: str | Path):
+        self.limit, self.run_dir, self.in_row, self.total = limit, Path(run_dir), 0, 0
+
+    def update(self, out: dict[str, Any], step: int) -> None:
+        if not out["skipped"]:
+            self.in_row = 0
+            return
+        self.in_row, self.total = self.in_row + 1, self.total + 1
+        log.warning("step %d skipped: non-finite loss or gradient (loss %s, grad norm %s); %d in a row, the run "
+                    "stops at train.max_bad_steps=%d", step, out["loss"], out["grad_norm"], self.in_row, self.limit)
+        if self.in_row >= self.limit:
+            last = checkpoint.latest(self.run_dir)
+            raise TrainingDiverged(
+                f"stopped at step {step}: {self.in_row} steps in a row had a non-finite loss or gradient "
+                f"(train.max_bad_steps={self.limit}); nothing was saved after them"
+                + (f", the newest checkpoint {last} is kept" if last else "")
+                + ". Check the store (`vod2chat store verify`) and the learning rate, then --resume")
 
 
 @torch.no_grad()
@@ -130,6 +166,18 @@ def log_samples(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config
     real, fake = generate_batch(acc.unwrap_model(model), b, tok, n, max_new_tokens=cfg.data.max_message_tokens)
     table = "| real | generated |\n|---|---|\n" + "\n".join(f"| {r} | {g} |" for r, g in zip(real, fake))
     acc.get_tracker("tensorboard").writer.add_text("samples", table, step)
+
+
+def log_hparams(acc: Accelerator, hparams: dict[str, Any]) -> None:
+    """The run's config as TensorBoard hparams, through the run's own writer: SummaryWriter.add_hparams
+    (what Accelerate's init_trackers(config=...) calls) opens a second writer in a time-named
+    subfolder, and TensorBoard then lists every run twice."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    writer = acc.get_tracker("tensorboard").writer
+    for summary in hparams_summaries(hparams, {}):
+        writer._get_file_writer().add_summary(summary)
+    writer.flush()
 
 
 def flat_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

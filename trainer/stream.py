@@ -256,6 +256,7 @@ class Reader:
             if not self.cfg.skip_errors:
                 raise ValueError(f"sample {raw.get('__key__', p)} of shard {self.ds.shards[s]['path']}: {e}") from e
             log.warning("skipping sample %s of %s: %s", raw.get("__key__", p), self.ds.shards[s]["path"], e)
+            self._record_skip(f"{self.ds.shards[s]['path']}#{raw.get('__key__', p)}")
             return []
 
     # The three ways an example is seen: bench/stream_advance.py overrides them to run a stream forward cheaply.
@@ -268,6 +269,11 @@ class Reader:
 
     def _collate(self, batch: list[Any]) -> dict[str, Any] | None:
         return collate(batch, self.ds.tok.pad_id)
+
+    def _record_skip(self, what: str) -> None:
+        # Recorded once: a resampled shard is read again and again, and its bad sample with it.
+        if what not in self.skipped:
+            self.skipped.append(what)
 
     def _restore(self, refs: list[tuple[int, int, int]]) -> list[Any]:
         """The shuffle buffer from its references: each named shard read once."""
