@@ -368,13 +368,13 @@ def far_checkpoint(src: Path, dst: Path, step: int, shards: list[dict[str, Any]]
     positions and buffer as the full stream, without decoding features or tokenizing). Model and
     optimizer tensors are src's: their loading cost does not depend on the step."""
     shutil.copytree(src, dst)
-    saved = json.loads((src / "data_rank0.json").read_text())
+    saved = checkpoint.read_json(src / checkpoint.data_file(0))
     t0 = time.perf_counter()
     meta = checkpoint.read_meta(src)
     saved["streams"] = [advance(shards, tok, dcfg, micro_batch, seed, st, (step - meta["step"]) * accum)
                         for st in saved["streams"]]
     took = time.perf_counter() - t0
-    (dst / "data_rank0.json").write_text(json.dumps(saved, separators=(",", ":")))
+    (dst / checkpoint.data_file(0)).write_text(json.dumps(saved, separators=(",", ":")))
     sched = checkpoint.load_tensors(src / "sched.pt")
     sched["last_epoch"], sched["_step_count"] = step, step + 1
     torch.save(sched, dst / "sched.pt")
@@ -402,7 +402,7 @@ def bench_resume(args, root: Path, tok_path: Path, val_vod: str, tmp: Path) -> d
     runs = {10: tmp / "at10", args.resume_far: tmp / "far"}
     shutil.copytree(first, runs[10], ignore=shutil.ignore_patterns("tb"))
     (runs[args.resume_far] / "checkpoints").mkdir(parents=True)
-    shards = stream.load_pinned(first / "checkpoints/step_0000010")
+    shards = checkpoint.load_pinned(first / "checkpoints/step_0000010")
     advance_s = far_checkpoint(first / "checkpoints/step_0000010",
                                runs[args.resume_far] / f"checkpoints/step_{args.resume_far:07d}", args.resume_far,
                                shards, ChatTokenizer.load(tok_path), c.data, args.batch, args.seed, 1)

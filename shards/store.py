@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import fsspec
 import webdataset as wds
@@ -311,11 +311,9 @@ class Store:
             return [f"{sh.path}: {size} bytes, record says {sh.bytes}"]
         if not checksums:
             return []
-        sha = hashlib.sha256()
         with self.fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        if sha.hexdigest() != sh.sha256:
+            _, sha = sha256_of(f)
+        if sha != sh.sha256:
             return [f"{sh.path}: sha256 mismatch (shard changed or corrupt)"]
         with self.fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tf:
             keys = {m.name.split(".", 1)[0] for m in tf}
@@ -345,6 +343,16 @@ class Store:
                 self.fs.rm(path)
             removed.append(rel)
         return removed
+
+
+def sha256_of(f: IO[bytes], block: int = 1 << 22) -> tuple[int, str]:
+    """(bytes read, sha256 hex digest) of an open binary file, read in blocks: the one file hash
+    of shards and checkpoints."""
+    sha, n = hashlib.sha256(), 0
+    for data in iter(lambda: f.read(block), b""):
+        sha.update(data)
+        n += len(data)
+    return n, sha.hexdigest()
 
 
 def chat_counts(rec: VodRecord) -> dict[str, int]:

@@ -106,7 +106,7 @@ def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: 
     list (new VODs join only with data.join_new_vods, appended, the step recorded) and each
     stream's saved state (remapped when processes, workers or shards changed)."""
     nw = workers(cfg.data.num_workers)
-    shards = stream.load_pinned(ckpt) if ckpt else None
+    shards = checkpoint.load_pinned(ckpt) if ckpt else None
     changes = list(checkpoint.read_meta(ckpt).get("selection", {}).get("changes", [])) if ckpt else []
     if shards is None:
         shards = stream.pin_selection(cfg.data)
@@ -119,7 +119,7 @@ def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: 
             changes.append({"step": step, "event": "joined", "shards": len(new),
                             "vods": sorted({f"{sh['streamer']}/{sh['vod_id']}" for sh in new})})
     stream.check_has_messages(shards, cfg.data.store)
-    saved, lay = stream.read_saved(ckpt) if ckpt else (None, None)
+    saved, lay = checkpoint.read_saved(ckpt) if ckpt else (None, None)
     states = stream.start_states(saved, lay, rank, world_size, nw, len(shards), cfg.train.seed, step)
     return stream.DataPlan(shards, states, nw, changes)
 

@@ -25,17 +25,15 @@ order an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from vod2chat.shards.reader import read_verified, select_records, shard_members, streamer_shard_weights, worker_id
-from vod2chat.shards.schema import check_shard_path, decode_sample
+from vod2chat.shards.schema import decode_sample
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import check_cut, collate, sample_examples, selection
@@ -43,7 +41,6 @@ from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
 
-SELECTION_FILE = "selection.json"
 PIN_KEYS = ("path", "sha256", "bytes", "samples", "messages", "streamer", "vod_id")
 
 
@@ -73,31 +70,6 @@ def check_has_messages(shards: list[dict[str, Any]], store: str, split: str = "t
     raise ValueError(f"the {split} split of {store} selects {len(vods)} VOD(s) ({shown}) but they hold 0 messages: "
                      "nothing to learn. Their chat probably misses the video (check the chat offsets; "
                      "`vod2chat store ls` shows messages per VOD), or select other VODs with data.vods/data.streamers")
-
-
-def read_json(p: Path) -> Any:
-    """A JSON file of a checkpoint (shared storage: anything may be there); errors name it."""
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError(f"{p}: cannot read as JSON ({e}); the checkpoint is damaged") from None
-
-
-def load_pinned(ckpt: Path) -> list[dict[str, Any]] | None:
-    """The selection a checkpoint trained on (None: an older checkpoint without one). Paths come
-    from a file on shared storage: each must be a plain shard path inside the store."""
-    p = ckpt / SELECTION_FILE
-    if not p.exists():
-        return None
-    shards = read_json(p)
-    shards = shards.get("shards") if isinstance(shards, dict) else None
-    if not isinstance(shards, list):
-        raise ValueError(f"{p}: no 'shards' list; the checkpoint is damaged")
-    for sh in shards:
-        if not isinstance(sh, dict) or any(k not in sh for k in PIN_KEYS):
-            raise ValueError(f"{p}: every shard needs {PIN_KEYS}; the checkpoint is damaged")
-        check_shard_path(sh["path"], sh["streamer"], str(p))
-    return shards
 
 
 def join_new(pinned: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,16 +119,6 @@ def start_states(saved: list[dict[str, Any]] | None, old_layout: dict[str, int] 
         st.update(buffer=buffer[r::readers], queue=queue[r::readers], skipped=skipped if r == 0 else [])
         out.append(st)
     return out
-
-
-def read_saved(ckpt: Path) -> tuple[list[dict[str, Any]] | None, dict[str, int] | None]:
-    """Every rank's saved data state of a checkpoint, and the layout it was saved with."""
-    meta = read_json(ckpt / "meta.json")
-    lay = meta.get("data", {}).get("layout")
-    if lay is None:
-        return None, None
-    saved = [read_json(ckpt / f"data_rank{r}.json") for r in range(lay["world_size"])]
-    return saved, lay
 
 
 # -- the stream ----------------------------------------------------------------------------------
