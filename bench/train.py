@@ -306,7 +306,7 @@ def bench_loader_per_core(args, root: Path, tok: ChatTokenizer, val_vod: str) ->
     cfg = base_data(root, val_vod)
     dcfg, mb = cfg.data, cfg.train.micro_batch
     shards = stream.pin_selection(dcfg)
-    urls = [Store(dcfg.store).full_url(sh["path"]) for sh in shards]
+    urls = [Store(dcfg.store).full_url(sh.path) for sh in shards]
     new = stream.make_train_loader(shards, tok, dcfg, mb, args.seed,
                                    stream.start_states(None, None, 0, 1, 0, len(shards), args.seed, 0), 0)
     old = old_batches(urls, tok, dcfg, mb, args.seed)
@@ -361,7 +361,7 @@ def base_vocab() -> int:
 
 
 # -- (d) resume cost: start to first step at step 10 and at step 10,000 ---------------------
-def far_checkpoint(src: Path, dst: Path, step: int, shards: list[dict[str, Any]], tok: ChatTokenizer, dcfg: DataConfig,
+def far_checkpoint(src: Path, dst: Path, step: int, shards: list[stream.PinnedShard], tok: ChatTokenizer, dcfg: DataConfig,
                    micro_batch: int, seed: int, accum: int) -> float:
     """A copy of checkpoint `src` whose step, LR schedule and data state say `step`. The data
     state is REAL: the saved stream state run forward by bench/stream_advance.py (the same draws,

@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from vod2chat.config import save_config
-from vod2chat.shards.schema import check_shard_path
 from vod2chat.shards.store import sha256_of
 from vod2chat.trainer import stream
 
@@ -159,7 +158,7 @@ def read_json(p: Path) -> Any:
         raise CheckpointError(f"{p}: cannot read as JSON ({e}); the checkpoint is damaged") from None
 
 
-def load_pinned(ckpt: Path) -> list[dict[str, Any]] | None:
+def load_pinned(ckpt: Path) -> list[stream.PinnedShard] | None:
     """The selection a checkpoint trained on (None: an older checkpoint without one). Paths come
     from a file on shared storage: each must be a plain shard path inside the store."""
     p = ckpt / SELECTION_FILE
@@ -169,11 +168,7 @@ def load_pinned(ckpt: Path) -> list[dict[str, Any]] | None:
     shards = shards.get("shards") if isinstance(shards, dict) else None
     if not isinstance(shards, list):
         raise ValueError(f"{p}: no 'shards' list; the checkpoint is damaged")
-    for sh in shards:
-        if not isinstance(sh, dict) or any(k not in sh for k in stream.PIN_KEYS):
-            raise ValueError(f"{p}: every shard needs {stream.PIN_KEYS}; the checkpoint is damaged")
-        check_shard_path(sh["path"], sh["streamer"], str(p))
-    return shards
+    return [stream.PinnedShard.from_json(sh, str(p)) for sh in shards]
 
 
 def read_saved(ckpt: Path) -> tuple[list[dict[str, Any]] | None, dict[str, int] | None]:
@@ -289,10 +284,10 @@ def save_run(acc: Accelerator, cfg: Config, step: int, st: TrainState) -> None:
         data = {"layout": stream.layout(acc.num_processes, plan.num_workers, len(plan.shards)),
                 "skipped_shards": skipped}
         sel = {"file": SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
-               "vods": len({(sh["streamer"], sh["vod_id"]) for sh in plan.shards})}
+               "vods": len({(sh.streamer, sh.vod_id) for sh in plan.shards})}
         publish(stage, step, acc.unwrap_model(st.model), st.optimizer, st.scheduler, cfg,
                 {**st.meta, "data": data, "selection": sel}, st.tok_path, cfg.train.keep_last,
-                selection={"store": cfg.data.store, "shards": plan.shards})
+                selection={"store": cfg.data.store, "shards": [sh.to_json() for sh in plan.shards]})
     acc.wait_for_everyone()
 
 

@@ -117,7 +117,7 @@ def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: 
         if new:
             shards = shards + new
             changes.append({"step": step, "event": "joined", "shards": len(new),
-                            "vods": sorted({f"{sh['streamer']}/{sh['vod_id']}" for sh in new})})
+                            "vods": sorted({f"{sh.streamer}/{sh.vod_id}" for sh in new})})
     stream.check_has_messages(shards, cfg.data.store)
     saved, lay = checkpoint.read_saved(ckpt) if ckpt else (None, None)
     states = stream.start_states(saved, lay, rank, world_size, nw, len(shards), cfg.train.seed, step)
