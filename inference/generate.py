@@ -115,14 +115,9 @@ def stretches(n: int, batch: int, min_len: int = MIN_STRETCH) -> list[range]:
 
 
 def training_records(data: DataConfig, streamer: str) -> list[VodRecord]:
-    from vod2chat.shards.reader import select_records
-    from vod2chat.shards.store import Store
-    from vod2chat.trainer.data import selection
+    from vod2chat.trainer.data import RunSplits
 
-    sel = selection(data, "train")
-    if streamer:
-        sel.streamers = [streamer]
-    return select_records(Store(data.store), sel)
+    return RunSplits(data).select("train", streamer)
 
 
 def chat_rate(records: list[VodRecord]) -> float:

@@ -32,11 +32,11 @@ from typing import Any, Iterator
 
 import torch
 
-from vod2chat.shards.reader import read_verified, select_records, shard_members, streamer_shard_weights, worker_id
+from vod2chat.shards.reader import read_verified, shard_members, streamer_shard_weights, worker_id
 from vod2chat.shards.schema import check_shard_path, decode_sample
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import check_cut, collate, sample_examples, selection
+from vod2chat.trainer.data import RunSplits, collate, sample_examples
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -74,14 +74,9 @@ class PinnedShard:
 
 
 # -- the pinned selection ----------------------------------------------------------------------
-def pin_selection(cfg: DataConfig, split: str = "train") -> list[PinnedShard]:
+def pin_selection(cfg: DataConfig, split: str = "train", splits: RunSplits | None = None) -> list[PinnedShard]:
     """The split's shards as the checkpoint pins them: path, checksum, counts, owner."""
-    store = Store(cfg.store)
-    records = select_records(store, selection(cfg, split))
-    check_cut(records, cfg)
-    if not records:
-        raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
-                         f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
+    records = (splits or RunSplits(cfg)).require(split)
     # messages unknown (a record without counts): assume some, so the shard is drawn
     shards = [PinnedShard(path=sh.path, sha256=sh.sha256 or "", bytes=sh.bytes, samples=sh.samples,
                           messages=1 if sh.messages is None else sh.messages, streamer=rec.streamer, vod_id=rec.vod_id)
