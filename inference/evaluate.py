@@ -52,6 +52,7 @@ import torch
 
 from vod2chat.config import param, save_config
 from vod2chat.inference import oracle
+from vod2chat.inference.moments import new_tokens, resolve_device
 from vod2chat.synth.truth import find_truths, load_truth
 from vod2chat.shards.reader import ShardStream, read_chat, shard_urls
 from vod2chat.shards.schema import parse_key
@@ -61,7 +62,7 @@ from vod2chat.trainer.config import DataConfig
 from vod2chat.trainer.data import Example, RunSplits, collate, sample_examples
 from vod2chat.trainer.batch import AV_KEYS, token_loss, to_device
 from vod2chat.trainer.model import DecodeCache, VodChatModel
-from vod2chat.trainer.sampling import SamplingConfig, generate
+from vod2chat.trainer.sampling import SamplingConfig
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -412,18 +413,12 @@ def sample_messages(model: VodChatModel, moments: list[Example], tok: ChatTokeni
     out = []
     for lo in range(0, len(moments), batch_size):
         group = moments[lo : lo + batch_size]
-        batch = to_device(collate(group, tok.pad_id), device)
-        memory, memory_mask = model.encode(*(batch[k] for k in AV_KEYS))
-        new = generate(model, [e.tokens[: e.n_prefix] for e in group], memory, memory_mask, tok.eos_id, sc, gen=gen)
-        out += [tok.decode(ids[: sc.max_new_tokens]).strip() for ids in new]
+        new = new_tokens(model, tok, group, sc, device, gen, prefixes=[e.tokens[: e.n_prefix] for e in group])
+        out += [tok.decode(ids).strip() for ids in new]
     return out
 
 
 # -- main ----------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def main(cfg: EvalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     bad = [a for a in cfg.ablations if a not in ABLATIONS]

@@ -115,9 +115,10 @@ def sample_examples(sample: Sample, tok: ChatTokenizer, cfg: DataConfig, shard: 
         tokens = prefix + ids[h + i][: cfg.max_message_tokens] + [tok.eos_id]
         ctx = all_texts[max(0, h + i - n_ctx) : h + i] if n_ctx else []
         ti = t[j]
-        out.append(Example(f"{sample.key}/{i}", float(ti), video[v0[j] : v1[j]], (ti - vt[v0[j] : v1[j]]).astype(np.float32),
-                           audio[a0[j] : a1[j]], (ti - at[a0[j] : a1[j]]).clip(0).astype(np.float32), tokens,
-                           len(prefix), m["text"], ctx, (shard, pos, i)))
+        out.append(Example(key=f"{sample.key}/{i}", t=float(ti), video=video[v0[j] : v1[j]],
+                           video_time=(ti - vt[v0[j] : v1[j]]).astype(np.float32), audio=audio[a0[j] : a1[j]],
+                           audio_time=(ti - at[a0[j] : a1[j]]).clip(0).astype(np.float32), tokens=tokens,
+                           n_prefix=len(prefix), text=m["text"], context=ctx, ref=(shard, pos, i)))
     return iter(out)
 
 
