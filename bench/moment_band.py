@@ -28,9 +28,8 @@ def main() -> None:
     from vod2chat.inference import oracle
     from vod2chat.synth.events import VIDEO_EVENTS
     from vod2chat.synth.truth import find_truths, load_truth
-    from vod2chat.shards.store import Store
     from vod2chat.trainer import checkpoint
-    from vod2chat.trainer.data import collate
+    from vod2chat.trainer.data import RunSplits, collate
     from vod2chat.trainer.batch import AV_KEYS, to_device
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,7 +40,7 @@ def main() -> None:
 
     device = torch.device("cpu")
     model, tok, cfg, _ = checkpoint.load_run(a.run, device)
-    moments = ev.select_moments(cfg.data, Store(cfg.data.store), "test", tok, a.max_moments, 0)
+    moments = ev.select_moments(RunSplits(cfg.data), "test", tok, a.max_moments, 0)
     truths = {vod: load_truth(path) for vod, path in find_truths(a.truth).items()}
     source = {text: src for t in truths.values() for src, texts in t.texts.items() for text in texts}
     texts = sorted(source)

@@ -29,7 +29,7 @@ class DryReader(stream.Reader):
         return None
 
 
-def advance(shards: list[dict[str, Any]], tok: ChatTokenizer, cfg: DataConfig, micro_batch: int, seed: int,
+def advance(shards: list[stream.PinnedShard], tok: ChatTokenizer, cfg: DataConfig, micro_batch: int, seed: int,
             state: dict[str, Any], n_batches: int) -> dict[str, Any]:
     """A reader's state n_batches further on, without decoding features or tokenizing: the
     positions, draws and buffer are the same as the real stream's (tested), at a fraction of

@@ -306,7 +306,7 @@ def bench_loader_per_core(args, root: Path, tok: ChatTokenizer, val_vod: str) ->
     cfg = base_data(root, val_vod)
     dcfg, mb = cfg.data, cfg.train.micro_batch
     shards = stream.pin_selection(dcfg)
-    urls = [Store(dcfg.store).full_url(sh["path"]) for sh in shards]
+    urls = [Store(dcfg.store).full_url(sh.path) for sh in shards]
     new = stream.make_train_loader(shards, tok, dcfg, mb, args.seed,
                                    stream.start_states(None, None, 0, 1, 0, len(shards), args.seed, 0), 0)
     old = old_batches(urls, tok, dcfg, mb, args.seed)
@@ -361,20 +361,20 @@ def base_vocab() -> int:
 
 
 # -- (d) resume cost: start to first step at step 10 and at step 10,000 ---------------------
-def far_checkpoint(src: Path, dst: Path, step: int, shards: list[dict[str, Any]], tok: ChatTokenizer, dcfg: DataConfig,
+def far_checkpoint(src: Path, dst: Path, step: int, shards: list[stream.PinnedShard], tok: ChatTokenizer, dcfg: DataConfig,
                    micro_batch: int, seed: int, accum: int) -> float:
     """A copy of checkpoint `src` whose step, LR schedule and data state say `step`. The data
     state is REAL: the saved stream state run forward by bench/stream_advance.py (the same draws,
     positions and buffer as the full stream, without decoding features or tokenizing). Model and
     optimizer tensors are src's: their loading cost does not depend on the step."""
     shutil.copytree(src, dst)
-    saved = json.loads((src / "data_rank0.json").read_text())
+    saved = checkpoint.read_json(src / checkpoint.data_file(0))
     t0 = time.perf_counter()
     meta = checkpoint.read_meta(src)
     saved["streams"] = [advance(shards, tok, dcfg, micro_batch, seed, st, (step - meta["step"]) * accum)
                         for st in saved["streams"]]
     took = time.perf_counter() - t0
-    (dst / "data_rank0.json").write_text(json.dumps(saved, separators=(",", ":")))
+    (dst / checkpoint.data_file(0)).write_text(json.dumps(saved, separators=(",", ":")))
     sched = checkpoint.load_tensors(src / "sched.pt")
     sched["last_epoch"], sched["_step_count"] = step, step + 1
     torch.save(sched, dst / "sched.pt")
@@ -402,7 +402,7 @@ def bench_resume(args, root: Path, tok_path: Path, val_vod: str, tmp: Path) -> d
     runs = {10: tmp / "at10", args.resume_far: tmp / "far"}
     shutil.copytree(first, runs[10], ignore=shutil.ignore_patterns("tb"))
     (runs[args.resume_far] / "checkpoints").mkdir(parents=True)
-    shards = stream.load_pinned(first / "checkpoints/step_0000010")
+    shards = checkpoint.load_pinned(first / "checkpoints/step_0000010")
     advance_s = far_checkpoint(first / "checkpoints/step_0000010",
                                runs[args.resume_far] / f"checkpoints/step_{args.resume_far:07d}", args.resume_far,
                                shards, ChatTokenizer.load(tok_path), c.data, args.batch, args.seed, 1)

@@ -52,16 +52,17 @@ import torch
 
 from vod2chat.config import param, save_config
 from vod2chat.inference import oracle
+from vod2chat.inference.moments import new_tokens, resolve_device
 from vod2chat.synth.truth import find_truths, load_truth
-from vod2chat.shards.reader import ShardStream, read_chat, select_records, shard_urls
+from vod2chat.shards.reader import ShardStream, read_chat, shard_urls
 from vod2chat.shards.schema import parse_key
 from vod2chat.shards.store import Store, read_json, write_json_atomic
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import Example, check_cut, collate, sample_examples, selection
+from vod2chat.trainer.data import Example, RunSplits, collate, sample_examples
 from vod2chat.trainer.batch import AV_KEYS, token_loss, to_device
 from vod2chat.trainer.model import DecodeCache, VodChatModel
-from vod2chat.trainer.sampling import SamplingConfig, generate
+from vod2chat.trainer.sampling import SamplingConfig
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
@@ -238,25 +239,21 @@ def build_candidates(real: str, context: Sequence[str], pool: TextPool, n: int, 
     return out
 
 
-def training_pool(store: Store, data: DataConfig) -> TextPool:
-    urls = shard_urls(store, select_records(store, selection(data, "train")))
-    if not urls:
-        raise ValueError(f"store {store.url} has no training VODs to draw candidates from (split settings: "
-                         f"val_vods={data.val_vods} test_vods={data.test_vods}, fractions {data.val_fraction}/"
-                         f"{data.test_fraction})")
+def training_pool(splits: RunSplits) -> TextPool:
+    urls = shard_urls(splits.store, splits.require("train"))
     return TextPool.build(m["text"] for chat in read_chat(urls) for m in chat["messages"])
 
 
-def split_vods(store: Store, data: DataConfig, split: str) -> list[str]:
-    return [r.name for r in select_records(store, selection(data, split))]
+def split_vods(splits: RunSplits, split: str) -> list[str]:
+    return [r.name for r in splits.select(split)]
 
 
-def candidates_id(store: Store, data: DataConfig, split: str, ec: EvalConfig) -> dict[str, Any]:
+def candidates_id(splits: RunSplits, split: str, ec: EvalConfig) -> dict[str, Any]:
     """What a candidate file depends on: the training VODs (popular, TF-IDF, random) and the
     protocol. Another store selection is another file, never a silently different one."""
     return {"version": CANDIDATES_VERSION, "split": split, "seed": ec.seed, "candidates": ec.candidates,
-            "n_popular": ec.n_popular, "n_tfidf": ec.n_tfidf, "train_vods": split_vods(store, data, "train"),
-            "split_vods": split_vods(store, data, split)}
+            "n_popular": ec.n_popular, "n_tfidf": ec.n_tfidf, "train_vods": split_vods(splits, "train"),
+            "split_vods": split_vods(splits, split)}
 
 
 def default_candidates_path(store: Store, ident: dict[str, Any]) -> str:
@@ -292,17 +289,13 @@ def load_candidates(moments: list[Example], path: str, ident: dict[str, Any],
 
 
 # -- moments -------------------------------------------------------------------------------
-def select_moments(data: DataConfig, store: Store, split: str, tok: ChatTokenizer, max_moments: int,
+def select_moments(splits: RunSplits, split: str, tok: ChatTokenizer, max_moments: int,
                    seed: int) -> list[Example]:
     """The split's examples, or a seeded subset of max_moments of them: the moments whose
     hash(seed, key) is smallest, so the subset is spread over every VOD and does not depend
     on reading order. Returned in store order."""
-    records = select_records(store, selection(data, split))
-    check_cut(records, data)  # the moments need the windows the model was trained with
-    urls = shard_urls(store, records)
-    if not urls:
-        raise ValueError(f"store {store.url} has no VOD in split {split!r} (val_vods={data.val_vods} "
-                         f"test_vods={data.test_vods}, fractions {data.val_fraction}/{data.test_fraction})")
+    data = splits.cfg
+    urls = shard_urls(splits.store, splits.require(split))  # checks the windows the model was trained with
     keep: list[tuple[int, int, Example]] = []  # max-heap on the hash via negation
     stream = ShardStream(urls, shuffle_shards=False, skip_errors=data.skip_errors)
     examples = (e for s in stream for e in sample_examples(s, tok, data))
@@ -420,18 +413,12 @@ def sample_messages(model: VodChatModel, moments: list[Example], tok: ChatTokeni
     out = []
     for lo in range(0, len(moments), batch_size):
         group = moments[lo : lo + batch_size]
-        batch = to_device(collate(group, tok.pad_id), device)
-        memory, memory_mask = model.encode(*(batch[k] for k in AV_KEYS))
-        new = generate(model, [e.tokens[: e.n_prefix] for e in group], memory, memory_mask, tok.eos_id, sc, gen=gen)
-        out += [tok.decode(ids[: sc.max_new_tokens]).strip() for ids in new]
+        new = new_tokens(model, tok, group, sc, device, gen, prefixes=[e.tokens[: e.n_prefix] for e in group])
+        out += [tok.decode(ids).strip() for ids in new]
     return out
 
 
 # -- main ----------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def main(cfg: EvalConfig) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     bad = [a for a in cfg.ablations if a not in ABLATIONS]
@@ -439,13 +426,13 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         raise ValueError(f"unknown ablations {bad}: choose from {list(ABLATIONS)}")
     model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
     data: DataConfig = dataclasses.replace(run_cfg.data, store=cfg.store or run_cfg.data.store)
-    store = Store(data.store)
-    checkpoint.check_fingerprints(meta, store.fingerprints(), data.store)
+    splits = RunSplits(data)  # the store listed once
+    checkpoint.check_fingerprints(meta, splits.fingerprints(), data.store)
 
-    moments = select_moments(data, store, cfg.split, tok, cfg.max_moments, cfg.seed)
-    ident = candidates_id(store, data, cfg.split, cfg)
-    cpath = cfg.candidates_file or default_candidates_path(store, ident)
-    sets = load_candidates(moments, cpath, ident, lambda: training_pool(store, data))
+    moments = select_moments(splits, cfg.split, tok, cfg.max_moments, cfg.seed)
+    ident = candidates_id(splits, cfg.split, cfg)
+    cpath = cfg.candidates_file or default_candidates_path(splits.store, ident)
+    sets = load_candidates(moments, cpath, ident, lambda: training_pool(splits))
     cand_tokens = {k: candidate_tokens(v, tok, data) for k, v in sets.items()}
     donor = donors(len(moments), cfg.seed) if "av_shuffled" in cfg.ablations else None
 

@@ -23,15 +23,12 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import math
 import re
 import sys
 import time
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,17 +38,13 @@ import torch
 from tqdm import tqdm
 
 from vod2chat.config import param, save_config
-from vod2chat.shards.schema import Sample, VodRecord
 from vod2chat.trainer import checkpoint
-from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import Example, av_window, build_tokens, collate
-from vod2chat.trainer.batch import AV_KEYS, to_device
-from vod2chat.trainer.sampling import SamplingConfig, generate
+from vod2chat.inference.moments import chat_texts, draw_users, resolve_device, training_chat
+from vod2chat.shards.schema import Sample
+from vod2chat.trainer.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
-MIN_STRETCH = 16  # messages: shorter stretches would start without context too often
-USER_SHARDS = 32  # shards of training chat read for usernames (bounded: a store can be huge)
 
 
 @dataclass
@@ -115,46 +108,6 @@ def poisson_times(start: float, end: float, per_minute: float, rng: np.random.Ge
     return [float(x) for x in t if start < x <= end]
 
 
-def stretches(n: int, batch: int, min_len: int = MIN_STRETCH) -> list[range]:
-    """n messages cut into at most `batch` consecutive stretches of at least min_len (bar one)."""
-    k = max(1, min(batch, n // max(1, min_len)))
-    bounds = np.linspace(0, n, k + 1).round().astype(int)
-    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def training_records(data: DataConfig, streamer: str) -> list[VodRecord]:
-    from vod2chat.shards.reader import select_records
-    from vod2chat.shards.store import Store
-    from vod2chat.trainer.data import selection
-
-    sel = selection(data, "train")
-    if streamer:
-        sel.streamers = [streamer]
-    return select_records(Store(data.store), sel)
-
-
-def chat_rate(records: list[VodRecord]) -> float:
-    """Messages per minute over the records' VODs."""
-    dur = sum(r.duration for r in records)
-    return 60.0 * sum(r.messages for r in records) / dur if dur > 0 else 0.0
-
-
-def training_users(data: DataConfig, records: list[VodRecord]) -> Counter:
-    from vod2chat.shards.reader import read_chat, shard_urls
-    from vod2chat.shards.store import Store
-
-    urls = shard_urls(Store(data.store), records)[:USER_SHARDS]
-    return Counter(m["user"] for chat in read_chat(urls) for m in chat["messages"] if m.get("user"))
-
-
-def draw_users(n: int, users: Counter, rng: np.random.Generator) -> list[str]:
-    if not users:
-        return [f"viewer{i}" for i in rng.integers(1, 1000, size=n)]
-    names = sorted(users)
-    p = np.asarray([users[u] for u in names], np.float64)
-    return [names[i] for i in rng.choice(len(names), size=n, p=p / p.sum())]
-
-
 # -- features ----------------------------------------------------------------------------------
 def same_json(x: Any) -> Any:
     """Fingerprints as stored (JSON): tuples become lists, so live ones compare equal."""
@@ -204,42 +157,6 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
 
 
 # -- decoding ----------------------------------------------------------------------------------
-def clean_text(s: str) -> str:
-    """One line of printable text: no control characters (chat has none; a byte-level model can
-    write them, and they break subtitles and terminals) and no U+FFFD from split UTF-8."""
-    return " ".join("".join(c for c in s if c != "\ufffd" and unicodedata.category(c) != "Cc").split())
-
-
-@torch.no_grad()
-def generate_texts(model: Any, tok: Any, data: DataConfig, sample: Sample, times: list[float], sc: SamplingConfig,
-                   batch: int, device: torch.device, gen: torch.Generator, streamer: str = "",
-                   bar: tqdm | None = None) -> list[str]:
-    """One text per time; each sees the A/V before its time and its stretch's earlier messages
-    (and the streamer's token, where the run was trained with data.streamer_token)."""
-    texts: list[str | None] = [None] * len(times)
-    parts = stretches(len(times), batch)
-    for step in itertools.count():
-        rows = [p[step] for p in parts if step < len(p)]
-        if not rows:
-            break
-        examples = []
-        for i in rows:
-            part = next(p for p in parts if i in p)
-            ctx = [t for t in texts[part.start : i] if t][-data.context_messages :] if data.context_messages else []
-            prefix, n_prefix = build_tokens(ctx, None, tok, data, streamer)
-            v, vt, a, at = av_window(sample, times[i], data.window_s)
-            examples.append(Example(f"gen/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
-        b = to_device(collate(examples, tok.pad_id), device)
-        memory, memory_mask = model.encode(*(b[k] for k in AV_KEYS))
-        new = generate(model, [e.tokens for e in examples], memory, memory_mask, tok.eos_id, sc, gen=gen)
-        for i, ids in zip(rows, new):
-            # [:max_new_tokens]: sampling.generate lets short prefixes run on in a ragged batch.
-            texts[i] = clean_text(tok.decode(ids[: sc.max_new_tokens]))
-        if bar is not None:
-            bar.update(len(rows))
-    return [t or "" for t in texts]
-
-
 class _Counted:
     """An encoder that moves a progress bar by the rows it embeds (embed_range has no hook)."""
 
@@ -300,7 +217,6 @@ def write_outputs(cfg: GenerateConfig, msgs: list[Any], start: float, end: float
 def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     from vod2chat.ingest.chat import Message
     from vod2chat.ingest.media import probe
-    from vod2chat.inference.evaluate import resolve_device
 
     if not cfg.run or not cfg.vod:
         raise ValueError("generate needs --run (a trained run) and --vod (a video file)")
@@ -317,21 +233,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     if end <= start:
         raise ValueError(f"{cfg.vod}: empty range [{start:.2f}, {end:.2f}] s (the video lasts {media.duration:.2f} s)")
 
-    records: list[VodRecord] = []
-    if not cfg.rate:
-        try:
-            records = training_records(data, cfg.streamer)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read the training chat's rate from store {data.store} ({e}): pass --rate") from e
-    rate = cfg.rate or chat_rate(records)
-    if rate <= 0:
-        raise ValueError(f"no message rate: store {data.store} has no training chat for streamer "
-                         f"{cfg.streamer or '(any)'}; pass --rate (messages per minute)")
-    try:
-        users = training_users(data, records or training_records(data, cfg.streamer))
-    except (OSError, ValueError) as e:  # the store need not be reachable from here
-        log.warning("no usernames from store %s (%s): using viewer{n}", data.store, e)
-        users = Counter()
+    rate, users = training_chat(data, cfg.streamer, cfg.rate)
 
     t_feat = time.perf_counter()
     sample = embed_with_progress(media, start, end, data.window_s, enc, icfg, cfg.progress)
@@ -343,7 +245,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     t_dec = time.perf_counter()
     with tqdm(total=len(times), unit="msg", desc="generate: messages", disable=not cfg.progress, file=sys.stderr) as bar:
-        texts = generate_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen, cfg.streamer, bar)
+        texts = chat_texts(model, tok, data, sample, times, sc, cfg.batch, device, gen, cfg.streamer, bar=bar)
     t_dec = time.perf_counter() - t_dec
     msgs = [Message(t, u, x) for t, u, x in zip(times, names, texts) if x]
 

@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, TextIO
@@ -44,7 +44,6 @@ import numpy as np
 from vod2chat.config import param
 from vod2chat.ingest import align
 from vod2chat.inference.sources import ByteSource, open_source
-from vod2chat.shards.schema import VodRecord
 from vod2chat.trainer.sampling import SamplingConfig
 
 # The model code is imported where used: the CLI imports this module for LiveConfig.
@@ -290,39 +289,6 @@ class _Grid:
         return max(v_end, (self.a_pos or 0) / self.sr)
 
 
-# -- generation ---------------------------------------------------------------------------------
-def live_texts(model: Any, tok: Any, data: Any, sample: Any, times: list[float], history: list[str],
-               sc: Any, batch: int, device: Any, gen: Any, streamer: str = "") -> list[str]:
-    """One text per time, as generate_texts, but every message starts from `history` (the chat so
-    far) and sees the messages before it; more than a few at once (catching up) are cut into
-    stretches decoded side by side."""
-    import torch
-
-    from vod2chat.inference.generate import clean_text, stretches
-    from vod2chat.trainer.data import Example, av_window, build_tokens, collate
-    from vod2chat.trainer.sampling import generate
-    from vod2chat.trainer.batch import AV_KEYS, to_device
-
-    texts: list[str | None] = [None] * len(times)
-    parts = stretches(len(times), batch, min_len=4)
-    for step in range(max(len(p) for p in parts)):
-        rows = [(p, p[step]) for p in parts if step < len(p)]
-        examples = []
-        for part, i in rows:
-            ctx = (history + [t for t in texts[part.start : i] if t])[-data.context_messages :] \
-                if data.context_messages else []
-            prefix, n_prefix = build_tokens(ctx, None, tok, data, streamer)
-            v, vt, a, at = av_window(sample, times[i], data.window_s)
-            examples.append(Example(f"live/{i}", times[i], v, vt, a, at, prefix, n_prefix, "", ctx))
-        with torch.no_grad():
-            b = to_device(collate(examples, tok.pad_id), device)
-            memory, memory_mask = model.encode(*(b[k] for k in AV_KEYS))
-            new = generate(model, [e.tokens for e in examples], memory, memory_mask, tok.eos_id, sc, gen=gen)
-        for (_, i), ids in zip(rows, new):
-            texts[i] = clean_text(tok.decode(ids[: sc.max_new_tokens]))
-    return [t or "" for t in texts]
-
-
 class Writer:
     """JSON lines to stdout and --out (each flushed as written), and to the overlay."""
 
@@ -353,9 +319,8 @@ class Writer:
 # -- the loop -----------------------------------------------------------------------------------
 class Live:
     def __init__(self, cfg: LiveConfig, stdout: TextIO | None = None):
-        from vod2chat.inference.evaluate import resolve_device
-        from vod2chat.inference.generate import (GenerateConfig, build_encoders, chat_rate, training_records,
-                                                 training_users)
+        from vod2chat.inference.generate import GenerateConfig, build_encoders
+        from vod2chat.inference.moments import resolve_device, training_chat
         from vod2chat.trainer import checkpoint
 
         if not cfg.run or not cfg.source:
@@ -370,22 +335,7 @@ class Live:
                               audio_pca=cfg.audio_pca)
         self.enc, icfg = build_encoders(gcfg, meta, str(self.device))
         self.fps = icfg.fps
-        records: list[VodRecord] = []
-        if not cfg.rate:
-            try:
-                records = training_records(self.data, cfg.streamer)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"cannot read the training chat's rate from store {self.data.store} ({e}): "
-                                 "pass --rate") from e
-        self.rate = cfg.rate or chat_rate(records)
-        if self.rate <= 0:
-            raise ValueError(f"no message rate: store {self.data.store} has no training chat for streamer "
-                             f"{cfg.streamer or '(any)'}; pass --rate (messages per minute)")
-        try:
-            self.users = training_users(self.data, records or training_records(self.data, cfg.streamer))
-        except (OSError, ValueError) as e:
-            log.warning("no usernames from store %s (%s): using viewer{n}", self.data.store, e)
-            self.users = Counter()
+        self.rate, self.users = training_chat(self.data, cfg.streamer, cfg.rate)
         self.sc = cfg.sampling.resolved(self.data.max_message_tokens)
         self.stdout = stdout or sys.stdout
         self.stop = threading.Event()
@@ -454,12 +404,13 @@ class Live:
                real_chat: Callable[[int], list[str]] | None, rng: np.random.Generator, gen: Any, writer: Writer,
                res: LiveResult) -> list[str]:
         """The messages at `times`, written; the model's own chat history after them."""
-        from vod2chat.inference.generate import draw_users
+        from vod2chat.inference.moments import chat_texts, draw_users
 
         data = self.data
         ctx = real_chat(data.context_messages) if real_chat is not None else history
-        texts = live_texts(self.model, self.tok, data, sample, times, ctx, self.sc, self.cfg.batch,
-                           self.device, gen, self.cfg.streamer)
+        # Stretches of at least 4: live decodes the few messages due since the last round.
+        texts = chat_texts(self.model, self.tok, data, sample, times, self.sc, self.cfg.batch, self.device, gen,
+                           self.cfg.streamer, history=ctx, min_len=4)
         for t, text in zip(times, texts):
             if not text:
                 continue
@@ -543,14 +494,17 @@ class _Rows:
         return min(ready_v, ready_a, heard)
 
     def sample(self) -> Any:
-        from vod2chat.shards.schema import Sample
+        """The rows kept, as the Sample the model's windows are cut from (the stream is one segment)."""
+        from vod2chat.shards.schema import ChatBlock, Sample, SegmentMeta, sample_key
 
         hop = align.AUDIO_HOP
-        return Sample("live__stream__000000", np.asarray(self.video, np.float16).reshape(-1, self.enc.video.dim),
-                      np.asarray(self.audio, np.float16).reshape(-1, self.enc.audio.dim),
-                      {"context": [], "messages": []},
-                      {"video_t0": self.v0 / self.fps, "fps": self.fps, "audio_t0": self.a0 * hop,
-                       "audio_hop": hop, "audio_win": hop})
+        t0, t1 = min(self.v0 / self.fps, self.a0 * hop), max((self.v0 + len(self.video)) / self.fps,
+                                                              (self.a0 + len(self.audio)) * hop)
+        meta = SegmentMeta(streamer="live", vod_id="stream", segment=0, start=t0, end=t1, video_t0=self.v0 / self.fps,
+                           fps=self.fps, audio_t0=self.a0 * hop, audio_hop=hop, audio_win=hop)
+        return Sample(sample_key("live", "stream", 0), np.asarray(self.video, np.float16).reshape(-1, self.enc.video.dim),
+                      np.asarray(self.audio, np.float16).reshape(-1, self.enc.audio.dim), ChatBlock().as_dict(),
+                      meta.as_dict())
 
     def drop_before(self, keep_from: float) -> None:
         hop = align.AUDIO_HOP

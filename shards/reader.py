@@ -63,11 +63,19 @@ def split_of(streamer: str, vod_id: str, sel: Selection) -> str:
 
 
 def select_records(store: Store, sel: Selection) -> list[VodRecord]:
+    """The store's records the selection keeps (the store listed now)."""
+    return select_from(store.records(sel.streamers or None), sel)
+
+
+def select_from(records: Iterable[VodRecord], sel: Selection) -> list[VodRecord]:
+    """The records of a listing that the selection keeps, in listing order."""
     if sel.split and sel.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {sel.split!r}")
     out = []
-    for rec in store.records(sel.streamers or None):
+    for rec in records:
         s, v = rec.streamer, rec.vod_id
+        if sel.streamers and s not in sel.streamers:
+            continue
         if sel.vods and v not in sel.vods and f"{s}/{v}" not in sel.vods:
             continue
         if sel.split and split_of(s, v, sel) != sel.split:

@@ -10,7 +10,6 @@ The root is a local directory or any fsspec URL.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 import fsspec
 import webdataset as wds
@@ -201,35 +200,11 @@ class Store:
             return None
         return self._load_record(path)
 
-    # Stores listed once for the duration of a run (see snapshot): canonical url -> records.
-    _snapshots: dict[str, list[VodRecord]] = {}
-
-    @classmethod
-    @contextlib.contextmanager
-    def snapshot(cls, url: str) -> Iterator["Store"]:
-        """List the store's records once and let every `Store(url).records()` in this process see
-        that list until the block ends: a training start selects its splits, statistics, tokenizer
-        text and loaders from one consistent view, listed once, not once per step of the start."""
-        store = cls(url)
-        key = store.canonical_url
-        outer = key in cls._snapshots
-        if not outer:
-            cls._snapshots[key] = list(store.records())
-        try:
-            yield store
-        finally:
-            if not outer:
-                cls._snapshots.pop(key, None)
-
     def records(self, streamers: list[str] | None = None,
                 errors: list[str] | None = None) -> Iterator[VodRecord]:
         """Committed VOD records, in a stable order (streamer, vod_id). A bad record (not JSON,
         a shard path outside its place) raises StoreError naming it, or, when `errors` is a list,
         is skipped with its message appended there (verify reports every one)."""
-        snap = self._snapshots.get(self.canonical_url) if errors is None and self._snapshots else None
-        if snap is not None:
-            yield from (r for r in snap if not streamers or r.streamer in streamers)
-            return
         self.fs.invalidate_cache()  # object-store listings are cached: new commits must show
         for path in sorted(self.fs.glob(self.abspath("vods/*/*.json"))):
             name = posixpath.basename(path)
@@ -312,11 +287,9 @@ class Store:
             return [f"{sh.path}: {size} bytes, record says {sh.bytes}"]
         if not checksums:
             return []
-        sha = hashlib.sha256()
         with self.fs.open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-        if sha.hexdigest() != sh.sha256:
+            _, sha = sha256_of(f)
+        if sha != sh.sha256:
             return [f"{sh.path}: sha256 mismatch (shard changed or corrupt)"]
         return self._verify_samples(sh, path)
 
@@ -366,6 +339,16 @@ class Store:
                 self.fs.rm(path)
             removed.append(rel)
         return removed
+
+
+def sha256_of(f: IO[bytes], block: int = 1 << 22) -> tuple[int, str]:
+    """(bytes read, sha256 hex digest) of an open binary file, read in blocks: the one file hash
+    of shards and checkpoints."""
+    sha, n = hashlib.sha256(), 0
+    for data in iter(lambda: f.read(block), b""):
+        sha.update(data)
+        n += len(data)
+    return n, sha.hexdigest()
 
 
 def chat_counts(rec: VodRecord) -> dict[str, int]:

@@ -19,6 +19,7 @@ from vod2chat.inference.evaluate import (EvalConfig, TextPool, TfidfIndex, build
                               default_candidates_path, distinct_n, donors, load_candidates, main, rank_of_real,
                               ranking_metrics, score_candidates, select_moments, training_pool)
 from vod2chat.trainer.batch import AV_KEYS, token_loss
+from vod2chat.trainer.data import RunSplits
 from vod2chat.trainer.data import collate
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
@@ -115,23 +116,23 @@ def test_donors_never_give_a_moment_its_own_av():
 def test_candidate_sets_are_deterministic_and_reused(store_dir: Path, tok: ChatTokenizer, tmp_path: Path):
     data = run_cfg(store_dir, tmp_path / "r").data
     store = Store(str(store_dir))
-    moments = select_moments(data, store, "test", tok, max_moments=10, seed=0)
+    moments = select_moments(RunSplits(data, store), "test", tok, max_moments=10, seed=0)
     assert len(moments) == 10 and len({m.key for m in moments}) == 10
-    assert [m.key for m in select_moments(data, store, "test", tok, 10, 0)] == [m.key for m in moments]
+    assert [m.key for m in select_moments(RunSplits(data, store), "test", tok, 10, 0)] == [m.key for m in moments]
     ec = EvalConfig(candidates=5, n_popular=2, n_tfidf=2)
-    ident = candidates_id(store, data, "test", ec)
+    ident = candidates_id(RunSplits(data, store), "test", ec)
     path = default_candidates_path(store, ident)
     assert path.startswith(str(store_dir / "eval" / "candidates-test-seed0-"))
     calls = []
 
     def pool():
         calls.append(1)
-        return training_pool(store, data)
+        return training_pool(RunSplits(data, store))
 
     first = load_candidates(moments, path, ident, pool)
     assert len(calls) == 1 and Path(path).exists()
     assert not [p for p in Path(path).parent.iterdir() if p.name.startswith(".tmp-")]
-    train_texts = set(training_pool(store, data).texts)
+    train_texts = set(training_pool(RunSplits(data, store)).texts)
     for m in moments:
         c = first[m.key]
         assert c[0] == m.text and len(c) == len(set(c)) and set(c[1:]) <= train_texts
@@ -149,7 +150,7 @@ def test_candidate_sets_are_deterministic_and_reused(store_dir: Path, tok: ChatT
     more = load_candidates(moments, path, ident, pool)  # the missing ones are added
     assert more == first
     # Another protocol is another file, never a silently different set.
-    other = candidates_id(store, data, "test", EvalConfig(candidates=5, n_popular=2, n_tfidf=2, seed=1))
+    other = candidates_id(RunSplits(data, store), "test", EvalConfig(candidates=5, n_popular=2, n_tfidf=2, seed=1))
     assert default_candidates_path(store, other) != path
     with pytest.raises(ValueError, match="another selection or protocol"):
         load_candidates(moments, path, other, pool)
@@ -160,7 +161,7 @@ def test_candidate_scores_equal_the_training_loss(store_dir: Path, tok: ChatToke
     cfg.model.vocab_size = tok.vocab_size
     torch.manual_seed(0)
     model = VodChatModel(cfg.model).eval()
-    moments = select_moments(cfg.data, Store(str(store_dir)), "test", tok, 6, 0)
+    moments = select_moments(RunSplits(cfg.data, Store(str(store_dir))), "test", tok, 6, 0)
     batch = collate(moments, tok.pad_id)
     with torch.no_grad():
         memory, mask = model.encode(*(batch[k] for k in AV_KEYS))

@@ -17,7 +17,8 @@ from vod2chat.ingest.chat import Message, parse_chat
 from vod2chat.config import load_config
 from store_factory import make_store
 from vod2chat.trainer.config import Config
-from vod2chat.inference.generate import GenerateConfig, chat_rate, clean_text, main, parse_time, poisson_times, stretches
+from vod2chat.inference.generate import GenerateConfig, main, parse_time, poisson_times
+from vod2chat.inference.moments import chat_rate, clean_text, stretches
 from vod2chat.shards.schema import VodRecord
 from vod2chat.trainer.model import ModelConfig, VodChatModel
 from vod2chat.inference.replay import ass_text, write_ass, write_html
@@ -126,7 +127,7 @@ def test_times_rates_and_stretches():
 def test_each_message_sees_only_the_av_before_its_time():
     from vod2chat.shards.schema import Sample
     from vod2chat.trainer.config import DataConfig
-    from vod2chat.inference.generate import clean_text, generate_texts
+    from vod2chat.inference.moments import chat_texts, clean_text
     from vod2chat.trainer.tokenizer import ChatTokenizer
 
     tok = ChatTokenizer.train(["red green blue loud quiet pog wow"] * 10, 300, 1)
@@ -150,7 +151,7 @@ def test_each_message_sees_only_the_av_before_its_time():
 
     def texts(v: np.ndarray, a: np.ndarray) -> list[str]:
         s = Sample("gen__x__000000", v, a, {"context": [], "messages": []}, meta)
-        return generate_texts(model, tok, data, s, times, sc, 4, torch.device("cpu"), torch.Generator())
+        return chat_texts(model, tok, data, s, times, sc, 4, torch.device("cpu"), torch.Generator())
 
     base = texts(video, audio)
     assert all(base) and len(set(base)) > 1

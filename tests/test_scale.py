@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 import logging
 import os
 import shutil
@@ -114,19 +115,19 @@ def test_a_flipped_byte_in_a_shard_is_an_error_naming_it_or_a_recorded_skip(stor
     shutil.copytree(store_dir, store)
     dcfg = data_cfg(store)
     shards = stream.pin_selection(dcfg)
-    bad = store / shards[0]["path"]
+    bad = store / shards[0].path
     data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0x01  # inside a feature array: the tar still parses
     bad.write_bytes(bytes(data))
-    with pytest.raises(ShardError, match=rf"{shards[0]['path']}.*sha256"):
+    with pytest.raises(ShardError, match=rf"{shards[0].path}.*sha256"):
         for s in range(len(shards)):
             r = reader(shards, tok, dcfg, stream.fresh_state(0, 1, 0))
             r._members(s)
     dskip = data_cfg(store, "data.skip_errors=true")
     r = reader(shards, tok, dskip, stream.fresh_state(0, 1, 0))
-    assert r._members(0) is None and r.skipped == [shards[0]["path"]]
+    assert r._members(0) is None and r.skipped == [shards[0].path]
     _, st = take(r.batches(), 30)  # keeps training on the intact shards
-    assert shards[0]["path"] in st["skipped"]
+    assert shards[0].path in st["skipped"]
 
 
 def test_a_split_without_messages_stops_at_once_naming_its_vods(tmp_path: Path):
@@ -292,3 +293,19 @@ def test_fast_examples_and_collate_equal_the_per_message_definition(store_dir: P
         assert torch.equal(b["video"][j, :nv].float(), torch.as_tensor(np.asarray(e.video, np.float32)))
         assert b["video_mask"][j].sum() == nv and b["audio_mask"][j].sum() == na
         assert (b["video"][j, nv:] == 0).all() and torch.equal(b["audio_time"][j, :na], torch.from_numpy(e.audio_time))
+
+
+def test_pinned_shards_are_typed_records_and_selection_json_is_unchanged(tmp_path: Path):
+    """selection.json keeps its format (a list of plain objects with the PIN_KEYS); reading it back
+    checks each field's type and the path, naming the file."""
+    from vod2chat.trainer import checkpoint
+
+    sh = {"path": "shards/s/1-00000.tar", "sha256": "ab" * 32, "bytes": 10, "samples": 2, "messages": 3,
+          "streamer": "s", "vod_id": "1"}
+    (tmp_path / checkpoint.SELECTION_FILE).write_text(json.dumps({"store": "x", "shards": [sh]}))
+    [pinned] = checkpoint.load_pinned(tmp_path)
+    assert isinstance(pinned, stream.PinnedShard) and pinned.to_json() == sh
+    for bad in ({**sh, "bytes": "10"}, {**sh, "messages": None}, {**sh, "path": "../../etc/x.tar"}):
+        (tmp_path / checkpoint.SELECTION_FILE).write_text(json.dumps({"store": "x", "shards": [bad]}))
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / checkpoint.SELECTION_FILE))):
+            checkpoint.load_pinned(tmp_path)

@@ -265,7 +265,7 @@ def test_an_old_format_record_still_reads_and_is_rewritten_unchanged(tmp_path: P
     from vod2chat.trainer.stream import pin_selection
     [pinned] = pin_selection(DataConfig(store=store.url, val_fraction=0, test_fraction=0, window_s=5.0,
                                         context_messages=0))
-    assert pinned["sha256"] == "" and pinned["messages"] == 1  # unknown count: the shard is still drawn
+    assert pinned.sha256 == "" and pinned.messages == 1  # unknown count: the shard is still drawn
 
 
 @pytest.mark.parametrize("bad, field", [

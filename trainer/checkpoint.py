@@ -15,7 +15,6 @@ list the run trains on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import pickle
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from vod2chat.config import save_config
+from vod2chat.shards.store import sha256_of
 from vod2chat.trainer import stream
 
 if TYPE_CHECKING:
@@ -41,6 +41,18 @@ if TYPE_CHECKING:
 PREFIX = "step_"
 DAMAGED = ".damaged"  # a damaged checkpoint set aside by pruning: step_0000500.damaged
 _NAME = re.compile(rf"^{PREFIX}\d+$")
+# The files of a checkpoint directory: spelled here only.
+MODEL_FILE, OPTIM_FILE, SCHED_FILE = "model.pt", "optim.pt", "sched.pt"
+META_FILE, CONFIG_FILE, TOKENIZER_FILE, SELECTION_FILE = "meta.json", "config.toml", "tokenizer.json", "selection.json"
+
+
+def rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def data_file(rank: int) -> str:
+    return f"data_rank{rank}.json"
+
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +80,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = ckpt_root(run_dir)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").exists())
+    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / META_FILE).exists())
 
 
 def require_checkpoint(run_dir: str | Path) -> None:
@@ -156,9 +168,9 @@ def disk_full_is_one_error(stage: Path, step: int) -> Iterator[None]:
 
 def write_rank_state(stage: Path, rank: int, data_state: dict[str, Any] | None = None, step: int = 0) -> None:
     with disk_full_is_one_error(stage, step):
-        save_tensors(rng_state(), stage / f"rng_rank{rank}.pt")
+        save_tensors(rng_state(), stage / rng_file(rank))
         if data_state is not None:
-            (stage / f"data_rank{rank}.json").write_text(json.dumps(data_state, separators=(",", ":")))
+            (stage / data_file(rank)).write_text(json.dumps(data_state, separators=(",", ":")))
 
 
 def non_finite(state: Any, prefix: str = "") -> list[str]:
@@ -179,12 +191,10 @@ def check_finite(model_state: dict[str, Any], optim_state: dict[str, Any], step:
 
 
 def file_digest(path: Path) -> dict[str, Any]:
-    sha, n = hashlib.sha256(), 0
+    """A checkpoint file's entry in meta.json."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-            n += len(block)
-    return {"bytes": n, "sha256": sha.hexdigest()}
+        n, sha = sha256_of(f)
+    return {"bytes": n, "sha256": sha}
 
 
 def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, cfg: Any,
@@ -207,15 +217,15 @@ def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, sche
 def _write_and_rename(stage: Path, step: int, model_state: dict[str, Any], optim_state: dict[str, Any],
                       scheduler: Any, cfg: Any, meta: dict[str, Any], tokenizer_path: str | Path,
                       selection: dict[str, Any] | None) -> Path:
-    save_tensors(model_state, stage / "model.pt")
-    save_tensors(optim_state, stage / "optim.pt")
-    save_tensors(scheduler.state_dict(), stage / "sched.pt")
-    save_config(cfg, stage / "config.toml")
-    shutil.copy(tokenizer_path, stage / "tokenizer.json")
+    save_tensors(model_state, stage / MODEL_FILE)
+    save_tensors(optim_state, stage / OPTIM_FILE)
+    save_tensors(scheduler.state_dict(), stage / SCHED_FILE)
+    save_config(cfg, stage / CONFIG_FILE)
+    shutil.copy(tokenizer_path, stage / TOKENIZER_FILE)
     if selection is not None:
-        (stage / "selection.json").write_text(json.dumps(selection, separators=(",", ":")))
-    files = {p.name: file_digest(p) for p in sorted(stage.iterdir()) if p.is_file() and p.name != "meta.json"}
-    (stage / "meta.json").write_text(json.dumps({"step": step, **meta, "files": files}, indent=1, sort_keys=True))
+        (stage / SELECTION_FILE).write_text(json.dumps(selection, separators=(",", ":")))
+    files = {p.name: file_digest(p) for p in sorted(stage.iterdir()) if p.is_file() and p.name != META_FILE}
+    (stage / META_FILE).write_text(json.dumps({"step": step, **meta, "files": files}, indent=1, sort_keys=True))
     final = stage.parent / f"{PREFIX}{step:07d}"
     if final.exists():  # re-saving a step after a resume: replace it whole
         shutil.rmtree(final)
@@ -253,12 +263,40 @@ def prune(run_dir: str | Path, keep_last: int, newest: Path | None = None) -> li
     return intact[keep_last:]
 
 
-def read_meta(ckpt: str | Path) -> dict[str, Any]:
-    p = Path(ckpt) / "meta.json"
+def read_json(p: Path) -> Any:
+    """A JSON file of a checkpoint (shared storage: anything may be there); errors name it."""
     try:
-        meta = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{p}: cannot read ({e}); the checkpoint is damaged") from None
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{p}: cannot read as JSON ({e}); the checkpoint is damaged") from None
+
+
+def load_pinned(ckpt: Path) -> list[stream.PinnedShard] | None:
+    """The selection a checkpoint trained on (None: an older checkpoint without one). Paths come
+    from a file on shared storage: each must be a plain shard path inside the store."""
+    p = ckpt / SELECTION_FILE
+    if not p.exists():
+        return None
+    shards = read_json(p)
+    shards = shards.get("shards") if isinstance(shards, dict) else None
+    if not isinstance(shards, list):
+        raise ValueError(f"{p}: no 'shards' list; the checkpoint is damaged")
+    return [stream.PinnedShard.from_json(sh, str(p)) for sh in shards]
+
+
+def read_saved(ckpt: Path) -> tuple[list[dict[str, Any]] | None, dict[str, int] | None]:
+    """Every rank's saved data state of a checkpoint, and the layout it was saved with."""
+    meta = read_meta(ckpt)
+    lay = meta.get("data", {}).get("layout")
+    if lay is None:
+        return None, None
+    saved = [read_json(ckpt / data_file(r)) for r in range(lay["world_size"])]
+    return saved, lay
+
+
+def read_meta(ckpt: str | Path) -> dict[str, Any]:
+    p = Path(ckpt) / META_FILE
+    meta = read_json(p)
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
         raise CheckpointError(f"{p}: not a checkpoint's meta.json (no integer 'step'); the checkpoint is damaged")
     return meta
@@ -273,12 +311,12 @@ def verify(ckpt: str | Path) -> list[str]:
     except CheckpointError as e:
         return [str(e)]
     if not files:
-        return [] if (ckpt / "model.pt").exists() else [f"{ckpt / 'model.pt'}: missing"]
+        return [] if (ckpt / MODEL_FILE).exists() else [f"{ckpt / MODEL_FILE}: missing"]
     problems = []
     for name, want in sorted(files.items()):
         p = ckpt / name
         if "/" in name or "\\" in name or name.startswith("."):
-            problems.append(f"{ckpt / 'meta.json'}: lists an odd file name {name!r}")
+            problems.append(f"{ckpt / META_FILE}: lists an odd file name {name!r}")
         elif not p.is_file():
             problems.append(f"{p}: missing")
         elif p.stat().st_size != want.get("bytes"):
@@ -318,12 +356,12 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
     ckpt = Path(ckpt)
-    model.load_state_dict(load_tensors(ckpt / "model.pt"))
+    model.load_state_dict(load_tensors(ckpt / MODEL_FILE))
     if optimizer is not None:
-        optimizer.load_state_dict(load_tensors(ckpt / "optim.pt"))
+        optimizer.load_state_dict(load_tensors(ckpt / OPTIM_FILE))
     if scheduler is not None:
-        scheduler.load_state_dict(load_tensors(ckpt / "sched.pt"))
-    rng = ckpt / f"rng_rank{rank}.pt"
+        scheduler.load_state_dict(load_tensors(ckpt / SCHED_FILE))
+    rng = ckpt / rng_file(rank)
     if rng.exists():
         set_rng_state(load_tensors(rng))
     return read_meta(ckpt)
@@ -354,15 +392,15 @@ def save_run(acc: Accelerator, cfg: Config, step: int, st: TrainState) -> None:
     if acc.is_main_process:
         plan = st.plan
         skipped = sorted({p for r in range(acc.num_processes)
-                          for s in json.loads((stage / f"data_rank{r}.json").read_text())["streams"]
+                          for s in read_json(stage / data_file(r))["streams"]
                           for p in s.get("skipped", [])})
         data = {"layout": stream.layout(acc.num_processes, plan.num_workers, len(plan.shards)),
                 "skipped_shards": skipped}
-        sel = {"file": stream.SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
-               "vods": len({(sh["streamer"], sh["vod_id"]) for sh in plan.shards})}
+        sel = {"file": SELECTION_FILE, "shards": len(plan.shards), "changes": plan.changes,
+               "vods": len({(sh.streamer, sh.vod_id) for sh in plan.shards})}
         publish(stage, step, acc.unwrap_model(st.model), st.optimizer, st.scheduler, cfg,
                 {**st.meta, "data": data, "selection": sel}, st.tok_path, cfg.train.keep_last,
-                selection={"store": cfg.data.store, "shards": plan.shards})
+                selection={"store": cfg.data.store, "shards": [sh.to_json() for sh in plan.shards]})
     acc.wait_for_everyone()
 
 
@@ -375,7 +413,7 @@ def resume(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
         return 0, None
     check_fingerprints(read_meta(ckpt), store_fps, cfg.data.store)
     meta = load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
-    if not (ckpt / f"rng_rank{acc.process_index}.pt").exists():
+    if not (ckpt / rng_file(acc.process_index)).exists():
         # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
         torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
     return int(meta["step"]), ckpt
@@ -384,12 +422,12 @@ def resume(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
 def resolve(run_dir_or_ckpt: str | Path) -> Path:
     """A checkpoint directory, or a run directory's latest checkpoint."""
     p = Path(run_dir_or_ckpt)
-    if (p / "meta.json").exists() and (p / "model.pt").exists():
+    if (p / META_FILE).exists() and (p / MODEL_FILE).exists():
         return p
     ckpt = latest(p)
     if ckpt is None:
         raise FileNotFoundError(f"{p} is neither a checkpoint nor a run with checkpoints (expected "
-                                f"{ckpt_root(p)}/{PREFIX}*/meta.json): train first, or pass --run <run_dir>")
+                                f"{ckpt_root(p)}/{PREFIX}*/{META_FILE}): train first, or pass --run <run_dir>")
     return ckpt
 
 
@@ -405,10 +443,10 @@ def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") ->
     problems = verify(ckpt)
     if problems:
         raise CheckpointError(f"checkpoint {ckpt} is damaged: {'; '.join(problems)}")
-    cfg = load_config(Config, ckpt / "config.toml")
-    tok = ChatTokenizer.load(ckpt / "tokenizer.json")
+    cfg = load_config(Config, ckpt / CONFIG_FILE)
+    tok = ChatTokenizer.load(ckpt / TOKENIZER_FILE)
     cfg.model.vocab_size = tok.vocab_size
     model = VodChatModel(cfg.model)
-    model.load_state_dict(load_tensors(ckpt / "model.pt"))
+    model.load_state_dict(load_tensors(ckpt / MODEL_FILE))
     model.to(device).eval()
     return model, tok, cfg, {**read_meta(ckpt), "checkpoint": str(ckpt)}

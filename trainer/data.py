@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from vod2chat.shards.reader import Selection, ShardStream, select_records, shard_checks, shard_urls, shuffle
+from vod2chat.shards.reader import Selection, ShardStream, select_from, shard_checks, shard_urls, shuffle
 from vod2chat.shards.schema import Sample, VodRecord
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig, TokenizerConfig
@@ -115,9 +115,10 @@ def sample_examples(sample: Sample, tok: ChatTokenizer, cfg: DataConfig, shard: 
         tokens = prefix + ids[h + i][: cfg.max_message_tokens] + [tok.eos_id]
         ctx = all_texts[max(0, h + i - n_ctx) : h + i] if n_ctx else []
         ti = t[j]
-        out.append(Example(f"{sample.key}/{i}", float(ti), video[v0[j] : v1[j]], (ti - vt[v0[j] : v1[j]]).astype(np.float32),
-                           audio[a0[j] : a1[j]], (ti - at[a0[j] : a1[j]]).clip(0).astype(np.float32), tokens,
-                           len(prefix), m["text"], ctx, (shard, pos, i)))
+        out.append(Example(key=f"{sample.key}/{i}", t=float(ti), video=video[v0[j] : v1[j]],
+                           video_time=(ti - vt[v0[j] : v1[j]]).astype(np.float32), audio=audio[a0[j] : a1[j]],
+                           audio_time=(ti - at[a0[j] : a1[j]]).clip(0).astype(np.float32), tokens=tokens,
+                           n_prefix=len(prefix), text=m["text"], context=ctx, ref=(shard, pos, i)))
     return iter(out)
 
 
@@ -203,16 +204,48 @@ def check_cut(records: list[VodRecord], cfg: DataConfig) -> None:
             f"--set context_messages={cfg.context_messages} --replace")
 
 
-def split_shards(cfg: DataConfig, split: str) -> tuple[list[str], dict[str, tuple[str, int]]]:
+class RunSplits:
+    """One listing of a run's store and the VODs of each split of its selection (data.*). A training
+    run, an evaluation or a generation lists the store once and passes this view down, so every
+    split, statistic, tokenizer text and loader of it comes from the same records."""
+
+    def __init__(self, cfg: DataConfig, store: Store | None = None):
+        self.cfg, self.store = cfg, store or Store(cfg.store)
+        self.records = list(self.store.records())
+
+    def select(self, split: str, streamer: str = "") -> list[VodRecord]:
+        """A split's VODs (of one streamer if given); possibly none."""
+        sel = selection(self.cfg, split)
+        if streamer:
+            sel.streamers = [streamer]
+        return select_from(self.records, sel)
+
+    def require(self, split: str) -> list[VodRecord]:
+        """A split's VODs, checked for the cut the examples need; a split without shards is an error
+        naming the selection and the fix."""
+        records = self.select(split)
+        check_cut(records, self.cfg)
+        if not any(r.shards for r in records):
+            c = self.cfg
+            raise ValueError(f"store {c.store} has no VOD in split {split!r} for streamers={c.streamers or 'all'} "
+                             f"vods={c.vods or 'all'} (val_vods={c.val_vods or '-'}, test_vods={c.test_vods or '-'}, "
+                             f"fractions {c.val_fraction}/{c.test_fraction}): ingest more VODs or change "
+                             "data.val_vods/test_vods or data.val_fraction/test_fraction")
+        return records
+
+    def fingerprints(self) -> dict[str, Any] | None:
+        """The store's feature fingerprints (all records share them), or None if empty."""
+        for rec in self.records:
+            return {"video": rec.fingerprints["video"], "audio": rec.fingerprints["audio"]}
+        return None
+
+
+def split_shards(cfg: DataConfig, split: str, splits: RunSplits | None = None
+                 ) -> tuple[list[str], dict[str, tuple[str, int]]]:
     """A split's shard urls and their (sha256, bytes) from the records, which reads verify."""
-    store = Store(cfg.store)
-    records = select_records(store, selection(cfg, split))
-    check_cut(records, cfg)
-    urls = shard_urls(store, records)
-    if not urls:
-        raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
-                         f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
-    return urls, shard_checks(store, records)
+    splits = splits or RunSplits(cfg)
+    records = splits.require(split)
+    return shard_urls(splits.store, records), shard_checks(splits.store, records)
 
 
 def cpus_per_process() -> int:
@@ -233,11 +266,11 @@ def workers(requested: int) -> int:
 
 
 def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: int, rank: int, world_size: int,
-                seed: int) -> torch.utils.data.DataLoader:
+                seed: int, splits: RunSplits | None = None) -> torch.utils.data.DataLoader:
     """Evaluation: one pass, each example on exactly one rank (training streams are
     trainer.stream.make_train_loader: endless, resumable). The split happens here, once: do not
     pass this loader through accelerator.prepare, which would split it again."""
-    urls, checks = split_shards(cfg, split)
+    urls, checks = split_shards(cfg, split, splits)
     samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=False, shuffle_shards=False,
                           buffer=0, skip_errors=cfg.skip_errors, checks=checks)
     # Evaluation shuffles too (the same seeded order every time): a batch then mixes moments, so
@@ -248,30 +281,32 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def split_streamers(cfg: DataConfig, split: str = "train") -> list[str]:
-    return sorted({r.streamer for r in select_records(Store(cfg.store), selection(cfg, split))})
+def split_streamers(cfg: DataConfig, split: str = "train", splits: RunSplits | None = None) -> list[str]:
+    return sorted({r.streamer for r in (splits or RunSplits(cfg)).select(split)})
 
 
-def train_tokenizer(cfg: DataConfig, tc: TokenizerConfig) -> ChatTokenizer:
+def train_tokenizer(cfg: DataConfig, tc: TokenizerConfig, splits: RunSplits | None = None) -> ChatTokenizer:
     """BPE on the train split's chat, with a token per streamer of the split if data.streamer_token."""
-    return ChatTokenizer.train(iter_texts(cfg, "train"), tc.vocab_size, tc.min_frequency,
-                               split_streamers(cfg) if cfg.streamer_token else ())
+    splits = splits or RunSplits(cfg)
+    return ChatTokenizer.train(iter_texts(cfg, "train", splits), tc.vocab_size, tc.min_frequency,
+                               split_streamers(cfg, "train", splits) if cfg.streamer_token else ())
 
 
-def iter_texts(cfg: DataConfig, split: str = "train") -> Iterator[str]:
+def iter_texts(cfg: DataConfig, split: str = "train", splits: RunSplits | None = None) -> Iterator[str]:
     """Chat texts of a split, for training the tokenizer (context-only messages are skipped:
     they are also some other segment's messages)."""
-    urls, checks = split_shards(cfg, split)
+    urls, checks = split_shards(cfg, split, splits)
     for s in ShardStream(urls, shuffle_shards=False, skip_errors=cfg.skip_errors, checks=checks):
         for m in s.chat["messages"]:
             yield m["text"]
 
 
-def feature_stats(cfg: DataConfig, max_shards: int = 64, per_shard: int = 8) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def feature_stats(cfg: DataConfig, max_shards: int = 64, per_shard: int = 8,
+                  splits: RunSplits | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-channel mean and std of the video and audio rows of the train split, from the first
     samples of up to max_shards shards spread evenly over it (a cheap, deterministic estimate
     that does not come from one VOD only)."""
-    urls, checks = split_shards(cfg, "train")
+    urls, checks = split_shards(cfg, "train", splits)
     picked = [urls[round(i * (len(urls) - 1) / max(1, min(max_shards, len(urls)) - 1))]
               for i in range(min(max_shards, len(urls)))]
     acc: dict[str, list] = {}

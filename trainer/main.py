@@ -40,7 +40,7 @@ from vod2chat.config import save_config, to_dict
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config
-from vod2chat.trainer.data import feature_stats, make_loader
+from vod2chat.trainer.data import RunSplits, feature_stats, make_loader
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.batch import to_device
 from vod2chat.trainer.checkpoint import TrainState, resume, save_run
@@ -52,12 +52,7 @@ from vod2chat.trainer.stream import make_train_loader
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
-    """One training run. The store is listed once (a snapshot every selection of this run reads)."""
-    with Store.snapshot(Store(cfg.data.store).require().url):
-        return run(cfg)
-
-
-def run(cfg: Config) -> dict[str, float]:
+    """One training run. The store is listed once (RunSplits): every selection of the run reads that view."""
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
     if tc.resume and not restarted():  # a torchrun restart before the first save starts afresh
         checkpoint.require_checkpoint(run_dir)
@@ -79,9 +74,10 @@ def run(cfg: Config) -> dict[str, float]:
     set_seed(tc.seed, device_specific=False)
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tok, tok_path = build_tokenizer(cfg, run_dir, acc)
+    splits = RunSplits(cfg.data)
+    tok, tok_path = build_tokenizer(cfg, run_dir, acc, splits)
     cfg.model.vocab_size = tok.vocab_size
-    store_fps = Store(cfg.data.store).fingerprints()
+    store_fps = splits.fingerprints()
     model = VodChatModel(cfg.model)
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
@@ -89,14 +85,15 @@ def run(cfg: Config) -> dict[str, float]:
     if ckpt is not None:
         acc.print(f"resuming from step {start} (checkpoint {ckpt})")
     if start == 0:  # a resumed run has its own statistics, from the checkpoint
-        acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data))
+        acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data, splits=splits))
     if acc.is_main_process:
         save_config(cfg, run_dir / "config.toml")
         acc.init_trackers("tb")
         log_hparams(acc, flat_dict(to_dict(cfg)))
-    plan = plan_data(cfg, ckpt, start, acc.process_index, acc.num_processes)  # the data position: O(1)
+    plan = plan_data(cfg, ckpt, start, acc.process_index, acc.num_processes, splits)  # the data position: O(1)
     batches = make_train_loader(plan.shards, tok, cfg.data, tc.micro_batch, tc.seed, plan.states, plan.num_workers)
-    val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed)
+    val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed,
+                             splits)
     if acc.is_main_process:
         print(startup_summary(cfg, acc.unwrap_model(model), plan.shards, acc.mixed_precision, acc.num_processes,
                               plan.num_workers, acc.device, start), flush=True)

@@ -23,25 +23,25 @@ from vod2chat.trainer.sampling import generate_batch
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config, TrainConfig
 from vod2chat.trainer import stream
-from vod2chat.trainer.data import split_streamers, train_tokenizer, workers
+from vod2chat.trainer.data import RunSplits, split_streamers, train_tokenizer, workers
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
 
 # -- setup -----------------------------------------------------------------------------
-def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator) -> tuple[ChatTokenizer, Path]:
+def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator, splits: RunSplits) -> tuple[ChatTokenizer, Path]:
     path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer.json"
     if not path.exists() and acc.is_main_process:
-        stream.pin_selection(cfg.data)  # fails fast, naming the VODs, if the split holds no message
-        tok = train_tokenizer(cfg.data, cfg.tokenizer)
+        stream.pin_selection(cfg.data, "train", splits)  # fails fast, naming the VODs, if the split holds no message
+        tok = train_tokenizer(cfg.data, cfg.tokenizer, splits)
         tok.save(path)
     acc.wait_for_everyone()
     tok = ChatTokenizer.load(path)
     if cfg.data.streamer_token and cfg.tokenizer.path and acc.is_main_process:
         # A given tokenizer may predate a streamer (new streamers' VODs join the same store):
         # their examples then start without a token, which training alone would not reveal.
-        missing = [s for s in split_streamers(cfg.data) if tok.streamer_id(s) is None]
+        missing = [s for s in split_streamers(cfg.data, "train", splits) if tok.streamer_id(s) is None]
         if missing:
             log.warning("%s has no token for streamer(s) %s: their examples start without one; train a "
                         "tokenizer on this store (vod2chat tokenizer) or leave tokenizer.path empty",
@@ -137,25 +137,26 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int)
     return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
 
 
-def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int) -> stream.DataPlan:
+def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int,
+              splits: RunSplits) -> stream.DataPlan:
     """A fresh run pins the train split's shards; a resume continues the checkpoint's pinned
     list (new VODs join only with data.join_new_vods, appended, the step recorded) and each
     stream's saved state (remapped when processes, workers or shards changed)."""
     nw = workers(cfg.data.num_workers)
-    shards = stream.load_pinned(ckpt) if ckpt else None
+    shards = checkpoint.load_pinned(ckpt) if ckpt else None
     changes = list(checkpoint.read_meta(ckpt).get("selection", {}).get("changes", [])) if ckpt else []
     if shards is None:
-        shards = stream.pin_selection(cfg.data)
+        shards = stream.pin_selection(cfg.data, "train", splits)
         if ckpt:
             changes.append({"step": step, "event": "selected anew: the checkpoint pinned no selection"})
     elif cfg.data.join_new_vods:
-        new = stream.join_new(shards, stream.pin_selection(cfg.data))
+        new = stream.join_new(shards, stream.pin_selection(cfg.data, "train", splits))
         if new:
             shards = shards + new
             changes.append({"step": step, "event": "joined", "shards": len(new),
-                            "vods": sorted({f"{sh['streamer']}/{sh['vod_id']}" for sh in new})})
+                            "vods": sorted({f"{sh.streamer}/{sh.vod_id}" for sh in new})})
     stream.check_has_messages(shards, cfg.data.store)
-    saved, lay = stream.read_saved(ckpt) if ckpt else (None, None)
+    saved, lay = checkpoint.read_saved(ckpt) if ckpt else (None, None)
     states = stream.start_states(saved, lay, rank, world_size, nw, len(shards), cfg.train.seed, step)
     return stream.DataPlan(shards, states, nw, changes)
 

@@ -25,86 +25,82 @@ order an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from vod2chat.shards.reader import read_verified, select_records, shard_members, streamer_shard_weights, worker_id
+from vod2chat.shards.reader import read_verified, shard_members, streamer_shard_weights, worker_id
 from vod2chat.shards.schema import check_shard_path, decode_sample
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig
-from vod2chat.trainer.data import check_cut, collate, sample_examples, selection
+from vod2chat.trainer.data import RunSplits, collate, sample_examples
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
 log = logging.getLogger(__name__)
 
-SELECTION_FILE = "selection.json"
 PIN_KEYS = ("path", "sha256", "bytes", "samples", "messages", "streamer", "vod_id")
 
 
+@dataclass(frozen=True)
+class PinnedShard:
+    """One shard of the selection a run trains on, as its checkpoint pins it (selection.json):
+    where it is, its checksum and size, its counts and its owner. Read back from shared storage
+    by `from_json`, which checks every field and that the path is a plain shard path of its streamer."""
+
+    path: str
+    sha256: str
+    bytes: int
+    samples: int
+    messages: int
+    streamer: str
+    vod_id: str
+
+    @classmethod
+    def from_json(cls, sh: Any, where: str) -> PinnedShard:
+        if not isinstance(sh, dict) or any(k not in sh for k in PIN_KEYS):
+            raise ValueError(f"{where}: every shard needs {PIN_KEYS}; the checkpoint is damaged")
+        for k in PIN_KEYS:
+            want = int if k in ("bytes", "samples", "messages") else str
+            if not isinstance(sh[k], want) or isinstance(sh[k], bool):
+                raise ValueError(f"{where}: shard {k}={sh[k]!r} is not {want.__name__}; the checkpoint is damaged")
+        check_shard_path(sh["path"], sh["streamer"], where)
+        return cls(**{k: sh[k] for k in PIN_KEYS})
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in PIN_KEYS}
+
+
 # -- the pinned selection ----------------------------------------------------------------------
-def pin_selection(cfg: DataConfig, split: str = "train") -> list[dict[str, Any]]:
+def pin_selection(cfg: DataConfig, split: str = "train", splits: RunSplits | None = None) -> list[PinnedShard]:
     """The split's shards as the checkpoint pins them: path, checksum, counts, owner."""
-    store = Store(cfg.store)
-    records = select_records(store, selection(cfg, split))
-    check_cut(records, cfg)
-    if not records:
-        raise ValueError(f"store {cfg.store} has no VOD in split {split!r} for streamers={cfg.streamers or 'all'}"
-                         f" vods={cfg.vods or 'all'}: ingest more VODs or change data.val_fraction/test_fraction")
+    records = (splits or RunSplits(cfg)).require(split)
     # messages unknown (a record without counts): assume some, so the shard is drawn
-    shards = [{"path": sh.path, "sha256": sh.sha256 or "", "bytes": sh.bytes, "samples": sh.samples,
-               "messages": 1 if sh.messages is None else sh.messages, "streamer": rec.streamer, "vod_id": rec.vod_id}
+    shards = [PinnedShard(path=sh.path, sha256=sh.sha256 or "", bytes=sh.bytes, samples=sh.samples,
+                          messages=1 if sh.messages is None else sh.messages, streamer=rec.streamer, vod_id=rec.vod_id)
               for rec in records for sh in rec.shards]
     check_has_messages(shards, cfg.store, split)
     return shards
 
 
-def check_has_messages(shards: list[dict[str, Any]], store: str, split: str = "train") -> None:
+def check_has_messages(shards: list[PinnedShard], store: str, split: str = "train") -> None:
     """A split without a single message would make every reader draw shards forever."""
-    if any(sh["messages"] > 0 for sh in shards):
+    if any(sh.messages > 0 for sh in shards):
         return
-    vods = sorted({f"{sh['streamer']}/{sh['vod_id']}" for sh in shards})
+    vods = sorted({f"{sh.streamer}/{sh.vod_id}" for sh in shards})
     shown = ", ".join(vods[:20]) + (f" and {len(vods) - 20} more" if len(vods) > 20 else "")
     raise ValueError(f"the {split} split of {store} selects {len(vods)} VOD(s) ({shown}) but they hold 0 messages: "
                      "nothing to learn. Their chat probably misses the video (check the chat offsets; "
                      "`vod2chat store ls` shows messages per VOD), or select other VODs with data.vods/data.streamers")
 
 
-def read_json(p: Path) -> Any:
-    """A JSON file of a checkpoint (shared storage: anything may be there); errors name it."""
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise ValueError(f"{p}: cannot read as JSON ({e}); the checkpoint is damaged") from None
-
-
-def load_pinned(ckpt: Path) -> list[dict[str, Any]] | None:
-    """The selection a checkpoint trained on (None: an older checkpoint without one). Paths come
-    from a file on shared storage: each must be a plain shard path inside the store."""
-    p = ckpt / SELECTION_FILE
-    if not p.exists():
-        return None
-    shards = read_json(p)
-    shards = shards.get("shards") if isinstance(shards, dict) else None
-    if not isinstance(shards, list):
-        raise ValueError(f"{p}: no 'shards' list; the checkpoint is damaged")
-    for sh in shards:
-        if not isinstance(sh, dict) or any(k not in sh for k in PIN_KEYS):
-            raise ValueError(f"{p}: every shard needs {PIN_KEYS}; the checkpoint is damaged")
-        check_shard_path(sh["path"], sh["streamer"], str(p))
-    return shards
-
-
-def join_new(pinned: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def join_new(pinned: list[PinnedShard], current: list[PinnedShard]) -> list[PinnedShard]:
     """Shards of the current selection the pinned one lacks, appended (indices of the pinned
     shards never move, so the saved stream states stay valid)."""
-    have = {sh["path"] for sh in pinned}
-    return [sh for sh in current if sh["path"] not in have]
+    have = {sh.path for sh in pinned}
+    return [sh for sh in current if sh.path not in have]
 
 
 # -- reader states -----------------------------------------------------------------------------
@@ -149,22 +145,12 @@ def start_states(saved: list[dict[str, Any]] | None, old_layout: dict[str, int] 
     return out
 
 
-def read_saved(ckpt: Path) -> tuple[list[dict[str, Any]] | None, dict[str, int] | None]:
-    """Every rank's saved data state of a checkpoint, and the layout it was saved with."""
-    meta = read_json(ckpt / "meta.json")
-    lay = meta.get("data", {}).get("layout")
-    if lay is None:
-        return None, None
-    saved = [read_json(ckpt / f"data_rank{r}.json") for r in range(lay["world_size"])]
-    return saved, lay
-
-
 # -- the stream ----------------------------------------------------------------------------------
 @dataclass
 class DataPlan:
     """What this rank streams: the pinned shard list, its history, and where each worker starts."""
 
-    shards: list[dict[str, Any]]
+    shards: list[PinnedShard]
     states: list[dict[str, Any]]
     num_workers: int
     changes: list[dict[str, Any]] = field(default_factory=list)
@@ -180,14 +166,14 @@ class _Opaque:
         self.value = value
 
 
-def partition(shards: list[dict[str, Any]], reader: int, readers: int, seed: int,
+def partition(shards: list[PinnedShard], reader: int, readers: int, seed: int,
               streamer_weights: dict[str, float]) -> tuple[list[int], list[float], int, int]:
     """(shard indices, weights, first sample position, stride) of one reader. Shards without
     messages are never drawn. The same permutation on every reader keeps the split a partition;
     with fewer shards than readers every reader draws every shard and keeps every n-th sample."""
-    w_all = streamer_shard_weights([sh["streamer"] for sh in shards], streamer_weights) \
+    w_all = streamer_shard_weights([sh.streamer for sh in shards], streamer_weights) \
         or [1.0] * len(shards)
-    ok = [i for i, sh in enumerate(shards) if sh["messages"] > 0]
+    ok = [i for i, sh in enumerate(shards) if sh.messages > 0]
     random.Random(f"{seed}:partition").shuffle(ok)
     if len(ok) >= readers:
         idx, start, stride = ok[reader::readers], 0, 1
@@ -200,11 +186,11 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Endless batches of one rank: each DataLoader worker runs one reader from its start
     state and yields (batch, its state after that batch)."""
 
-    def __init__(self, shards: list[dict[str, Any]], tok: ChatTokenizer, cfg: DataConfig, micro_batch: int,
+    def __init__(self, shards: list[PinnedShard], tok: ChatTokenizer, cfg: DataConfig, micro_batch: int,
                  seed: int, states: list[dict[str, Any]]):
         super().__init__()
         store = Store(cfg.store)
-        self.urls = [store.full_url(sh["path"]) for sh in shards]
+        self.urls = [store.full_url(sh.path) for sh in shards]
         self.shards, self.tok, self.cfg, self.micro_batch = shards, tok, cfg, micro_batch
         self.seed, self.states = seed, states
 
@@ -239,12 +225,12 @@ class Reader:
         """A shard's samples, verified against the pinned checksum; None if skipped."""
         sh = self.ds.shards[s]
         try:
-            members = shard_members(read_verified(self.ds.urls[s], sh["sha256"], sh["bytes"]), self.ds.urls[s])
+            members = shard_members(read_verified(self.ds.urls[s], sh.sha256, sh.bytes), self.ds.urls[s])
         except Exception as e:  # noqa: BLE001 - corrupt or missing: an error, or a recorded skip
             if not self.cfg.skip_errors:
                 raise
-            log.warning("skipping shard %s: %s", sh["path"], e)
-            self.skipped.append(sh["path"])
+            log.warning("skipping shard %s: %s", sh.path, e)
+            self.skipped.append(sh.path)
             members = None
         return members
 
@@ -254,9 +240,9 @@ class Reader:
             return self._decode(raw, s, p, first)
         except Exception as e:  # noqa: BLE001
             if not self.cfg.skip_errors:
-                raise ValueError(f"sample {raw.get('__key__', p)} of shard {self.ds.shards[s]['path']}: {e}") from e
-            log.warning("skipping sample %s of %s: %s", raw.get("__key__", p), self.ds.shards[s]["path"], e)
-            self._record_skip(f"{self.ds.shards[s]['path']}#{raw.get('__key__', p)}")
+                raise ValueError(f"sample {raw.get('__key__', p)} of shard {self.ds.shards[s].path}: {e}") from e
+            log.warning("skipping sample %s of %s: %s", raw.get("__key__", p), self.ds.shards[s].path, e)
+            self._record_skip(f"{self.ds.shards[s].path}#{raw.get('__key__', p)}")
             return []
 
     # The three ways an example is seen: bench/stream_advance.py overrides them to run a stream forward cheaply.
@@ -313,7 +299,7 @@ class Reader:
             idle = 0 if produced else idle + 1
             if idle > max(100, 10 * len(self.idx)):
                 raise ValueError(f"reader {self.reader}/{self.readers} read {idle} shards in a row without a single "
-                                 f"message (of {len(self.idx)} it draws from, e.g. {self.ds.shards[s]['path']}): "
+                                 f"message (of {len(self.idx)} it draws from, e.g. {self.ds.shards[s].path}): "
                                  "corrupt or empty shards; check `vod2chat store verify` and the VODs' message counts")
 
     def state(self) -> dict[str, Any]:
@@ -361,7 +347,7 @@ class TrainBatches:
         return {"next_worker": self.next_worker, "streams": self.states}
 
 
-def make_train_loader(shards: list[dict[str, Any]], tok: ChatTokenizer, cfg: DataConfig, micro_batch: int,
+def make_train_loader(shards: list[PinnedShard], tok: ChatTokenizer, cfg: DataConfig, micro_batch: int,
                       seed: int, states: list[dict[str, Any]], num_workers: int) -> TrainBatches:
     """This rank's endless training batches from its start states (one per worker). The split
     happens here, once: never pass the loader through accelerator.prepare."""
