@@ -31,4 +31,4 @@ bench: $(STAMP)
 	$(PY) bench/moment.py --seeds 0,1,2
 
 clean:
-	rm -rf demo_out store runs synth_out bench_out real_vods vods
+	rm -rf demo_out store runs synth_out bench_out real_vods real_store vods

@@ -305,6 +305,7 @@ def test_no_module_imports_in_a_cycle_and_dependencies_point_one_way():
                     f"{m} imports {d}: dependencies point launch -> inference -> trainer/ingest -> shards"
 
 
+@pytest.mark.slow
 def test_accelerate_launch_of_several_cpu_processes_is_refused_with_the_command_that_works(tmp_path: Path):
     """`accelerate launch --cpu --num_processes 2` starts one process: it says so and names torchrun."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -50,6 +50,7 @@ def encoders() -> Encoders:
     return Encoders(debug_cfg(Path("unused")))
 
 
+@pytest.mark.slow
 def test_every_real_video_ingests_and_reingest_changes_nothing(real_data: Path, tmp_path: Path, encoders: Encoders):
     vods = link_pairs(real_data, tmp_path / "vods")
     cfg = debug_cfg(tmp_path / "store", inputs=[str(vods)])

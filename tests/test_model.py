@@ -190,6 +190,7 @@ def test_decode_past_max_len_raises():
 
 
 # -- learning ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_overfits_one_batch():
     model, b = make_model(dropout=0.0), make_batch(seed=1)
     model.train()

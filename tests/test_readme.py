@@ -217,4 +217,4 @@ def test_the_runnable_blocks_run_as_written(tmp_path: Path):
     assert chat and all({"t", "user", "text"} <= set(m) for m in chat)
     assert (run / "replay.html").stat().st_size > 0 and (run / "chat.ass").stat().st_size > 0
     steps = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_"))
-    assert steps[-1] == "step_0000600", steps  # docs/resume.md's block continued the run
+    assert steps[-1] == "step_0000300", steps  # docs/resume.md's block continued the run

@@ -112,6 +112,7 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
         pair_inputs(["s3://vod2chat-test/nothing"], "urls")
 
 
+@pytest.mark.slow
 def test_training_on_s3_equals_training_on_local_disk(s3, tmp_path: Path):
     """The same store in a bucket and in a directory: the trainer reads the same examples in the
     same order, so the runs log the same losses step by step."""

@@ -152,6 +152,7 @@ def test_a_split_without_messages_stops_at_once_naming_its_vods(tmp_path: Path):
     assert "quiet/5000, quiet/5001" in p.stderr and "hold 0 messages" in p.stderr, p.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_new_vod_between_save_and_resume_changes_nothing_unless_joined(store_dir: Path, tmp_path: Path):
     store = tmp_path / "store"
     shutil.copytree(store_dir, store)

@@ -35,6 +35,7 @@ def store_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_training_learns_and_logs_to_tensorboard(store_dir: Path, tmp_path: Path):
     run = tmp_path / "run"
     out = main(cfg_for(store_dir, run, "train.steps=60", "train.eval_every=30", "train.log_every=5"))
@@ -58,6 +59,7 @@ def test_training_learns_and_logs_to_tensorboard(store_dir: Path, tmp_path: Path
     assert load_config(Config, run / "checkpoints/step_0000060/config.toml").train.steps == 60
 
 
+@pytest.mark.slow
 def test_resume_matches_the_uninterrupted_run(store_dir: Path, tmp_path: Path):
     full = tmp_path / "full"
     main(cfg_for(store_dir, full, "train.steps=20", "train.log_every=1", "model.dropout=0.1"))
