@@ -73,7 +73,7 @@ def commands(text: str) -> list[list[str]]:
 
 
 def check_vod2chat(argv: list[str]) -> None:
-    from vod2chat.config import normalise_argv, parse_args
+    from vod2chat.launch.args import normalise_argv, parse_args
     from vod2chat.launch.cli import build_parser, config_of
 
     argv = normalise_argv(argv)
