@@ -27,7 +27,8 @@ import fsspec
 import webdataset as wds
 
 from vod2chat.config import param
-from vod2chat.shards.schema import Sample, SchemaError, ShardInfo, VodRecord, check_name, encode_sample
+from vod2chat.shards.schema import (STORE_INFO, Sample, SchemaError, ShardInfo, StoreInfo, VodRecord, check_name,
+                                    encode_sample)
 
 TMP_PREFIX = ".tmp-"
 
@@ -258,12 +259,50 @@ class Store:
             return
         for kind in ("video", "audio"):
             if have[kind] != fps[kind]:
-                raise StoreError(
-                    f"store {self.url} holds {kind} features with fingerprint\n  {json.dumps(have[kind], sort_keys=True)}\n"
-                    f"but this ingest would write\n  {json.dumps(fps[kind], sort_keys=True)}\n"
-                    "Features from different encoders live in different spaces: use the same weights, "
-                    "or ingest into a new store."
-                )
+                raise StoreError(fingerprint_mismatch(f"store {self.url}", kind, have[kind], fps[kind]))
+
+    # -- the store's own settings (store.json) --------------------------------------------
+    def read_info(self) -> StoreInfo | None:
+        """store.json, checked (None in a store made before it, or not begun)."""
+        path = self.abspath(STORE_INFO)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as f:
+            try:
+                obj = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise StoreError(f"{path}: not valid JSON ({e}); fix it or remove it (the records say the "
+                                 "store's precision)") from e
+        try:
+            return StoreInfo.from_json(obj, path)
+        except SchemaError as e:
+            raise StoreError(str(e)) from None
+
+    def precision(self) -> str | None:
+        """The encoders' precision every VOD of this store is computed in: store.json's, else (a
+        store made before it) what its records' fingerprints say, else None (nothing pinned yet)."""
+        info = self.read_info()
+        if info is not None:
+            return info.precision
+        fps = self.fingerprints()
+        if fps is None:
+            return None
+        tag = str(fps["video"].get("precision") or "fp32")
+        return tag.split()[0]
+
+    def pin_precision(self, precision: str, cpu: str | None = None) -> str:
+        """Record `precision` as this store's unless it has one already (an older store gets what
+        its records say written down); returns the store's precision."""
+        have = self.precision()
+        if have is not None and self.read_info() is not None:
+            return have
+        info = StoreInfo(precision=have or precision, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         cpu=cpu)
+        target, f = self._open_for_commit(STORE_INFO)
+        with f:
+            f.write(json.dumps(info.to_json(), indent=1, ensure_ascii=False).encode("utf-8"))
+        self._publish(target, STORE_INFO)
+        return info.precision
 
     # -- ls / verify / gc ----------------------------------------------------------------
     def summary(self) -> dict[str, dict[str, float]]:
@@ -345,6 +384,24 @@ class Store:
                 self.fs.rm(path)
             removed.append(rel)
         return removed
+
+
+# What to do about each fingerprint field that can differ ({v}: the store's value); other fields
+# are other encoder settings.
+_FIX = {"precision": "leave --precision auto (an ingest takes the store's) or pass --precision {v}",
+        "fps": "pass --fps {v}", "weights": "use the store's weights (--video-weights/--audio-weights)",
+        "random_init_sha256": "use the store's weights", "pca": "use the store's --audio-pca"}
+
+
+def fingerprint_mismatch(where: str, kind: str, have: dict[str, Any], want: dict[str, Any]) -> str:
+    """One line: which fields of the `kind` fingerprints differ, both values, and the fix."""
+    fields = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    diffs = "; ".join(f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in fields)
+    fixes = [_FIX.get(k, "use the store's encoder settings").format(v=str(have.get(k)).split(" ")[0])
+             for k in fields]
+    return (f"{where} holds {kind} features made with other encoder settings ({diffs}): features from "
+            f"different settings live in different spaces; {', or '.join(dict.fromkeys(fixes))}, "
+            "or ingest into a new store")
 
 
 def chat_counts(rec: VodRecord) -> dict[str, int]:
