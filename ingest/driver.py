@@ -181,8 +181,7 @@ def main(cfg: IngestConfig) -> IngestSummary:
     pinned = store_precision(cfg.precision, store.precision(), store.url)
     init_ray(cfg.address)
     pool = _Pool(dataclasses.replace(cfg, precision=pinned) if pinned else cfg)
-    fingerprints = _settle_precision(pool, store, summary)
-    store_precision(cfg.precision, summary.precision, store.url)  # another ingest pinned the store meanwhile
+    fingerprints = _settle_precision(pool, store, summary, cfg.precision)
     summary.stages["start-up"] = time.perf_counter() - t0
     store.check_fingerprints(fingerprints)
 
@@ -253,18 +252,19 @@ def main(cfg: IngestConfig) -> IngestSummary:
     return summary
 
 
-def _settle_precision(pool: _Pool, store: Store, summary: IngestSummary) -> dict[str, Any]:
+def _settle_precision(pool: _Pool, store: Store, summary: IngestSummary, requested: str) -> dict[str, Any]:
     """Every actor computes in the store's precision: a new store takes the first actor's (its
     device's `auto`) and pins it; an actor whose node chose otherwise rebuilds its encoders; a node
     that cannot run it natively is named once and runs it anyway. The fingerprints to write."""
     infos = ray.get([a.info.remote() for a in pool.actors])
     precision = store.pin_precision(infos[0]["precision"], infos[0]["cpu"])
+    store_precision(requested, precision, store.url)  # another ingest may have pinned the store meanwhile
     if any(i["precision"] != precision for i in infos):
         infos = ray.get([a.use_precision.remote(precision) for a in pool.actors])
     pool.cfg = dataclasses.replace(pool.cfg, precision=precision)  # actors started later: explicit
     summary.precision = precision
     for node, info in {i["node"]: i for i in infos if not i["native"]}.items():
-        msg = (f"node {node[:12]} ({info['cpu']}, a {info['kind']} CPU) has no native {precision}: it computes "
+        msg = (f"node {node[:12]} ({info['cpu']}, CPU kind {info['kind']}) has no native {precision}: it computes "
                f"the store's {precision} anyway, several times slower than fp32")
         log.warning(msg)
         summary.warnings.append(msg)

@@ -257,9 +257,12 @@ class Store:
         have = self.fingerprints()
         if have is None:
             return
-        for kind in ("video", "audio"):
-            if have[kind] != fps[kind]:
-                raise StoreError(fingerprint_mismatch(f"store {self.url}", kind, have[kind], fps[kind]))
+        have, fps = {k: have[k] for k in ("video", "audio")}, {k: fps[k] for k in ("video", "audio")}
+        if have != fps:
+            diff, fixes = fingerprint_diff(have, fps, "in the store", "in this ingest")
+            raise StoreError(f"store {self.url} holds features made with other encoder settings ({diff}): features "
+                             f"from different settings live in different spaces; {', or '.join(fixes)}, "
+                             "or ingest into a new store")
 
     # -- the store's own settings (store.json) --------------------------------------------
     def read_info(self) -> StoreInfo | None:
@@ -393,15 +396,22 @@ _FIX = {"precision": "leave --precision auto (an ingest takes the store's) or pa
         "random_init_sha256": "use the store's weights", "pca": "use the store's --audio-pca"}
 
 
-def fingerprint_mismatch(where: str, kind: str, have: dict[str, Any], want: dict[str, Any]) -> str:
-    """One line: which fields of the `kind` fingerprints differ, both values, and the fix."""
-    fields = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-    diffs = "; ".join(f"{k} {have.get(k)!r} there, {want.get(k)!r} here" for k in fields)
-    fixes = [_FIX.get(k, "use the store's encoder settings").format(v=str(have.get(k)).split(" ")[0])
-             for k in fields]
-    return (f"{where} holds {kind} features made with other encoder settings ({diffs}): features from "
-            f"different settings live in different spaces; {', or '.join(dict.fromkeys(fixes))}, "
-            "or ingest into a new store")
+def fingerprint_diff(have: dict[str, Any], want: dict[str, Any], there: str, here: str) -> tuple[str, list[str]]:
+    """Two {"video": {...}, "audio": {...}} fingerprints compared field by field, for a one-line
+    error: "video precision 'fp32' in the store, 'bf16 autocast' in this ingest; ..." and the
+    fixes for those fields."""
+    parts, fixes = [], []
+    for kind in sorted(set(have) | set(want), key=lambda k: (k != "video", k != "audio", k)):
+        a, b = have.get(kind), want.get(kind)
+        if a == b:
+            continue
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            parts.append(f"{kind} {json.dumps(a, sort_keys=True):.200} {there}, {json.dumps(b, sort_keys=True):.200} {here}")
+            continue
+        for k in sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)):
+            parts.append(f"{kind} {k} {a.get(k)!r} {there}, {b.get(k)!r} {here}")
+            fixes.append(_FIX.get(k, "use the store's encoder settings").format(v=str(a.get(k)).split(" ")[0]))
+    return "; ".join(parts), list(dict.fromkeys(fixes))
 
 
 def chat_counts(rec: VodRecord) -> dict[str, int]:

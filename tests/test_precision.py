@@ -48,8 +48,8 @@ def test_a_fingerprint_mismatch_is_one_line_naming_the_field_both_values_and_the
     with pytest.raises(StoreError) as e:  # the store has no precision field: None there
         store.check_fingerprints(other)
     msg = str(e.value)
-    assert "\n" not in msg and "precision None there, 'bf16 autocast' here" in msg and "--precision" in msg
-    assert "fps" not in msg and "model" not in msg  # only the field that differs
+    assert "\n" not in msg and "video precision None in the store, 'bf16 autocast' in this ingest" in msg and "--precision" in msg
+    assert "fps" not in msg and "model" not in msg and "audio" not in msg  # only the field that differs
     (tmp_path / "s2").mkdir()
     store2 = make_store(tmp_path / "s2", vods=1, segments=1)
     for rec in store2.records():
@@ -57,7 +57,7 @@ def test_a_fingerprint_mismatch_is_one_line_naming_the_field_both_values_and_the
     with pytest.raises(StoreError) as e:
         store2.check_fingerprints({"video": {**other["video"], "fps": 2.0}, "audio": FP["audio"]})
     msg = str(e.value)
-    assert "\n" not in msg and "fps 1.0 there, 2.0 here" in msg and "precision 'fp32' there, 'bf16 autocast' here" in msg
+    assert "\n" not in msg and "video fps 1.0 in the store, 2.0 in this ingest" in msg and "video precision 'fp32' in the store, 'bf16 autocast' in this ingest" in msg
     assert "pass --precision fp32" in msg and "pass --fps 1.0" in msg
 
 
@@ -138,12 +138,14 @@ def test_a_store_keeps_the_precision_of_its_first_ingest_on_the_other_cpu_kind(
     assert second.done == ["p/701"] and not second.failed, second.table()
     assert second.precision == "bf16"
     slow = [w for w in second.warnings if "has no native bf16" in w]
-    assert len(slow) == 1 and "a fp32 CPU" in slow[0] and "anyway" in slow[0]  # once, for its one node
+    assert len(slow) == 1 and "CPU kind fp32" in slow[0] and "anyway" in slow[0]  # once, for its one node
     assert sum("has no native bf16" in r.getMessage() for r in caplog.records) == 1
     store = Store(str(store_dir))
     recs = list(store.records())
     assert [r.fingerprints["video"]["precision"] for r in recs] == ["bf16 autocast"] * 2
     assert recs[0].fingerprints == recs[1].fingerprints and store.verify().ok
+    from vod2chat.launch.tables import store_table
+    assert "precision: bf16" in store_table(str(store_dir)).splitlines()
 
     # An explicit other precision is refused before anything starts, naming the store's.
     with pytest.raises(PrecisionMismatch, match="computes its features in bf16.*--precision fp32"):
@@ -162,3 +164,46 @@ def test_explicit_other_precision_exits_2_with_one_line(vods: Path, tmp_path: Pa
               "--precision", "fp32", "--no-progress", str(vods / "v0")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "in bf16" in err and "--precision fp32" in err
+
+
+def test_a_checkpoint_on_other_features_is_refused_in_one_line_naming_the_field():
+    from vod2chat.trainer.checkpoint import check_fingerprints
+
+    run = {"video": {**FP["video"], "precision": "fp32"}, "audio": {**FP["audio"], "precision": "fp32"}}
+    store = {"video": {**FP["video"], "precision": "bf16 autocast"}, "audio": {**FP["audio"], "precision": "bf16 autocast"}}
+    check_fingerprints({"fingerprints": run}, run, "S")
+    with pytest.raises(ValueError) as e:
+        check_fingerprints({"fingerprints": run}, store, "S")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("store S:") and "model" not in msg
+    assert "video precision 'bf16 autocast' here, 'fp32' in the checkpoint" in msg
+    assert "audio precision 'bf16 autocast' here, 'fp32' in the checkpoint" in msg
+
+
+# -- numbers that say where they came from ---------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_benchmark_that_prints_a_table_names_the_machine():
+    tables = sorted(p.name for p in (REPO / "bench").glob("*.py") if "|---" in p.read_text())
+    assert {"generate.py", "ingest.py", "live.py", "moment.py", "moment_band.py", "train.py"} <= set(tables)
+    assert [n for n in tables if "machine_line(" not in (REPO / "bench" / n).read_text()] == []
+
+
+def test_a_benchmark_prints_cpu_bf16_and_precision_before_its_table(monkeypatch: pytest.MonkeyPatch):
+    import os
+    import subprocess
+    import sys
+
+    from vod2chat.ingest.precision import cpu_model
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", ENV: "fp32"}
+    r = subprocess.run([sys.executable, str(REPO / "bench/generate.py"), "--d-model", "32", "--n-dec-layers", "1",
+                        "--messages", "2", "--batch", "2", "--max-new-tokens", "2"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    machine = next(i for i, line in enumerate(lines) if line.startswith("machine: "))
+    assert machine < next(i for i, line in enumerate(lines) if line.startswith("| decoding"))
+    assert f"CPU {cpu_model()}" in lines[machine] and "bf16 native: " in lines[machine]
+    assert f"{ENV}=fp32" in lines[machine] and "precision: model fp32" in lines[machine]
