@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from vod2chat.config import load_config
+from vod2chat.ingest.precision import machine_line
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.sampling import SamplingConfig, generate
@@ -133,6 +134,7 @@ def main() -> None:
         print(f"  {name}, batch {batch}: {secs:.2f} s", file=sys.stderr)
     same = all(outputs[(c, b)] == outputs[(False, 1)] for c, b in outputs)
     base = rows[0][2]
+    print(machine_line("model fp32 (no autocast)", device=str(device)))
     print("| decoding | batch | messages/s | tokens/s | speed-up vs prototype, batch 1 | vs prototype, same batch |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, batch, secs, toks in rows:

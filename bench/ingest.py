@@ -49,6 +49,7 @@ from bench.twitchlike import make_vod
 from vod2chat.ingest.chat import parse_chat
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import cpu_has_native_bf16
+from vod2chat.ingest.precision import machine_line, resolve_precision
 from vod2chat.ingest.media import probe
 from vod2chat.ingest.worker import Encoders
 
@@ -255,9 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(a.work or tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     cache = Path(a.cache)
-    print(f"# vod2chat ingest bench: device={a.device}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} torch threads here, CPU bf16 native: {cpu_has_native_bf16()}, "
+    print(f"# vod2chat ingest bench: device={a.device}, {torch.get_num_threads()} torch threads here, "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    auto = resolve_precision("auto", torch.device(a.device))
+    print(machine_line(f"{auto} (auto: the shipped settings; each ceiling row names its own)", device=a.device),
+          flush=True)
     inputs: list[tuple[str, Path, Path]] = []
     for name in a.inputs.split(","):
         t0 = time.perf_counter()

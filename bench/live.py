@@ -83,6 +83,8 @@ def summary(stderr: str) -> tuple[float, float]:
 
 def main() -> int:
     from vod2chat.synth.scenes import plan_stream, write_live
+    from vod2chat.ingest.precision import machine_line
+    from vod2chat.shards.store import Store
     from vod2chat.trainer.checkpoint import load_run
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +99,8 @@ def main() -> int:
     if not Path(a.run).exists():
         print(f"no run at {a.run}: run `make demo` first, or pass --run", file=sys.stderr)
         return 2
-    window = load_run(a.run)[2].data.window_s
+    run_cfg = load_run(a.run)[2]
+    window = run_cfg.data.window_s
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -147,7 +150,9 @@ def main() -> int:
         ("messages on the page (real-time run)", f"{len(got)} over {rt_stream:.0f} s", ""),
     ]
     print(f"\nvod2chat live, run {a.run} (window {window:g} s), {a.duration:.0f} s synthetic stream, "
-          f"{os.cpu_count()} CPUs\n")
+          f"{os.cpu_count()} CPUs")
+    # live computes features in the precision of the run's store
+    print(machine_line(f"encoders {Store(run_cfg.data.store).precision()}, model fp32", device=a.device) + "\n")
     print("| what | measured | target |\n|---|---:|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]} |")

@@ -81,7 +81,9 @@ def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS) -> str:
     store_url = str(out / "store")
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
                       [f"store={store_url}", "lookback_s=20.0", "progress=false"])
-    enc, store = Encoders(cfg), Store(store_url)
+    store = Store(store_url)
+    cfg.precision = store.precision() or cfg.precision  # a store begun on another CPU kind keeps its precision
+    enc = Encoders(cfg)
     for channel in channels:
         for job in pair_inputs([str(out / "vods" / channel)], channel):
             res = ingest_vod(job, store, enc, cfg)
@@ -244,7 +246,11 @@ def main() -> None:
                 results[key] = evaluate(out, run, a.max_moments, ablations)
                 if a.generate_s:
                     gens[key] = generation(out, run, plan, a.generate_s)
-    print(f"\n{a.steps} steps of launch/demo_train.toml's model; test: {a.test_vods} held-out VOD(s) per channel "
+    from vod2chat.ingest.precision import machine_line
+    from vod2chat.shards.store import Store
+
+    print("\n" + machine_line(f"features {Store(store).precision()} (the store's), training fp32"))
+    print(f"{a.steps} steps of launch/demo_train.toml's model; test: {a.test_vods} held-out VOD(s) per channel "
           f"({next(iter(results.values()))['oracle']['moments']} moments); overrides: {' '.join(a.overrides) or 'none'}\n")
     print(table({(v, w): r for (v, w, s), r in results.items() if s == seeds[0]}))
     if len(seeds) > 1:

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     from vod2chat.inference import evaluate as ev
     from vod2chat.inference import oracle
+    from vod2chat.ingest.precision import machine_line
+    from vod2chat.shards.store import Store
     from vod2chat.synth.events import VIDEO_EVENTS
     from vod2chat.synth.truth import find_truths, load_truth
     from vod2chat.trainer import checkpoint
@@ -67,6 +69,7 @@ def main() -> None:
                         row[0] += 1
                         row[1] += by_model[event.type]
                         row[2] += by_oracle[event.type]
+    print(machine_line(f"features {Store(cfg.data.store).precision()} (the store's), model fp32") + "\n")
     print("| s after the event's start | on screen: moments | model | oracle | audio: moments | model | oracle |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for s in range(-2, 22):

@@ -42,6 +42,7 @@ import torch
 from bench.prototype import PrototypeConfig, PrototypeModel, WordVocab, prototype_batch, prototype_loss
 from bench.stream_advance import advance
 from vod2chat.ingest import align
+from vod2chat.ingest.precision import machine_line
 from vod2chat.shards.schema import Sample, VodRecord, sample_key
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import DataConfig, TrainConfig
@@ -573,8 +574,8 @@ def main(argv: list[str] | None = None) -> None:
     acc = Accelerator(cpu=args.device == "cpu", mixed_precision=args.mixed_precision)
     device = acc.device
     args.block = args.block or (1 if device.type == "cpu" else args.steps)
-    print(f"# vod2chat training bench: device={device} ({torch.get_num_threads()} CPU threads), "
-          f"torch {torch.__version__}, mixed precision={args.mixed_precision}")
+    print(f"# vod2chat training bench: device={device} ({torch.get_num_threads()} CPU threads)")
+    print(machine_line(f"training mixed_precision={args.mixed_precision}", device=str(device)))
     print(f"store: {summ['vods']:.0f} VODs, {summ['hours'] * 60:.0f} min, {summ['segments']:.0f} segments of 30 s "
           f"(20 s look-back), {summ['messages']:.0f} messages, {summ['bytes'] / 2**20:.1f} MiB in "
           f"{summ['shards']:.0f} shards; built + tokenizers trained in {time.perf_counter() - t0:.1f}s")

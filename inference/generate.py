@@ -151,7 +151,7 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
         checkpoint.check_fingerprints(meta, have, f"(the encoders for {cfg.vod}: video_weights="
                                                   f"{cfg.video_weights}, audio_weights={cfg.audio_weights})")
     except ValueError as e:
-        raise ValueError(f"{e}\nFor generate: pass the encoder weights the run's store was ingested with "
+        raise ValueError(f"{e}; for generate: pass the encoder weights the run's store was ingested with "
                          "(--video-weights/--audio-weights, or --weights random if it used random encoders).") from e
     return enc, icfg
 

@@ -25,8 +25,9 @@ class IngestConfig:
     audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
     audio_pca: str | None = param(None, "VGGish PCA params path")
     device: str = param("auto", "auto | cpu | cuda")
-    # In the encoders' fingerprints: a store never mixes precisions, so give it explicitly on mixed clusters.
-    precision: str = param("auto", "fp32 | bf16 | fp16 | auto (bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32)")
+    # In the encoders' fingerprints: a store never mixes precisions. Its first ingest pins one (store.json).
+    precision: str = param("auto", "fp32 | bf16 | fp16 | auto: the store's; for a new store bf16 on CUDA and on CPUs "
+                           "with AVX512-BF16/AMX, else fp32 (VOD2CHAT_PRECISION=fp32|bf16 overrides the CPU's)")
     video_batch: int = param(32, "frames per ResNet-50 forward pass", ge=1)
     # Throughput: torch threads are the actor's CPUs.
     prefetch: bool = param(True, "decode the next frames or audio in a thread while the encoders run")

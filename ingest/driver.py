@@ -8,6 +8,7 @@ and commits each VOD's record as soon as all of its shards are written.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import check_weights
 from vod2chat.ingest.errors import NotRetryable
+from vod2chat.ingest.precision import ENV, cpu_kind, cpu_model, forced_kind, runs_natively, store_precision
 from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, find_pairs, ingest_part, plan_vod
 from vod2chat.shards.schema import ShardInfo, VodRecord
 from vod2chat.shards.store import Store, chat_counts, chat_warning
@@ -43,8 +45,18 @@ class IngestActor:
         self.cfg, self.store, self.enc = cfg, Store(cfg.store), Encoders(cfg)
 
     def info(self) -> dict[str, Any]:
+        dev = self.enc.video.device
         return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "fingerprints": self.enc.fingerprints(), "torch_threads": torch.get_num_threads()}
+                "fingerprints": self.enc.fingerprints(), "torch_threads": torch.get_num_threads(),
+                "precision": self.enc.video.precision, "native": runs_natively(self.enc.video.precision, dev),
+                "cpu": cpu_model(), "kind": cpu_kind() if dev.type == "cpu" else dev.type}
+
+    def use_precision(self, precision: str) -> dict[str, Any]:
+        """Rebuild the encoders in the store's precision (when this node's `auto` chose another)."""
+        if self.enc.video.precision != precision:
+            self.cfg = dataclasses.replace(self.cfg, precision=precision)
+            self.enc = Encoders(self.cfg)
+        return self.info()
 
     def plan(self, job: VodJob) -> VodPlan | None:
         return plan_vod(job, self.cfg, self.enc.fingerprints(), self.store)
@@ -70,9 +82,10 @@ class IngestSummary:
     retries: int = 0
     stages: dict[str, float] = field(default_factory=dict)  # seconds: start-up, plan, per-stage sums over parts
     chat: dict[str, dict[str, int]] = field(default_factory=dict)  # vod -> kept / dropped / malformed / truncated
-    warnings: list[str] = field(default_factory=list)  # VODs that keep less than half of their chat
+    warnings: list[str] = field(default_factory=list)  # VODs that keep less than half of their chat, slow nodes
     unpaired: list[str] = field(default_factory=list)  # inputs that did not pair, one line naming each file
     truncated: dict[str, int] = field(default_factory=dict)  # vod -> messages cut to max_message_chars
+    precision: str = ""  # the store's, that every part was computed in
 
     @property
     def ok(self) -> bool:
@@ -102,6 +115,8 @@ class IngestSummary:
             f"on {len(self.nodes)} node(s), {self.retries} retried part(s)",
             f"speed: {rate:.1f} VOD-seconds per wall-second ({self.wall_s:.1f} s wall)",
         ]
+        if self.precision:
+            lines.append(f"precision: {self.precision} (the store's)")
         if self.stages:
             lines.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
         lines += [f"WARNING {w}" for w in self.warnings]
@@ -122,7 +137,10 @@ def init_ray(address: str | None) -> None:
 
 
 def _actor_options(cpus: float, use_gpu: bool) -> dict[str, Any]:
-    return {"num_gpus": 1, "num_cpus": cpus} if use_gpu else {"num_cpus": cpus}
+    opts: dict[str, Any] = {"num_gpus": 1, "num_cpus": cpus} if use_gpu else {"num_cpus": cpus}
+    if forced_kind():  # the driver runs as the other CPU kind: so do its actors
+        opts["runtime_env"] = {"env_vars": {ENV: forced_kind()}}
+    return opts
 
 
 def _largest_node_cpus() -> float:
@@ -196,9 +214,10 @@ def main(cfg: IngestConfig) -> IngestSummary:
     # file is reported here, alone, before any actor starts.
     check_weights(cfg.video_weights, cfg.audio_weights)
     store, summary = Store(cfg.store), IngestSummary(unpaired=list(pairing.problems))
+    pinned = store_precision(cfg.precision, store.precision(), store.url)
     init_ray(cfg.address)
-    pool = _Pool(cfg)
-    fingerprints = ray.get(pool.actors[0].info.remote())["fingerprints"]
+    pool = _Pool(dataclasses.replace(cfg, precision=pinned) if pinned else cfg)
+    fingerprints = _settle_precision(pool, store, summary, cfg.precision)
     summary.stages["start-up"] = time.perf_counter() - t0
     store.check_fingerprints(fingerprints)
 
@@ -278,6 +297,25 @@ def dry_run(cfg: IngestConfig) -> tuple[str, bool]:
     lines += [f"ignored  {c}: a chat log without a video" for c in pairing.lone_chats]
     lines.append(f"{len(pairing.jobs)} pair(s), {len(pairing.problems)} input problem(s); dry run: nothing started")
     return "\n".join(lines), ok
+
+
+def _settle_precision(pool: _Pool, store: Store, summary: IngestSummary, requested: str) -> dict[str, Any]:
+    """Every actor computes in the store's precision: a new store takes the first actor's (its
+    device's `auto`) and pins it; an actor whose node chose otherwise rebuilds its encoders; a node
+    that cannot run it natively is named once and runs it anyway. The fingerprints to write."""
+    infos = ray.get([a.info.remote() for a in pool.actors])
+    precision = store.pin_precision(infos[0]["precision"], infos[0]["cpu"])
+    store_precision(requested, precision, store.url)  # another ingest may have pinned the store meanwhile
+    if any(i["precision"] != precision for i in infos):
+        infos = ray.get([a.use_precision.remote(precision) for a in pool.actors])
+    pool.cfg = dataclasses.replace(pool.cfg, precision=precision)  # actors started later: explicit
+    summary.precision = precision
+    for node, info in {i["node"]: i for i in infos if not i["native"]}.items():
+        msg = (f"node {node[:12]} ({info['cpu']}, CPU kind {info['kind']}) has no native {precision}: it computes "
+               f"the store's {precision} anyway, several times slower than fp32")
+        log.warning(msg)
+        summary.warnings.append(msg)
+    return infos[0]["fingerprints"]
 
 
 def _reason(e: BaseException) -> str:

@@ -10,9 +10,8 @@ Each encoder carries a `fingerprint`: a JSON-serialisable dict naming everything
 feature space (model, weights identity, input geometry, post-processing, output dim and dtype).
 Features with different fingerprints must never be mixed; `fingerprint_id` is its short hash.
 Compute precision is in it ("precision": fp32, or bf16/fp16 autocast): reduced precision moves
-features by more than float16 storage rounding, so a store never mixes them silently. CPU and
-GPU workers can fill one store together when they compute in the same precision (pass
-`precision` explicitly then; "auto" is bf16 on CUDA and on CPUs with native bf16, else fp32).
+features by more than float16 storage rounding, so a store never mixes them silently. What
+"auto" means, and how a store keeps one precision across CPU kinds, is in ingest/precision.py.
 
 Audio framing: row j of AudioEncoder.encode is VGGish on samples [j*15360, (j+1)*15360) only.
 VGGish's own framing (25 ms STFT windows every 10 ms, 96 frames per example) needs 15600
@@ -41,6 +40,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vod2chat.ingest.precision import (PRECISIONS, cpu_has_native_bf16, resolve_precision,  # noqa: F401 - re-exported
+                                      warn_if_emulated)
 
 log = logging.getLogger(__name__)
 
@@ -221,31 +223,7 @@ def random_init(build: Callable[[], nn.Module], name: str, seed: int = RANDOM_SE
     return model, _RANDOM_HASHES[key]
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: where bf16 convolutions beat fp32 on a CPU. Without them (AVX2 only)
-    oneDNN emulates bf16 and ResNet-50 runs several times slower than in fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp32 | bf16 | fp16 for `precision` on `device`: "auto" is bf16 on CUDA (fp32's range:
-    random-init activations cannot overflow; fp16 on GPUs without bf16) and on CPUs with native
-    bf16, else fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def _precision_tag(precision: str) -> str:
@@ -284,6 +262,7 @@ class VideoEncoder:
                  precision: str = "auto"):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        warn_if_emulated(self.precision, self.device)
         self.amp = _AMP[self.precision]
         self.batch_size = int(batch_size)
         self.weights_path = resolve_weights(weights, "ResNet-50", RESNET50_RELEASES, "--video-weights")
@@ -403,6 +382,7 @@ class AudioEncoder:
                  precision: str = "auto"):
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
+        warn_if_emulated(self.precision, self.device)
         self.amp = _AMP[self.precision]
         self.batch_size = int(batch_size)
         self.weights_path = resolve_weights(weights, "VGGish", VGGISH_RELEASES, "--audio-weights")

@@ -26,6 +26,7 @@ from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import fingerprint_id
 from vod2chat.ingest.features import Encoders, _timed, embed_rows  # Encoders: importable from here too
 from vod2chat.ingest.errors import NotRetryable
+from vod2chat.ingest.precision import cpu_model, store_precision
 from vod2chat.ingest.inputs import list_files, localize
 from vod2chat.ingest.media import MediaInfo, probe
 from vod2chat.shards.schema import (FEATURE_DTYPE, SCHEMA_VERSION, Sample, SchemaError, SegmentMeta, ShardInfo, VodRecord,
@@ -347,6 +348,7 @@ def ingest_vod(job: VodJob, store: Store, enc: Encoders, cfg: IngestConfig) -> V
     t0 = time.perf_counter()
     fps = enc.fingerprints()
     store.check_fingerprints(fps)
+    store_precision(enc.video.precision, store.pin_precision(enc.video.precision, cpu_model()), store.url)
     plan = plan_vod(job, cfg, fps, store)
     if plan is None:
         return VodOutcome(job, "skipped", store.read_record(job.streamer, job.vod_id))

@@ -28,7 +28,7 @@ class DemoConfig:
     quick: bool = param(False, "3 streams of 40 s and 20 steps instead of 8 of 5 min and 1500 (tests)")
     train_config: str = param("demo_train.toml", "the training config, under launch/ or a path")
     # Float sums depend on how work is split over threads: a fixed count (and deterministic kernels)
-    # makes the numbers a function of the machine kind, the same on every run.
+    # makes the numbers a function of the CPU kind and the encoders' precision, the same on every run.
     threads: int = param(2, "torch threads for training, evaluation and generation (fixed: reproducible numbers)", ge=1)
 
 
@@ -47,7 +47,7 @@ def synth_vods(out: Path, n: int, duration: float) -> list[str]:
 @contextlib.contextmanager
 def reproducible(threads: int) -> Iterator[None]:
     """A fixed torch thread count and deterministic kernels: the same numbers on every run on a
-    machine kind. The process (tests) gets its settings back afterwards."""
+    CPU kind at a precision. The process (tests) gets its settings back afterwards."""
     import torch
 
     before, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -68,6 +68,7 @@ def main(cfg: DemoConfig) -> int:
 def run(cfg: DemoConfig) -> int:
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.driver import main as ingest_main
+    from vod2chat.ingest.precision import machine_line
     from vod2chat.launch.tables import store_table
     from vod2chat.trainer.config import Config
     from vod2chat.trainer.main import main as train_main
@@ -91,9 +92,8 @@ def run(cfg: DemoConfig) -> int:
     print(store_table(icfg.store))
     if summary.failed:
         return 1
-
     print(f"[3/5] training on CPU with {cfg.threads} threads (a fresh run: the store and the videos are reused; "
-          "the same numbers on every run on this machine kind)")
+          "the same numbers on every run on this CPU kind at this precision)")
     shutil.rmtree(out / "run", ignore_errors=True)  # else the run would resume, already finished
     steps = 20 if quick else 1500
     train_toml = REPO / "launch" / cfg.train_config if not Path(cfg.train_config).is_file() else cfg.train_config
@@ -101,6 +101,9 @@ def run(cfg: DemoConfig) -> int:
         f"data.store={out / 'store'}", f"train.run_dir={out / 'run'}", f"train.steps={steps}",
         f'data.val_vods=["{val_vod}"]', f'data.test_vods=["{test_vod}"]', f"train.progress={str(not quick).lower()}",
         f"train.eval_every={max(10, steps // 4)}", f"train.save_every={max(10, steps // 4)}"])
+    # What the numbers depend on besides the code: the CPU kind and the precision computed in.
+    where = machine_line(f"encoders {summary.precision}, training mixed_precision={tcfg.train.mixed_precision}")
+    print(where)
     metrics = train_main(tcfg)
     print(f"validation loss {metrics['val/loss']:.3f} (A/V shuffled across examples: "
           f"{metrics['val/loss_av_shuffled']:.3f})")
@@ -124,7 +127,7 @@ def run(cfg: DemoConfig) -> int:
                           out=str(out / "chat.json"), irc=str(out / "chat.irc"), ass=str(out / "chat.ass"),
                           html=str(out / "replay.html"), video_weights="random", audio_weights="random")
     gen_main(gcfg)
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Outputs:")
+    print(f"\ndone in {time.perf_counter() - t0:.0f} s on {where[len('machine: '):]}. Outputs:")
     for label, path in [("store", icfg.store), ("run + checkpoints", out / "run"),
                         ("tensorboard", f"tensorboard --logdir {out / 'run' / 'tb'}"),
                         ("evaluation", ecfg.out or out / "run" / "eval-test.json"), ("chat JSON", gcfg.out),

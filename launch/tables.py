@@ -32,6 +32,8 @@ def store_table(url: str) -> str:
         for k in tot:
             tot[k] += r.get(k, 0)
     lines.append(row("total", tot))
+    if rows:  # the encoders' precision: one per store, what `ingest --precision auto` continues with
+        lines.append(f"precision: {store.precision()}")
     if tot["low_chat"]:  # name them: a VOD that kept little of its chat trains on silence
         for rec in store.records():
             w = chat_warning(rec.name, **chat_counts(rec), duration=rec.duration)

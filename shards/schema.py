@@ -202,6 +202,47 @@ class VodRecord:
                 **part(_END)}
 
 
+STORE_INFO = "store.json"
+STORE_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class StoreInfo:
+    """{store}/store.json: what every VOD of a store shares, chosen once by its first ingest: the
+    encoders' compute precision (fp32 | bf16 | fp16), so that a store begun on one kind of CPU and
+    extended from another stays one feature space. Stores made before it have no such file (their
+    records' fingerprints say the same). Unknown keys are kept and written back."""
+
+    precision: str
+    created: str | None = None
+    cpu: str | None = None  # the machine that chose it (information only)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _FIELDS = (("precision", "str", True), ("created", "str", False), ("cpu", "str", False))
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "StoreInfo":
+        fix = "fix it (precision: one of " + ", ".join(STORE_PRECISIONS) + ") or remove it"
+        if not isinstance(obj, dict):
+            raise SchemaError(f"{where}: must be a JSON object; {fix}")
+        vals = {}
+        for n, k, req in cls._FIELDS:
+            v = obj.get(n)
+            if v is None and not req:
+                continue
+            if not isinstance(v, str):
+                raise SchemaError(f"{where}: field {n!r} must be a string, got {v!r:.60}; {fix}")
+            vals[n] = v
+        if vals["precision"] not in STORE_PRECISIONS:
+            raise SchemaError(f"{where}: precision {vals['precision']!r:.60} is not one of "
+                              f"{', '.join(STORE_PRECISIONS)}; {fix}")
+        return cls(**vals, extra={k: v for k, v in obj.items() if k not in {n for n, _, _ in cls._FIELDS}})
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"precision": self.precision, "created": self.created, "cpu": self.cpu}
+        return {**{k: v for k, v in out.items() if v is not None}, **self.extra}
+
+
 def sample_key(streamer: str, vod_id: str, segment: int) -> str:
     return f"{check_name('streamer', streamer)}__{check_name('vod_id', vod_id)}__{segment:06d}"
 

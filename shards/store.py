@@ -26,8 +26,8 @@ import fsspec
 import webdataset as wds
 
 from vod2chat.config import param
-from vod2chat.shards.schema import (Sample, SchemaError, ShardInfo, VodRecord, check_name, decode_sample,
-                                   encode_sample)
+from vod2chat.shards.schema import (STORE_INFO, Sample, SchemaError, ShardInfo, StoreInfo, VodRecord, check_name,
+                                    decode_sample, encode_sample)
 
 TMP_PREFIX = ".tmp-"
 
@@ -232,14 +232,55 @@ class Store:
         have = self.fingerprints()
         if have is None:
             return
-        for kind in ("video", "audio"):
-            if have[kind] != fps[kind]:
-                raise StoreError(
-                    f"store {self.url} holds {kind} features with fingerprint\n  {json.dumps(have[kind], sort_keys=True)}\n"
-                    f"but this ingest would write\n  {json.dumps(fps[kind], sort_keys=True)}\n"
-                    "Features from different encoders live in different spaces: use the same weights, "
-                    "or ingest into a new store."
-                )
+        have, fps = {k: have[k] for k in ("video", "audio")}, {k: fps[k] for k in ("video", "audio")}
+        if have != fps:
+            diff, fixes = fingerprint_diff(have, fps, "in the store", "in this ingest")
+            raise StoreError(f"store {self.url} holds features made with other encoder settings ({diff}): features "
+                             f"from different settings live in different spaces; {', or '.join(fixes)}, "
+                             "or ingest into a new store")
+
+    # -- the store's own settings (store.json) --------------------------------------------
+    def read_info(self) -> StoreInfo | None:
+        """store.json, checked (None in a store made before it, or not begun)."""
+        path = self.abspath(STORE_INFO)
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as f:
+            try:
+                obj = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise StoreError(f"{path}: not valid JSON ({e}); fix it or remove it (the records say the "
+                                 "store's precision)") from e
+        try:
+            return StoreInfo.from_json(obj, path)
+        except SchemaError as e:
+            raise StoreError(str(e)) from None
+
+    def precision(self) -> str | None:
+        """The encoders' precision every VOD of this store is computed in: store.json's, else (a
+        store made before it) what its records' fingerprints say, else None (nothing pinned yet)."""
+        info = self.read_info()
+        if info is not None:
+            return info.precision
+        fps = self.fingerprints()
+        if fps is None:
+            return None
+        tag = str(fps["video"].get("precision") or "fp32")
+        return tag.split()[0]
+
+    def pin_precision(self, precision: str, cpu: str | None = None) -> str:
+        """Record `precision` as this store's unless it has one already (an older store gets what
+        its records say written down); returns the store's precision."""
+        have = self.precision()
+        if have is not None and self.read_info() is not None:
+            return have
+        info = StoreInfo(precision=have or precision, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         cpu=cpu)
+        target, f = self._open_for_commit(STORE_INFO)
+        with f:
+            f.write(json.dumps(info.to_json(), indent=1, ensure_ascii=False).encode("utf-8"))
+        self._publish(target, STORE_INFO)
+        return info.precision
 
     # -- ls / verify / gc ----------------------------------------------------------------
     def summary(self) -> dict[str, dict[str, float]]:
@@ -349,6 +390,31 @@ def sha256_of(f: IO[bytes], block: int = 1 << 22) -> tuple[int, str]:
         sha.update(data)
         n += len(data)
     return n, sha.hexdigest()
+
+
+# What to do about each fingerprint field that can differ ({v}: the store's value); other fields
+# are other encoder settings.
+_FIX = {"precision": "leave --precision auto (an ingest takes the store's) or pass --precision {v}",
+        "fps": "pass --fps {v}", "weights": "use the store's weights (--video-weights/--audio-weights)",
+        "random_init_sha256": "use the store's weights", "pca": "use the store's --audio-pca"}
+
+
+def fingerprint_diff(have: dict[str, Any], want: dict[str, Any], there: str, here: str) -> tuple[str, list[str]]:
+    """Two {"video": {...}, "audio": {...}} fingerprints compared field by field, for a one-line
+    error: "video precision 'fp32' in the store, 'bf16 autocast' in this ingest; ..." and the
+    fixes for those fields."""
+    parts, fixes = [], []
+    for kind in sorted(set(have) | set(want), key=lambda k: (k != "video", k != "audio", k)):
+        a, b = have.get(kind), want.get(kind)
+        if a == b:
+            continue
+        if not (isinstance(a, dict) and isinstance(b, dict)):
+            parts.append(f"{kind} {json.dumps(a, sort_keys=True):.200} {there}, {json.dumps(b, sort_keys=True):.200} {here}")
+            continue
+        for k in sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)):
+            parts.append(f"{kind} {k} {a.get(k)!r} {there}, {b.get(k)!r} {here}")
+            fixes.append(_FIX.get(k, "use the store's encoder settings").format(v=str(a.get(k)).split(" ")[0]))
+    return "; ".join(parts), list(dict.fromkeys(fixes))
 
 
 def chat_counts(rec: VodRecord) -> dict[str, int]:

@@ -22,6 +22,13 @@ def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
     assert cli(["demo", "--config", str(REPO / "launch/demo_debug.toml"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Recall@1" in printed and "replay page" in printed
+    # Where the numbers come from: the CPU, bf16 native or not, and the precision computed in.
+    import torch
+    from vod2chat.ingest.precision import cpu_model, resolve_precision
+
+    auto = resolve_precision("auto", torch.device("cpu"))  # a new store: the demo's ingest runs `auto`
+    assert f"machine: CPU {cpu_model()}" in printed and "bf16 native: " in printed
+    assert f"precision: encoders {auto}, training mixed_precision=" in printed
     report = json.loads((out / "run/eval-test.json").read_text())
     assert set(report["ablations"]) == {"full", "av_shuffled", "audio_only", "video_only", "chat_only"}
     chat = json.loads((out / "chat.json").read_text())
@@ -34,9 +41,35 @@ def test_quick_demo_writes_every_output(tmp_path: Path, capsys):
 
 
 
+def test_the_demo_settings_make_ingest_repeatable_at_each_precision(tmp_path: Path):
+    """The demo's features are a function of the CPU kind and the precision: at a fixed precision
+    (either, on any CPU) two ingests of a stream under the demo's settings write bit-identical
+    shards, and the two precisions write different ones (so the demo says which it used)."""
+    from vod2chat.config import load_config
+    from vod2chat.ingest.config import IngestConfig
+    from vod2chat.ingest.synth import synthesize
+    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.launch.demo import DemoConfig, reproducible
+    from vod2chat.shards.store import Store
+
+    synthesize(tmp_path / "vods", seed=3, duration=6.0, vod_id="100001")
+    digests = {}
+    for precision in ("fp32", "bf16"):  # bf16 is emulated (slowly) where not native: 6 s of stream
+        for run in ("a", "b"):
+            cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml", [
+                f"store={tmp_path / precision / run}", "streamer=synth", "progress=false", f"precision={precision}",
+                "segment_s=3.0", "lookback_s=2.0", "segments_per_shard=2"])
+            with reproducible(DemoConfig().threads):
+                [job] = pair_inputs([str(tmp_path / "vods")], "synth")
+                rec = ingest_vod(job, Store(cfg.store), Encoders(cfg), cfg).record
+            digests[precision, run] = [sh.sha256 for sh in rec.shards]
+    assert digests["fp32", "a"] == digests["fp32", "b"] and digests["bf16", "a"] == digests["bf16", "b"]
+    assert len(digests["fp32", "a"]) == 1 and digests["fp32", "a"] != digests["bf16", "a"]
+
+
 def test_the_demo_settings_make_training_repeatable(tmp_path: Path):
-    """What makes `make demo` print the same numbers on every run on a machine kind: two trainings
-    under its settings give bit-identical losses (its ingest and evaluation are seeded)."""
+    """What makes `make demo` print the same numbers on every run on a CPU kind at a precision: two
+    trainings under its settings give bit-identical losses (its ingest and evaluation are seeded)."""
     from store_factory import make_store
     from vod2chat.config import load_config
     from vod2chat.launch.demo import DemoConfig, reproducible

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from vod2chat.config import save_config
-from vod2chat.shards.store import sha256_of
+from vod2chat.shards.store import fingerprint_diff, sha256_of
 from vod2chat.trainer import stream
 
 if TYPE_CHECKING:
@@ -347,11 +347,9 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
     have = ckpt_meta.get("fingerprints")
     if have is None or store_fps is None or have == store_fps:
         return
-    raise ValueError(
-        f"store {store} has feature fingerprints\n  {json.dumps(store_fps, sort_keys=True)}\n"
-        f"but the checkpoint was trained on\n  {json.dumps(have, sort_keys=True)}\n"
-        "Ingest the VODs with the checkpoint's encoders, or train a new run on this store."
-    )
+    diff, _ = fingerprint_diff(store_fps, have, "here", "in the checkpoint")
+    raise ValueError(f"store {store}: features made with other encoder settings than the checkpoint was trained on "
+                     f"({diff}); ingest the VODs with the checkpoint's encoders, or train a new run on this store")
 
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
