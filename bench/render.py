@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import resource
 import sys
@@ -34,19 +33,10 @@ from tqdm import tqdm
 from vod2chat.inference.render import (ChatColumn, Style, close_output, find_font, hash_colour, load_font,
                                        open_output, render_column, write_frame, _layout, _tokens)
 from vod2chat.ingest.chat import Message, parse_chat
+from vod2chat.ingest.precision import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared/data/real/chat/v5_rechat_1087079172.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_seconds() -> float:
@@ -129,7 +119,7 @@ def main() -> int:
     a = p.parse_args()
     fps = Fraction(30)
     font, font_desc = find_font()
-    print(f"# vod2chat render bench: {cpu_model()}, {os.cpu_count()} CPUs, load average "
+    print(f"# vod2chat render bench: {machine_line('no model: precision plays no part', what='render')}, load average "
           f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}, {a.width}x{a.height} @ 30 fps {a.out_format}, "
           f"font {font_desc}", flush=True)
     chats = {f"busy synthetic chat ({a.busy:g} msg/s)": busy_chat(a.busy, a.duration)}

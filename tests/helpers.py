@@ -3,17 +3,23 @@ ingests, TensorBoard scalars, and `vod2chat live` in a subprocess with a stream 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from vod2chat.config import load_config
 from vod2chat.ingest.config import IngestConfig
+from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 
 if TYPE_CHECKING:
@@ -129,3 +135,45 @@ def ingest_folder(d: Path, streamer: str) -> Path:
     for job in pair_inputs([str(d / "vods")], streamer):
         assert ingest_vod(job, store, enc, cfg).status == "done"
     return d / "store"
+
+
+# -- shards rewritten as a buggy writer or an attacker would (test_hostile_features, test_train_hardening) --
+def npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def rewrite_shard(store: Path, rel: str, edit) -> None:
+    """Rewrite a committed shard with `edit(member name, bytes) -> bytes` applied, and reseal its
+    VOD record with the new size and sha256, as a writer with a bug or an attacker on a shared
+    bucket would: the record's checksums then vouch for the bad shard."""
+    src = store / rel
+    out = io.BytesIO()
+    with tarfile.open(src) as tin, tarfile.open(fileobj=out, mode="w") as tout:
+        for m in tin.getmembers():
+            data = edit(m.name, tin.extractfile(m).read())
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    src.write_bytes(out.getvalue())
+    reseal(store, rel)
+
+
+def reseal(store: Path, rel: str) -> None:
+    data = (store / rel).read_bytes()
+    s = Store(str(store))
+    for rec in s.records():
+        for sh in rec.shards:
+            if sh.path == rel:
+                sh.bytes, sh.sha256 = len(data), hashlib.sha256(data).hexdigest()
+                s.commit_record(rec)
+                return
+    raise AssertionError(rel)
+
+
+def nan_video(name: str, data: bytes) -> bytes:
+    if name.endswith(".video.npy"):
+        a = np.load(io.BytesIO(data))
+        return npy(np.full_like(a, np.nan))
+    return data

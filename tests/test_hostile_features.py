@@ -4,53 +4,17 @@ names an unreadable tar instead of stopping at it."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import nan_video, npy, reseal, rewrite_shard
 from store_factory import make_store
 from vod2chat.shards.schema import SchemaError, decode_sample, encode_sample
 from vod2chat.shards.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def npy(a: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def rewrite_shard(store: Path, rel: str, edit) -> None:
-    """Rewrite a committed shard with `edit(member name, bytes) -> bytes` applied, and reseal its
-    VOD record with the new size and sha256, as a writer with a bug or an attacker on a shared
-    bucket would: the record's checksums then vouch for the bad shard."""
-    src = store / rel
-    out = io.BytesIO()
-    with tarfile.open(src) as tin, tarfile.open(fileobj=out, mode="w") as tout:
-        for m in tin.getmembers():
-            data = edit(m.name, tin.extractfile(m).read())
-            info = tarfile.TarInfo(m.name)
-            info.size = len(data)
-            tout.addfile(info, io.BytesIO(data))
-    src.write_bytes(out.getvalue())
-    reseal(store, rel)
-
-
-def reseal(store: Path, rel: str) -> None:
-    data = (store / rel).read_bytes()
-    s = Store(str(store))
-    for rec in s.records():
-        for sh in rec.shards:
-            if sh.path == rel:
-                sh.bytes, sh.sha256 = len(data), hashlib.sha256(data).hexdigest()
-                s.commit_record(rec)
-                return
-    raise AssertionError(rel)
 
 
 def raw_sample(video: np.ndarray | None = None, audio: np.ndarray | None = None) -> dict:
@@ -91,13 +55,6 @@ def test_decode_refuses_bad_features_naming_shard_and_member(video, audio, messa
     decode_sample(raw_sample())  # the intact sample decodes
 
 
-def nan_video(name: str, data: bytes) -> bytes:
-    if name.endswith(".video.npy"):
-        a = np.load(io.BytesIO(data))
-        return npy(np.full_like(a, np.nan))
-    return data
-
-
 def test_store_verify_finds_nan_features_and_names_a_bad_tar_then_goes_on(tmp_path: Path, capsys):
     from vod2chat.launch.cli import main as cli
 
@@ -136,7 +93,7 @@ def nan_weights(path: Path) -> Path:
 def test_ingest_never_commits_non_finite_features(tmp_path: Path):
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
     from vod2chat.ingest.worker import Encoders, NonFiniteFeatures, ingest_vod, pair_inputs
 
     synthesize(tmp_path / "vods", seed=3, duration=12.0, vod_id="7001")

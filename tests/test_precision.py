@@ -95,7 +95,7 @@ def test_an_old_store_without_store_json_keeps_its_records_precision(tmp_path: P
 # -- Ray: a store begun on one CPU kind, extended from the other ----------------------------
 @pytest.fixture(scope="module")
 def vods(tmp_path_factory) -> Path:
-    from vod2chat.ingest.synth import synthesize
+    from vod2chat.synth.scenes import synthesize
 
     d = tmp_path_factory.mktemp("prec_vods")
     for i in range(2):

@@ -81,7 +81,7 @@ def check_vod2chat(argv: list[str]) -> None:
 
 
 def check_trainer(argv: list[str]) -> None:
-    from vod2chat.trainer.main import parse_args
+    from vod2chat.launch.train import parse_args
 
     parse_args(argv)
 

@@ -17,8 +17,7 @@ import pytest
 import torch
 
 from store_factory import make_store
-from test_hostile_features import nan_video, rewrite_shard
-from test_trainer import DEBUG, cfg_for, scalars
+from helpers import DEBUG, cfg_for, nan_video, npy, rewrite_shard, scalars
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.main import main
@@ -250,7 +249,6 @@ def test_features_of_another_dtype_or_shape_stop_training_naming_the_shard(store
 
     import numpy as np
 
-    from test_hostile_features import npy
 
     store = tmp_path / "store"
     shutil.copytree(store_dir, store)

@@ -136,6 +136,7 @@ def test_streamer_token_starts_every_example_of_its_streamer():
 def test_a_given_tokenizer_without_the_streamers_token_is_a_warning(store_dir: Path, tmp_path: Path, caplog):
     from accelerate import Accelerator
 
+    from vod2chat.trainer.data import RunSplits
     from vod2chat.trainer.steps import build_tokenizer
 
     for streamers, warned in (((), True), (["fake"], False)):  # the factory store's one streamer
@@ -144,7 +145,7 @@ def test_a_given_tokenizer_without_the_streamers_token_is_a_warning(store_dir: P
         cfg = cfg_for(store_dir, tmp_path / "run", "data.streamer_token=true", f"tokenizer.path={path}")
         caplog.clear()
         with caplog.at_level("WARNING", logger="vod2chat.trainer.steps"):
-            build_tokenizer(cfg, tmp_path / "run", Accelerator(cpu=True))
+            build_tokenizer(cfg, tmp_path / "run", Accelerator(cpu=True), RunSplits(cfg.data))
         assert (f"{path} has no token for streamer(s) fake" in caplog.text) == warned, caplog.text
 
 

@@ -290,7 +290,7 @@ def test_planted_pickles_in_a_store_never_run(tiny_run, tmp_path: Path, capsys):
                     ["eval", "--run", str(run), "--store", str(store), "--no-progress"]):
         text = failure_text(lambda: cli(command), capsys)
         assert not marker.exists() and "1000.json" in text, (command, text)
-    text = failure_text(train_resume(store, tmp_path / "run2"), capsys)
+    text = failure_text(train_resume(store, tmp_path / "run2", resume=False), capsys)
     assert not marker.exists() and "1000.json" in text, text
 
 

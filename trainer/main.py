@@ -54,15 +54,12 @@ from vod2chat.trainer.stream import make_train_loader
 def main(cfg: Config) -> dict[str, float]:
     """One training run. The store is listed once (RunSplits): every selection of the run reads that view."""
     tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
-    if tc.resume and not restarted():  # a torchrun restart before the first save starts afresh
-        checkpoint.require_checkpoint(run_dir)
-    tc.resume = tc.resume or restarted()
+    tc.resume = check_run_dir(tc.resume, run_dir)
     init_restarted_process_group()
     # Saved absolute: eval and generate read the run's store from any working directory.
     cfg.data.store = Store(cfg.data.store).require().canonical_url
     if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
         cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
-    check_fresh_run_dir(tc.resume, run_dir)
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -95,8 +92,8 @@ def main(cfg: Config) -> dict[str, float]:
     val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed,
                              splits)
     if acc.is_main_process:
-        print(startup_summary(cfg, acc.unwrap_model(model), plan.shards, acc.mixed_precision, acc.num_processes,
-                              plan.num_workers, acc.device, start), flush=True)
+        print(startup_summary(cfg, splits, acc.unwrap_model(model), plan.shards, acc.mixed_precision,
+                              acc.num_processes, plan.num_workers, acc.device, start), flush=True)
     bad = BadSteps(tc.max_bad_steps, run_dir)
     meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
             "tokenizer": {"vocab_size": tok.vocab_size}}
@@ -135,11 +132,18 @@ def main(cfg: Config) -> dict[str, float]:
     return {**metrics, **startup}
 
 
-def check_fresh_run_dir(resume: bool, run_dir: Path) -> None:
+def check_run_dir(resume: bool, run_dir: Path) -> bool:
+    """Whether this run resumes: --resume needs a checkpoint (a typo in the run folder must not
+    restart a long run from step 0), a torchrun restart always resumes, and a fresh run never
+    overwrites another's checkpoints."""
+    if resume and not restarted():  # a torchrun restart before the first save starts afresh
+        checkpoint.require_checkpoint(run_dir)
+    resume = resume or restarted()
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         # Restarting at step 0 would overwrite its checkpoints and overlay its TensorBoard curves.
         raise ValueError(f"{run_dir} already holds a run (checkpoints/): pass --resume (train.resume=true) to "
                          "continue it, or choose a new train.run_dir")
+    return resume
 
 
 if __name__ == "__main__":

@@ -5,46 +5,30 @@ run ended up. The same facts are in config.toml and meta.json; this is the part 
 from __future__ import annotations
 
 import logging
-import os
-import platform
-import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from vod2chat.shards.reader import select_records
-from vod2chat.shards.store import Store
+from vod2chat.ingest.precision import machine_line
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config
-from vod2chat.trainer.data import selection
+from vod2chat.trainer.data import RunSplits
+from vod2chat.trainer.stream import PinnedShard
 
 log = logging.getLogger(__name__)
 SHOWN_VODS = 8  # per split in the summary; the rest are counted
 
 
-def cpu_description() -> str:
-    """`Intel(R) Xeon(R) Platinum 8488C, bf16 native` (AVX512-BF16/AMX) or `..., no native bf16`."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        info = ""
-    m = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    name = m.group(1).strip() if m else (platform.processor() or platform.machine() or "unknown CPU")
-    native = bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", info))
-    return f"{name}, {os.cpu_count()} cores, {'bf16 native' if native else 'no native bf16'}"
-
-
-def vod_messages(cfg: Config, split: str, pinned: list[dict[str, Any]] | None = None) -> dict[str, int]:
+def vod_messages(splits: RunSplits, split: str, pinned: list[PinnedShard] | None = None) -> dict[str, int]:
     """streamer/vod_id -> messages of a split: the pinned shard list for training (what this run
-    streams, joined VODs included), the store's records for the held-out splits."""
+    streams, joined VODs included), the run's one listing of the store for the held-out splits."""
     counts: Counter[str] = Counter()
     if pinned is not None:
         for sh in pinned:
-            counts[f"{sh['streamer']}/{sh['vod_id']}"] += int(sh.get("messages") or 0)
+            counts[f"{sh.streamer}/{sh.vod_id}"] += sh.messages
         return dict(counts)
-    for rec in select_records(Store(cfg.data.store), selection(cfg.data, split)):
+    for rec in splits.select(split):
         counts[f"{rec.streamer}/{rec.vod_id}"] += int(rec.messages or 0)
     return dict(counts)
 
@@ -56,12 +40,12 @@ def _split_line(split: str, counts: dict[str, int]) -> str:
             f"{sum(counts.values()):,} messages" + (f": {shown}{more}" if counts else ""))
 
 
-def startup_summary(cfg: Config, model: torch.nn.Module, pinned: list[dict[str, Any]], precision: str,
-                    processes: int, num_workers: int, device: torch.device, start: int) -> str:
+def startup_summary(cfg: Config, splits: RunSplits, model: torch.nn.Module, pinned: list[PinnedShard],
+                    precision: str, processes: int, num_workers: int, device: torch.device, start: int) -> str:
     """The lines printed before the first step; a training VOD without messages is a warning."""
-    splits = {"train": vod_messages(cfg, "train", pinned), "val": vod_messages(cfg, "val"),
-              "test": vod_messages(cfg, "test")}
-    empty = sorted(v for v, n in splits["train"].items() if n == 0)
+    counts = {"train": vod_messages(splits, "train", pinned), "val": vod_messages(splits, "val"),
+              "test": vod_messages(splits, "test")}
+    empty = sorted(v for v, n in counts["train"].items() if n == 0)
     if empty:
         log.warning("%d training VOD(s) hold 0 messages and teach nothing: %s (their chat probably misses the "
                     "video; `vod2chat store ls` shows messages per VOD)", len(empty), ", ".join(empty[:20]))
@@ -70,10 +54,10 @@ def startup_summary(cfg: Config, model: torch.nn.Module, pinned: list[dict[str, 
     lines = [
         f"training {cfg.train.run_dir}: {params / 1e6:.2f} M parameters, steps {start} -> {cfg.train.steps}, "
         f"global batch {cfg.train.global_batch} (micro-batch {cfg.train.micro_batch})",
-        *(_split_line(split, counts) for split, counts in splits.items()),
+        *(_split_line(split, n) for split, n in counts.items()),
         f"  precision {'fp32' if precision == 'no' else precision} (train.mixed_precision={cfg.train.mixed_precision}); "
         f"{processes} process(es) x {torch.get_num_threads()} torch threads, {num_workers} DataLoader worker(s) each",
-        f"  device {device}{gpu}; CPU {cpu_description()}",
+        f"  device {device}{gpu}; {machine_line()}",
     ]
     return "\n".join(lines)
 
