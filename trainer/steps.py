@@ -30,7 +30,9 @@ from vod2chat.trainer.tokenizer import ChatTokenizer
 log = logging.getLogger(__name__)
 
 # -- setup -----------------------------------------------------------------------------
-def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator, splits: RunSplits) -> tuple[ChatTokenizer, Path]:
+def build_tokenizer(cfg: Config, run_dir: Path, acc: Accelerator,
+                    splits: RunSplits | None = None) -> tuple[ChatTokenizer, Path]:
+    """The run's tokenizer (trained on the train split's chat unless tokenizer.path names one) and its file."""
     path = Path(cfg.tokenizer.path) if cfg.tokenizer.path else run_dir / "tokenizer.json"
     if not path.exists() and acc.is_main_process:
         stream.pin_selection(cfg.data, "train", splits)  # fails fast, naming the VODs, if the split holds no message
@@ -138,7 +140,7 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int)
 
 
 def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int,
-              splits: RunSplits) -> stream.DataPlan:
+              splits: RunSplits | None = None) -> stream.DataPlan:
     """A fresh run pins the train split's shards; a resume continues the checkpoint's pinned
     list (new VODs join only with data.join_new_vods, appended, the step recorded) and each
     stream's saved state (remapped when processes, workers or shards changed)."""
