@@ -168,14 +168,14 @@ def test_volume_plan_gives_the_exact_minutes_and_reuses_whole_vods():
 
 @pytest.mark.slow
 def test_a_model_trained_on_one_small_draw_beats_its_av_shuffled_ablation(tmp_path: Path):
-    """bench/moment.py's own steps on a small draw: 3 minutes of stream per channel, 1 test VOD."""
+    """bench/moment.py's own steps on a small draw: 3 minutes of stream per channel and a 60 s validation VOD per channel."""
     from vod2chat.config import load_config
     from vod2chat.trainer.config import Config
     from vod2chat.trainer.main import main as train_main
 
     bench = _bench()
     p = draw_params(_small_draw())
-    plan = bench.synth_all(tmp_path, 0, 1, 0.0, 0.0, draw=p, minutes=3)
+    plan = bench.synth_all(tmp_path, 0, 0, 0.0, 0.0, draw=p, minutes=3)
     store = bench.ingest_all(tmp_path, p.channels, tmp_path / "store", plan)
     val = [f"{c}/{v}" for c in plan for v in plan[c]["val"]]
     cfg = load_config(Config, REPO / "launch/demo_train.toml", [
