@@ -342,9 +342,9 @@ def main() -> None:
     a = p.parse_args()
     if a.draws:
         if a.first_draw < 1:
-            raise SystemExit("--first-draw must be >= 1: draw 0 is the fixed benchmark (run without --draws)")
+            p.error("--first-draw must be >= 1: draw 0 is the fixed benchmark (run without --draws)")
         if not all(x.strip().isdigit() and 1 <= int(x) < 600 for x in a.minutes_per_channel.split(",")):
-            raise SystemExit(f"--minutes-per-channel must be whole minutes from 1 to 599, got {a.minutes_per_channel!r}")
+            p.error(f"--minutes-per-channel must be whole minutes from 1 to 599, got {a.minutes_per_channel!r}")
         if a.out == "bench_out/moment":
             a.out = "bench_out/moment_family"
         return main_family(a)
