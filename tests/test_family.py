@@ -186,4 +186,7 @@ def test_a_model_trained_on_one_small_draw_beats_its_av_shuffled_ablation(tmp_pa
     assert out["val/loss"] < out["val/loss_av_shuffled"] - MARGIN, out
 
 
-MARGIN = 0.1
+# Calibrated on this draw (2) with train.seed 0, 1 (and the test's own run, seed 0): the A/V-shuffled
+# validation loss was 0.103 and 0.108 nats per token above the model's (Intel Xeon, 2 loaded cores);
+# half of that is a clear margin that a real seed-to-seed swing does not cross.
+MARGIN = 0.05
