@@ -186,7 +186,7 @@ def test_a_model_trained_on_one_small_draw_beats_its_av_shuffled_ablation(tmp_pa
     assert out["val/loss"] < out["val/loss_av_shuffled"] - MARGIN, out
 
 
-# Calibrated on this draw (2) with train.seed 0, 1 (and the test's own run, seed 0): the A/V-shuffled
-# validation loss was 0.103 and 0.108 nats per token above the model's (Intel Xeon, 2 loaded cores);
-# half of that is a clear margin that a real seed-to-seed swing does not cross.
-MARGIN = 0.05
+# Calibrated on this draw (2) with train.seed 0, 1, 2: the A/V-shuffled validation loss was 0.103,
+# 0.108 and 0.060 nats per token above the model's (Intel Xeon, 2 loaded cores); half of the
+# smallest is a margin a seed-to-seed swing did not cross, and a model deaf to the stream cannot.
+MARGIN = 0.03
