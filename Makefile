@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench bench-family clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ bench: $(STAMP)
 	$(PY) bench/train.py
 	$(PY) bench/generate.py
 	$(PY) bench/moment.py --seeds 0,1,2
+
+# The benchmark family (issue 20; bench/README.md "The benchmark family"): many hours on CPU.
+bench-family: $(STAMP)
+	$(PY) bench/moment.py --draws 8 --minutes-per-channel 10,15,20,40,80
 
 clean:
 	rm -rf demo_out store runs synth_out bench_out real_vods real_store vods

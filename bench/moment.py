@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/moment.py --seeds 0,1,2      # the README tables: windows 8 and 20, 1,500 steps
     .venv/bin/python bench/moment.py --steps 300 --vods 2 --test-vods 1 --duration 120 --out bench_out/moment_small
+    .venv/bin/python bench/moment.py --draws 8 --minutes-per-channel 10,20,40,80   # the family (bench/README.md)
 
 1. Synthesizes `vod2chat synth --kind events` streams for two channels (forest, harbor: the
    same event types, different words): per channel `--vods` training VODs, one validation VOD
@@ -18,6 +19,12 @@
 5. Generation: `vod2chat generate` on each test VOD, and how often what it writes is a
    reaction to an event that really happened in the last 2 to 8 s, against how often the
    oracle's own samples would be.
+
+With --draws N the benchmark runs on the family instead (synth/events.py draws 1..N, each with
+its own generator parameters, channels and VOD length): per draw and per --minutes-per-channel
+value, the `moment` variant is trained on that many minutes of stream per channel and evaluated
+at each window; printed: the per-draw table, the distribution over draws (median, minimum) and
+the learning curve (gain closed vs minutes per channel).
 
 Everything is reused when it is already in --out (videos, store, runs, evaluations): delete a
 run's directory to retrain it. Every figure printed is measured in this run.
@@ -56,36 +63,60 @@ def vod_ids(channel: int, n_train: int, n_test: int) -> dict[str, list[str]]:
             "test": [str(base + 901 + i) for i in range(n_test)]}
 
 
+def volume_plan(channel: int, minutes: int, vod_s: float, n_test: int) -> dict[str, list[tuple[str, float]]]:
+    """(VOD id, seconds) per split for `minutes` of training stream: whole VODs of the draw's
+    length, then one shorter VOD (its id names the volume) so the volume is exact. Whole VODs
+    keep their ids across volumes, so the learning curve's larger volumes reuse the smaller's."""
+    base = 200000 + 1000 * (channel + 1)
+    whole, rest = divmod(minutes * 60.0, vod_s)
+    train = [(str(base + i), vod_s) for i in range(int(whole))]
+    if rest >= 1.0:
+        train.append((str(base + 300 + minutes), round(rest, 3)))
+    return {"train": train, "val": [(str(base + 900), 60.0)],
+            "test": [(str(base + 901 + i), vod_s) for i in range(n_test)]}
+
+
 def synth_all(out: Path, n_train: int, n_test: int, duration: float,
-              val_duration: float) -> dict[str, dict[str, list[str]]]:
-    from vod2chat.synth.events import synthesize_events
+              val_duration: float, draw: Any = None, minutes: int = 0) -> dict[str, dict[str, list[str]]]:
+    """Synthesize every VOD the runs need (draw None: the fixed generator with --vods VODs of
+    --duration; else the draw's channels and VOD length, `minutes` of training stream each)."""
+    from vod2chat.synth.events import CHANNEL_ORDER, DRAW0, synthesize_events
 
     plan = {}
-    for c, channel in enumerate(CHANNELS):
-        ids = vod_ids(c, n_train, n_test)
-        for split, vods in ids.items():
-            for vod in vods:
+    for channel in (draw.channels if draw else CHANNELS):
+        c = CHANNEL_ORDER.index(channel)
+        if draw is None:
+            ids = vod_ids(c, n_train, n_test)
+            lengths = {split: [(v, val_duration if split == "val" else duration) for v in vods] for split, vods in ids.items()}
+        else:
+            lengths = volume_plan(c, minutes, draw.vod_s, n_test)
+        for split, vods in lengths.items():
+            for vod, seconds in vods:
                 if not (out / "vods" / channel / f"{vod}.mkv").exists():
-                    synthesize_events(out / "vods" / channel, seed=int(vod), vod_id=vod, channel=channel,
-                                      duration=val_duration if split == "val" else duration)
-        plan[channel] = ids
+                    synthesize_events(out / "vods" / channel, seed=int(vod) + 7919 * (draw.draw if draw else 0),
+                                      vod_id=vod, channel=channel, duration=seconds, draw=draw or DRAW0)
+        plan[channel] = {split: [v for v, _ in vods] for split, vods in lengths.items()}
     return plan
 
 
-def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS) -> str:
+def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS, store_dir: Path | None = None,
+               plan: dict[str, Any] | None = None) -> str:
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
     from vod2chat.shards.store import Store
 
-    store_url = str(out / "store")
+    store_url = str(store_dir or out / "store")
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
                       [f"store={store_url}", "lookback_s=20.0", "progress=false"])
     store = Store(store_url)
     cfg.precision = store.precision() or cfg.precision  # a store begun on another CPU kind keeps its precision
     enc = Encoders(cfg)
     for channel in channels:
+        wanted = {v for vods in plan[channel].values() for v in vods} if plan else None
         for job in pair_inputs([str(out / "vods" / channel)], channel):
+            if wanted is not None and Path(job.video).stem not in wanted:
+                continue  # another volume's training VOD: this store holds one volume
             res = ingest_vod(job, store, enc, cfg)
             if res.status not in ("done", "skipped"):
                 raise RuntimeError(f"ingest of {job.video} failed: {res}")
@@ -93,16 +124,16 @@ def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS) -> str:
 
 
 def train(out: Path, store: str, plan: dict[str, Any], window: float, steps: int, name: str,
-          overrides: list[str]) -> Path:
+          overrides: list[str], runs: Path | None = None) -> Path:
     from vod2chat.config import load_config
     from vod2chat.trainer.config import Config
     from vod2chat.trainer.main import main as train_main
 
-    run = out / "runs" / name
+    run = (runs or out / "runs") / name
     if (run / "done.json").exists():
         return run
-    val = [f"{c}/{v}" for c in CHANNELS for v in plan[c]["val"]]
-    test = [f"{c}/{v}" for c in CHANNELS for v in plan[c]["test"]]
+    val = [f"{c}/{v}" for c in plan for v in plan[c]["val"]]
+    test = [f"{c}/{v}" for c in plan for v in plan[c]["test"]]
     cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={store}", f"train.run_dir={run}", f"train.steps={steps}", f"data.window_s={window}",
         f"data.val_vods={json.dumps(val)}", f"data.test_vods={json.dumps(test)}", "train.progress=false",
@@ -202,6 +233,88 @@ def seeds_table(results: dict[tuple[str, float, int], dict[str, Any]],
     return "\n".join(lines)
 
 
+# -- the family (--draws) --------------------------------------------------------------------
+def family_runs(a: argparse.Namespace) -> dict[tuple[int, int, float], dict[str, Any]]:
+    """Per draw, per minutes of training stream per channel and per window: one `moment` run and
+    its evaluation (the oracle, the channel marginal, the model and its A/V-shuffled ablation)."""
+    from vod2chat.synth.events import draw_params
+
+    results = {}
+    minutes = [int(m) for m in a.minutes_per_channel.split(",")]
+    windows = [float(w) for w in a.windows.split(",")]
+    for d in range(a.first_draw, a.first_draw + a.draws):
+        draw = draw_params(d)
+        out = Path(a.out) / f"draw{d}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "draw.json").write_text(json.dumps(draw.to_json(), indent=1))
+        for m in minutes:
+            plan = synth_all(out, 0, a.test_vods, 0.0, 0.0, draw=draw, minutes=m)
+            store = ingest_all(out, draw.channels, out / f"m{m}" / "store", plan)
+            for window in windows:
+                run = train(out, store, plan, window, a.steps, f"moment-w{window:g}-s{a.steps}{a.tag}",
+                            VARIANTS["moment"] + [f"train.seed={a.seed}"] + a.overrides, runs=out / f"m{m}" / "runs")
+                results[(d, m, window)] = evaluate(out, run, a.max_moments, ["full", "av_shuffled"])
+            print(f"draw {d}, {m} min per channel: done", file=sys.stderr)
+    return results
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def family_tables(results: dict[tuple[int, int, float], dict[str, Any]]) -> str:
+    """The per-draw table, the distribution over draws and the learning curve."""
+    from vod2chat.synth.events import draw_params
+
+    draws = sorted({d for d, _, _ in results})
+    minutes = sorted({m for _, m, _ in results})
+    windows = sorted({w for _, _, w in results})
+    lo, hi = windows[0], windows[-1]
+    closed = lambda d, m, w: results[(d, m, w)]["oracle"]["closed_mrr"]["full"]  # noqa: E731
+    mrr = lambda d, m, w, row: (results[(d, m, w)]["oracle"][row] if row in ("oracle", "marginal")  # noqa: E731
+                                else results[(d, m, w)]["oracle"]["model"][row])["MRR"]
+    lines = [f"| draw | channels | VOD s | min/channel | " + " | ".join(
+        f"gain closed {w:g} s" for w in windows) + f" | oracle MRR {hi:g} s | marginal MRR {hi:g} s | model MRR {hi:g} s | "
+        f"A/V shuffled MRR {hi:g} s | fall {lo:g} -> {hi:g} s |", "|---:|---|---:|---:|" + "---:|" * (len(windows) + 5)]
+    for d in draws:
+        p = draw_params(d)
+        for m in minutes:
+            lines.append(f"| {d} | {','.join(p.channels)} | {p.vod_s:g} | {m} | " + " | ".join(
+                f"{closed(d, m, w):.2f}" for w in windows) + f" | {mrr(d, m, hi, 'oracle'):.3f} | "
+                f"{mrr(d, m, hi, 'marginal'):.3f} | {mrr(d, m, hi, 'full'):.3f} | {mrr(d, m, hi, 'av_shuffled'):.3f} | "
+                f"{closed(d, m, lo) - closed(d, m, hi):+.2f} |")
+    lines += ["", "| min/channel | window | draws | median gain closed | minimum | draw at the minimum | largest fall |",
+              "|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in minutes:
+        for w in windows:
+            xs = {d: closed(d, m, w) for d in draws}
+            worst = min(xs, key=xs.get)
+            fall = max(closed(d, m, lo) - closed(d, m, hi) for d in draws)
+            lines.append(f"| {m} | {w:g} s | {len(xs)} | {_median(list(xs.values())):.2f} | {xs[worst]:.2f} | {worst} | "
+                         f"{fall:+.2f} |")
+    lines += ["", "Learning curve: median gain closed (minimum) over the draws vs minutes of training stream per channel",
+              "", "| window | " + " | ".join(f"{m} min" for m in minutes) + " |", "|---:|" + "---:|" * len(minutes)]
+    for w in windows:
+        lines.append(f"| {w:g} s | " + " | ".join(
+            f"{_median([closed(d, m, w) for d in draws]):.2f} ({min(closed(d, m, w) for d in draws):.2f})"
+            for m in minutes) + " |")
+    return "\n".join(lines)
+
+
+def main_family(a: argparse.Namespace) -> None:
+    from vod2chat.ingest.precision import machine_line
+
+    t0 = time.perf_counter()
+    results = family_runs(a)
+    print("\n" + machine_line("features of each draw's store, training fp32"))
+    print(f"benchmark family: draws {a.first_draw}..{a.first_draw + a.draws - 1} (synth/events.py draw_params; "
+          f"ranges in bench/README.md), {a.steps} steps of launch/demo_train.toml's model with the `moment` options, "
+          f"train.seed={a.seed}, {a.test_vods} test VOD(s) per channel; overrides: {' '.join(a.overrides) or 'none'}\n")
+    print(family_tables(results))
+    print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s (runs and evaluations already in {a.out} are reused)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench_out/moment")
@@ -219,8 +332,22 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="train.seed values: one run per variant, window and seed; the "
                    "first seed's runs fill the full table, every seed's the summary (runs at seed 0 keep their "
                    "names, so earlier runs are reused)")
+    p.add_argument("--draws", type=int, default=0, help="run on the benchmark family: this many draws of the "
+                   "generator (synth/events.py draw_params), from --first-draw on; 0: the fixed benchmark")
+    p.add_argument("--first-draw", type=int, default=1)
+    p.add_argument("--minutes-per-channel", default="15", help="--draws: minutes of training stream per channel, "
+                   "one run per value (10,20,40,80: the learning curve)")
+    p.add_argument("--seed", type=int, default=0, help="--draws: train.seed of every run")
     p.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. train.lr=1e-3")
     a = p.parse_args()
+    if a.draws:
+        if a.first_draw < 1:
+            p.error("--first-draw must be >= 1: draw 0 is the fixed benchmark (run without --draws)")
+        if not all(x.strip().isdigit() and 1 <= int(x) < 600 for x in a.minutes_per_channel.split(",")):
+            p.error(f"--minutes-per-channel must be whole minutes from 1 to 599, got {a.minutes_per_channel!r}")
+        if a.out == "bench_out/moment":
+            a.out = "bench_out/moment_family"
+        return main_family(a)
 
     out = Path(a.out)
     t0 = time.perf_counter()

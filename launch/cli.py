@@ -92,10 +92,10 @@ def run_store(cfg: Any) -> int:
 
 def run_synth(cfg: Any) -> int:
     if cfg.kind == "events":
-        from vod2chat.synth.events import synthesize_events
+        from vod2chat.synth.events import draw_params, synthesize_events
 
         paths = synthesize_events(cfg.out, seed=cfg.seed, duration=cfg.duration, vod_id=cfg.vod_id or "200001",
-                                  channel=cfg.channel)
+                                  channel=cfg.channel, draw=draw_params(cfg.draw))
     else:
         from vod2chat.synth.scenes import synthesize
 

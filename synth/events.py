@@ -16,13 +16,21 @@ reaction delay range and mean count, the chatter rate and the channel's texts pe
 message at time t then comes from the chatter or from event e with probabilities proportional
 to their rates at t, and its text is uniform over that source's phrases. Truth files are read
 with `load_truth`: JSON only, every field checked; a malformed one is an error naming the file.
+
+Draws (`--draw N`, bench/moment.py --draws): a benchmark family rather than one benchmark. Draw
+N > 0 samples every generator parameter from the ranges in DRAW_RANGES (bench/README.md lists
+them): event lengths and gaps, which event kinds occur and how many are audio, each channel's
+reaction delay window, burst size, chatter rate, vocabulary sizes, background motion and noise,
+2 to 4 channels and the VOD length. Draw 0 is the fixed generator above, bit for bit. Whatever
+the draw, reactions stay uniform over the channel's delay window and texts uniform over their
+source's phrases, so the truth file (and the oracle reading it) stays exact.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +74,118 @@ CHANNELS: dict[str, dict[str, list[str]]] = {
         "boom": ["BOOMED", "bass KEKW", "nuke incoming", "rip headphones", "KABOOM"],
         "chirp": ["chirp KEKW", "BIRD POG", "seagull moment", "squeak", "tiny bird Kappa"],
     },
+    # Two more communities, only in draws with 3 or 4 channels.
+    "desert": {
+        "chatter": ["howdy", "sand in my keyboard", "any cowboys here", "dusty vibes", "yeehaw", "hot today",
+                    "cactus gang", "long ride", "canteen check", "tumbleweed spotted", "who plays banjo",
+                    "sunset soon", "camel emote when", "mirage incoming", "ride on", "boots up"],
+        "flash": ["sun in my face", "desert sun flash", "too bright partner", "solar flare", "shades down cowboy"],
+        "glitch": ["heat haze glitch", "sandstorm pixels", "signal lost in the dunes", "static out west", "jammed radio"],
+        "blackout": ["night fell fast", "campfire went out", "pitch dark desert", "no moon tonight", "lantern died"],
+        "ding": ["saloon bell", "spur jingle", "cash register ding", "triangle dinner bell", "chuckwagon ding"],
+        "boom": ["dynamite", "mine blast", "canyon echo boom", "cannon fire", "rockslide"],
+        "chirp": ["roadrunner beep", "vulture cry", "desert wren", "hawk screech", "coyote yip"],
+    },
+    "neon": {
+        "chatter": ["sup netrunners", "synthwave on", "night city hours", "chrome arms", "jacked in",
+                    "cyber hello", "glow sticks up", "retro hours", "neon dreams", "pixel pals",
+                    "arcade mode", "vaporwave", "logged on", "grid runner", "data stream", "hacker voice"],
+        "flash": ["strobe overload", "neon burst", "laser flash", "LED storm", "photon blast"],
+        "glitch": ["datamosh", "buffer overflow", "packet loss", "corrupt sector", "kernel panic"],
+        "blackout": ["grid down", "brownout", "power grid fail", "offline mode", "system halt"],
+        "ding": ["achievement unlocked", "coin insert", "level up ding", "arcade chime", "credit added"],
+        "boom": ["bass drop", "subwoofer test", "mainframe explode", "reactor blast", "synth kick"],
+        "chirp": ["modem screech", "dial up noise", "robot bird", "sonar ping", "servo whine"],
+    },
 }
+# Channel indices seed each VOD's stream: forest and harbor keep the ones they had when they
+# were the only two channels (their sorted order), so draw 0 reproduces the old streams.
+CHANNEL_ORDER = ("forest", "harbor", "desert", "neon")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One member of the benchmark family: every parameter the events generator uses."""
+
+    draw: int = 0
+    channels: tuple[str, ...] = ("forest", "harbor")
+    vod_s: float = 240.0  # length of a training or test VOD (bench/moment.py)
+    event_s: tuple[float, float] = EVENT_S
+    gap_s: tuple[float, float] = GAP_S
+    kinds: tuple[str, ...] = EVENT_TYPES  # the event types that occur
+    audio_share: float = 0.5  # of events, how many are audio ones
+    delay_s: dict[str, tuple[float, float]] = field(default_factory=lambda: {c: DELAY_S for c in CHANNEL_ORDER})
+    reactions_per_event: float = REACTIONS_PER_EVENT
+    chatter_per_s: float = CHATTER_PER_S
+    chatter_vocab: int = 16  # chatter phrases per channel
+    event_vocab: int = 5  # phrases per channel and event type
+    motion: float = 1.0  # speed of the bouncing square, x the fixed generator's
+    hiss: float = 0.02  # audio noise amplitude
+    pixel_noise: float = 0.0  # std of per-pixel video noise (0-255 scale)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else {c: list(w) for c, w in v.items()} if isinstance(v, dict) else v)
+                for k, v in self.__dict__.items()}
+
+
+DRAW0 = Draw()
+# The family's ranges (uniform unless said; bench/README.md "The benchmark family" copies them).
+DRAW_RANGES: dict[str, tuple[float, float]] = {
+    "channels": (2, 4),  # integer; which ones: a random subset of CHANNEL_ORDER
+    "vod_s": (120.0, 480.0),  # rounded to 10 s
+    "event_s.min": (0.3, 2.0), "event_s.width": (0.2, 2.0),  # event_s = (min, min + width)
+    "gap_s.min": (1.0, 6.0), "gap_s.width": (2.0, 15.0),
+    "video_kinds": (1, 3), "audio_kinds": (1, 3),  # integers: how many of each occur
+    "audio_share": (0.1, 0.9),
+    "delay_s.min": (0.5, 5.0), "delay_s.width": (2.0, 10.0),  # per channel
+    "reactions_per_event": (1.5, 8.0),
+    "chatter_per_s": (0.1, 1.5),
+    "chatter_vocab": (4, 16), "event_vocab": (2, 5),  # integers
+    "motion": (0.25, 4.0),
+    "hiss": (0.005, 0.08),
+    "pixel_noise": (0.0, 20.0),
+}
+
+
+def draw_params(draw: int) -> Draw:
+    """The generator parameters of draw `draw` (0: the fixed generator). Seeded: same draw, same
+    parameters on every machine."""
+    if draw < 0:
+        raise ValueError(f"draw must be >= 0, got {draw}")
+    if draw == 0:
+        return DRAW0
+    rng = np.random.default_rng([draw, 20])
+    u = lambda key: float(rng.uniform(*DRAW_RANGES[key]))  # noqa: E731
+    n = lambda key: int(rng.integers(DRAW_RANGES[key][0], DRAW_RANGES[key][1] + 1))  # noqa: E731
+    channels = rng.choice(len(CHANNEL_ORDER), n("channels"), replace=False)
+    lo_e, lo_g = u("event_s.min"), u("gap_s.min")
+    event_s, gap_s = (round(lo_e, 2), round(lo_e + u("event_s.width"), 2)), (round(lo_g, 2), round(lo_g + u("gap_s.width"), 2))
+    video = tuple(str(k) for k in rng.choice(VIDEO_EVENTS, n("video_kinds"), replace=False))
+    audio = tuple(str(k) for k in rng.choice(AUDIO_EVENTS, n("audio_kinds"), replace=False))
+    delay = {}
+    for c in CHANNEL_ORDER:
+        lo = u("delay_s.min")
+        delay[c] = (round(lo, 2), round(lo + u("delay_s.width"), 2))
+    return Draw(draw=draw, channels=tuple(CHANNEL_ORDER[i] for i in sorted(channels)),
+                vod_s=float(round(u("vod_s"), -1)), event_s=event_s, gap_s=gap_s,
+                kinds=tuple(k for k in EVENT_TYPES if k in video + audio), audio_share=round(u("audio_share"), 3),
+                delay_s=delay, reactions_per_event=round(u("reactions_per_event"), 2),
+                chatter_per_s=round(u("chatter_per_s"), 3), chatter_vocab=n("chatter_vocab"),
+                event_vocab=n("event_vocab"), motion=round(u("motion"), 3), hiss=round(u("hiss"), 4),
+                pixel_noise=round(u("pixel_noise"), 1))
+
+
+def channel_texts(draw: Draw, channel: str) -> dict[str, list[str]]:
+    """The channel's phrases under a draw: a seeded subset of its vocabulary, the same for every VOD."""
+    texts = CHANNELS[channel]
+    if draw.chatter_vocab >= len(texts["chatter"]) and draw.event_vocab >= len(texts["flash"]):
+        return {k: list(v) for k, v in texts.items()}
+    rng = np.random.default_rng([draw.draw, 21, CHANNEL_ORDER.index(channel)])
+    out = {}
+    for source, phrases in texts.items():
+        k = min(len(phrases), draw.chatter_vocab if source == "chatter" else draw.event_vocab)
+        out[source] = [phrases[i] for i in sorted(rng.choice(len(phrases), k, replace=False))]
+    return out
 
 
 @dataclass
@@ -74,29 +193,41 @@ class EventStream:
     truth: Truth
     messages: list[Message]
     seed: int
+    draw: Draw = DRAW0
 
 
 # -- the plan -----------------------------------------------------------------------------
-def plan_events(rng: np.random.Generator, duration: float) -> list[Event]:
-    events, t = [], float(rng.uniform(*GAP_S))
+def _event_kind(rng: np.random.Generator, draw: Draw) -> str:
+    video = [k for k in draw.kinds if k in VIDEO_EVENTS]
+    audio = [k for k in draw.kinds if k in AUDIO_EVENTS]
+    if video and audio and abs(draw.audio_share - len(audio) / len(draw.kinds)) < 1e-9:
+        return str(rng.choice(draw.kinds))  # uniform over the kinds: the fixed generator's draw, bit for bit
+    pool = audio if (not video or (audio and rng.random() < draw.audio_share)) else video
+    return str(rng.choice(pool))
+
+
+def plan_events(rng: np.random.Generator, duration: float, draw: Draw = DRAW0) -> list[Event]:
+    events, t = [], float(rng.uniform(*draw.gap_s))
     while True:
         start = round(t, 3)
-        end = round(start + float(rng.uniform(*EVENT_S)), 3)
+        end = round(start + float(rng.uniform(*draw.event_s)), 3)
         if end > duration:
             return events
-        events.append(Event(start, end, str(rng.choice(EVENT_TYPES))))
-        t = end + float(rng.uniform(*GAP_S))
+        events.append(Event(start, end, _event_kind(rng, draw)))
+        t = end + float(rng.uniform(*draw.gap_s))
 
 
-def plan_event_stream(seed: int = 0, duration: float = 120.0, channel: str = "forest") -> EventStream:
+def plan_event_stream(seed: int = 0, duration: float = 120.0, channel: str = "forest",
+                      draw: Draw = DRAW0) -> EventStream:
     """The timeline and the chat of an events stream, without writing anything."""
     if not duration > 0:
         raise ValueError(f"duration must be > 0 seconds, got {duration}")
     if channel not in CHANNELS:
-        raise ValueError(f"unknown channel {channel!r}: choose from {sorted(CHANNELS)}")
-    rng = np.random.default_rng([seed, sorted(CHANNELS).index(channel)])
-    texts = CHANNELS[channel]
-    events = plan_events(rng, duration)
+        raise ValueError(f"unknown channel {channel!r}: choose from {', '.join(CHANNEL_ORDER)}")
+    rng = np.random.default_rng([seed, CHANNEL_ORDER.index(channel)])
+    texts = channel_texts(draw, channel)
+    delay = draw.delay_s[channel]
+    events = plan_events(rng, duration, draw)
     users = [f"{a}_{b}{n}" for a in _NAME_A for b in _NAME_B for n in (3, 11, 77)]
     users = [str(u) for u in rng.choice(users, 60, replace=False)]
     out: list[Message] = []
@@ -105,16 +236,16 @@ def plan_event_stream(seed: int = 0, duration: float = 120.0, channel: str = "fo
         if 0 <= t < duration:
             out.append(Message(round(t, 3), users[int(rng.integers(len(users)))], text))
 
-    t = float(rng.exponential(1 / CHATTER_PER_S))
+    t = float(rng.exponential(1 / draw.chatter_per_s))
     while t < duration:
         say(t, str(rng.choice(texts["chatter"])))
-        t += float(rng.exponential(1 / CHATTER_PER_S))
+        t += float(rng.exponential(1 / draw.chatter_per_s))
     for e in events:
-        for _ in range(int(rng.poisson(REACTIONS_PER_EVENT))):
-            say(e.start + float(rng.uniform(*DELAY_S)), str(rng.choice(texts[e.type])))
-    truth = Truth(channel, float(duration), events, DELAY_S, REACTIONS_PER_EVENT, CHATTER_PER_S,
+        for _ in range(int(rng.poisson(draw.reactions_per_event))):
+            say(e.start + float(rng.uniform(*delay)), str(rng.choice(texts[e.type])))
+    truth = Truth(channel, float(duration), events, delay, draw.reactions_per_event, draw.chatter_per_s,
                   {k: list(v) for k, v in texts.items()})
-    return EventStream(truth, sorted(out, key=lambda m: m.t), seed)
+    return EventStream(truth, sorted(out, key=lambda m: m.t), seed, draw)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -140,9 +271,14 @@ def render_event_frame(stream: EventStream, t: float, size: tuple[int, int]) -> 
     phase = 2 * np.pi * (t / 97.0 + stream.seed * 0.13)
     img[:] = [int(128 + 60 * math.sin(phase + k * 2.1)) for k in range(3)]
     side = max(2, h // 4)
-    x = int(_bounce(0.3 + 0.21 * t) * (w - side))
-    y = int(_bounce(0.6 + 0.17 * t) * (h - side))
+    m = stream.draw.motion
+    x = int(_bounce(0.3 + (0.21 * m) * t) * (w - side))
+    y = int(_bounce(0.6 + (0.17 * m) * t) * (h - side))
     img[y:y + side, x:x + side] = 90
+    if stream.draw.pixel_noise > 0:  # sensor-like noise, new every frame: it tells nothing either
+        rng = np.random.default_rng([stream.seed, 9, int(round(t * 1000))])
+        noisy = img.astype(np.float32) + rng.normal(0, stream.draw.pixel_noise, img.shape).astype(np.float32)
+        img = np.clip(noisy, 0, 255).astype(np.uint8)
     if kind == "glitch":  # random coloured bars, new ones every frame
         rng = np.random.default_rng([stream.seed, idx, int(round(t * 1000))])
         rows = rng.integers(0, h, 6)
@@ -161,7 +297,7 @@ def render_event_audio(stream: EventStream, first: int, n: int) -> np.ndarray:
         noise = np.random.default_rng([stream.seed, 7, b]).standard_normal(block).astype(np.float32)
         lo, hi = max(first, b * block), min(first + n, (b + 1) * block)
         out[lo - first:hi - first] = noise[lo - b * block:hi - b * block]
-    out *= 0.02 * (1 + 0.5 * np.sin(2 * np.pi * t / 41.0))
+    out *= stream.draw.hiss * (1 + 0.5 * np.sin(2 * np.pi * t / 41.0))
     idx = _active(stream.truth.events, t, AUDIO_EVENTS)
     for i in np.unique(idx[idx >= 0]):
         e = stream.truth.events[i]
@@ -186,11 +322,12 @@ def render_event_audio(stream: EventStream, first: int, n: int) -> np.ndarray:
 
 
 def synthesize_events(out_dir: str | Path, seed: int = 0, duration: float = 120.0, vod_id: str = "200001",
-                      channel: str = "forest", fps: int = 10, size: tuple[int, int] = (160, 90)) -> tuple[Path, Path, Path]:
+                      channel: str = "forest", fps: int = 10, size: tuple[int, int] = (160, 90),
+                      draw: Draw = DRAW0) -> tuple[Path, Path, Path]:
     """Write `{vod_id}.mkv`, `{vod_id}.irc` and `{vod_id}.truth.json` into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stream = plan_event_stream(seed, duration, channel)
+    stream = plan_event_stream(seed, duration, channel, draw)
     video, chat, truth = out_dir / f"{vod_id}.mkv", out_dir / f"{vod_id}.irc", out_dir / f"{vod_id}{TRUTH_SUFFIX}"
     tmp = out_dir / f".{vod_id}.mkv.tmp"
     encode_av(tmp, duration, fps, size, lambda t: render_event_frame(stream, t, size),
