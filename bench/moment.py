@@ -12,7 +12,7 @@
 3. Trains launch/demo_train.toml's model for `--steps` steps at each `--windows` value, as
    issue 13 found it (`baseline`) and with what helps it find a brief moment (`moment`:
    model.row_diff, age_gate, enc_alibi, input_mlp, data.streamer_token, dropout 0.1; README
-   "Finding the moment"), once per `--seeds` value.
+   docs/moment.md), once per `--seeds` value.
 4. Evaluates each run on every moment of the test VODs with the truth: the oracle, the channel
    marginal, the model and its ablations, and the gain over the marginal each closes; with
    several seeds, a summary of each seed's gain closed and their mean.
@@ -49,7 +49,7 @@ MOMENT_OPTIONS = ("model.row_diff", "model.age_gate", "model.enc_alibi", "model.
 VARIANTS = {
     # The demo's model as issue 13 found it.
     "baseline": [f"{k}=false" for k in MOMENT_OPTIONS] + ["model.dropout=0.3"],
-    # What helped, each measured at window 20 (README "Finding the moment").
+    # What helped, each measured at window 20 (docs/moment.md).
     "moment": [f"{k}=true" for k in MOMENT_OPTIONS] + ["model.dropout=0.1"],
 }
 ROWS = ("oracle", "marginal", "full", "av_shuffled", "audio_only", "video_only", "chat_only")

@@ -1,6 +1,6 @@
 """The data contract between ingest, the store and the trainer, in one place.
 
-One WebDataset sample per segment of a VOD (see ../shared/DESIGN.md):
+One WebDataset sample per segment of a VOD (see docs/design.md):
 
     __key__    {streamer}__{vod_id}__{segment:06d}
     video.npy  float16 [T_v, 2048]  row i at meta["video_t0"] + i / meta["fps"]
@@ -146,7 +146,7 @@ class VodRecord:
     duration: float  # seconds of video
     segments: int
     messages: int  # kept (inside the video)
-    fingerprints: dict[str, Any]  # encoder -> full fingerprint (DESIGN.md: a store never mixes them)
+    fingerprints: dict[str, Any]  # encoder -> full fingerprint (docs/design.md: a store never mixes them)
     shards: list[ShardInfo]
     schema: int | None = None
     messages_dropped: int | None = None  # outside the video
@@ -195,7 +195,7 @@ class VodRecord:
         return cls(**vals, shards=infos, settings=settings)
 
     def to_json(self) -> dict[str, Any]:
-        """The on-disk JSON object (DESIGN.md's record): absent optional fields stay absent."""
+        """The on-disk JSON object (docs/design.md's record): absent optional fields stay absent."""
         def part(fields: tuple[tuple[str, str, bool], ...]) -> dict[str, Any]:
             return {n: getattr(self, n) for n, _, _ in fields if getattr(self, n) is not None}
         return {**part(_HEAD), **self.settings, **part(_TAIL), "shards": [sh.to_json() for sh in self.shards],

@@ -10,7 +10,7 @@ standardised per channel with the training data's statistics and Linear projecte
 plus a modality embedding and an embedding of its age (seconds before the message time t). The full sequence [null slot, video rows, audio
 rows] goes through a pre-LN transformer encoder with key padding masks: no pooling, so the
 decoder can attend to the moment that matters. Four options help it find a brief moment in a
-long window (ModelConfig.row_diff, age_gate, enc_alibi, input_mlp; README "Finding the moment"):
+long window (ModelConfig.row_diff, age_gate, enc_alibi, input_mlp; docs/moment.md):
 each row also carries its change from the previous row of its modality; a learned gate per age
 (in 1 s steps) and channel scales each row's content, so rows too old or too recent to matter
 can be shut off whatever they show; encoder attention is biased by -slope_h * |age_i - age_j|
@@ -59,7 +59,7 @@ class ModelConfig:
     max_time_s: float = param(64.0, "ages are clamped to [0, max_time_s]: set it >= the data window", gt=0)
     use_video: bool = param(True, "both False: a text-only model (the ablation baseline)")
     use_audio: bool = param(True)
-    # Making a brief moment findable in a long window (README "Finding the moment"):
+    # Making a brief moment findable in a long window (docs/moment.md):
     row_diff: bool = param(False, "also project each row's change from the previous row of its modality")
     age_gate: bool = param(False, "a learned gate per age (1 s steps) and channel on each row's content")
     enc_alibi: bool = param(False, "encoder attention biased by -slope_h * |age_i - age_j| (ALiBi, per head)")
@@ -193,7 +193,7 @@ class ModalityInput(nn.Module):
         # gradient is noisy (a gate's is: one row's share of one token's loss); at speed 1 the
         # gates of a 1,500-step run at 2e-3 stayed at 0.8-1.0 at every age; at speed 10 the
         # on-screen ones at the ages no reaction comes from (9-20 s) fell to 0.65 on average, a
-        # fifth of their channels below 0.3 (README "Finding the moment").
+        # fifth of their channels below 0.3 (docs/moment.md).
         self.age_gate = nn.Parameter(torch.zeros(int(math.ceil(max_time_s)) + 2, d_model)) if age_gate else None
 
     @torch.no_grad()
