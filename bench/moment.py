@@ -11,7 +11,7 @@
    so that a 20 s window is a full one).
 3. Trains launch/demo_train.toml's model for `--steps` steps at each `--windows` value, as
    issue 13 found it (`baseline`) and with what helps it find a brief moment (`moment`:
-   model.row_diff, age_gate, enc_alibi, input_mlp, data.streamer_token, dropout 0.1; README
+   model.row_diff, age_gate, enc_alibi, input_mlp, data.streamer_token, dropout 0.1;
    docs/moment.md), once per `--seeds` value.
 4. Evaluates each run on every moment of the test VODs with the truth: the oracle, the channel
    marginal, the model and its ablations, and the gain over the marginal each closes; with
