@@ -121,3 +121,15 @@ def browser(tmp_path: Path):
     b = Browser(tmp_path / "profile")
     yield b
     b.close()
+
+
+# A local Ray (loopback only) for a module's ingest tests, shut down after them.
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    from vod2chat.ingest.driver import init_ray
+
+    init_ray(None)
+    yield
+    ray.shutdown()

@@ -224,17 +224,6 @@ def synth_vods(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from vod2chat.ingest.driver import init_ray
-
-    init_ray(None)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_ray_ingest_survives_a_killed_actor(synth_vods: Path, tmp_path: Path, local_ray):
     import ray

@@ -103,17 +103,6 @@ def vods(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from vod2chat.ingest.driver import init_ray
-
-    init_ray(None)
-    yield
-    ray.shutdown()
-
-
 def cfg_for(store: Path, inputs: Path, **kw) -> IngestConfig:
     base = dict(store=str(store), streamer="p", inputs=[str(inputs)], segment_s=4.0, lookback_s=2.0, fps=1.0,
                 segments_per_shard=2, video_weights="random", audio_weights="random", device="cpu", video_batch=8,
