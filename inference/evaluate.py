@@ -77,6 +77,8 @@ class EvalConfig:
     run: str = param("", "a run directory (its latest checkpoint) or a checkpoint directory", required=True)
     store: str = param("", "default: the run's data.store")
     split: str = param("test", "the split evaluated", choices=["train", "val", "test"])
+    streamers: list[str] = param(factory=list, help="only these streamers' VODs of the split (e.g. a streamer added "
+                                                    "with train --init-from); empty: the run's selection")
     candidates: int = param(100, "per moment, the real message included", ge=1)
     n_popular: int = param(20, "most popular training messages among the candidates", ge=0)
     n_tfidf: int = param(20, "training messages nearest to the context (TF-IDF)", ge=0)
@@ -425,7 +427,8 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     if bad:
         raise ValueError(f"unknown ablations {bad}: choose from {list(ABLATIONS)}")
     model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
-    data: DataConfig = dataclasses.replace(run_cfg.data, store=cfg.store or run_cfg.data.store)
+    data: DataConfig = dataclasses.replace(run_cfg.data, store=cfg.store or run_cfg.data.store,
+                                           streamers=cfg.streamers or run_cfg.data.streamers)
     splits = RunSplits(data)  # the store listed once
     checkpoint.check_fingerprints(meta, splits.fingerprints(), data.store)
 

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from vod2chat.config import param, save_config
 from vod2chat.trainer import checkpoint
-from vod2chat.inference.moments import chat_texts, draw_users, resolve_device, training_chat
+from vod2chat.inference.moments import chat_texts, check_streamer, draw_users, resolve_device, training_chat
 from vod2chat.shards.schema import Sample
 from vod2chat.trainer.sampling import SamplingConfig
 
@@ -225,6 +225,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     device = resolve_device(cfg.device)
     model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
     data = run_cfg.data
+    check_streamer(tok, data, cfg.streamer, cfg.run)
     enc, icfg = build_encoders(cfg, meta, str(device))
 
     media = probe(cfg.vod)

@@ -320,7 +320,7 @@ class Writer:
 class Live:
     def __init__(self, cfg: LiveConfig, stdout: TextIO | None = None):
         from vod2chat.inference.generate import GenerateConfig, build_encoders
-        from vod2chat.inference.moments import resolve_device, training_chat
+        from vod2chat.inference.moments import check_streamer, resolve_device, training_chat
         from vod2chat.trainer import checkpoint
 
         if not cfg.run or not cfg.source:
@@ -331,6 +331,7 @@ class Live:
         self.device = resolve_device(cfg.device)
         self.model, self.tok, run_cfg, meta = checkpoint.load_run(cfg.run, self.device)
         self.data = run_cfg.data
+        check_streamer(self.tok, self.data, cfg.streamer, cfg.run)
         gcfg = GenerateConfig(run=cfg.run, vod=cfg.source, video_weights=cfg.video_weights, audio_weights=cfg.audio_weights,
                               audio_pca=cfg.audio_pca)
         self.enc, icfg = build_encoders(gcfg, meta, str(self.device))

@@ -32,6 +32,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
+def check_streamer(tok: Any, data: DataConfig, streamer: str, run: str) -> None:
+    """A run trained with streamer tokens writes for the streamers it has a token for: any other
+    --streamer is refused (with no token its chat would silently be nobody's community)."""
+    if streamer and data.streamer_token and tok.streamer_id(streamer) is None:
+        raise ValueError(f"--streamer {streamer}: run {run} has no token for it; it has "
+                         f"{', '.join(tok.streamers()) or 'none'}. Pick one of those, or add it: ingest its VODs "
+                         f"and train --init-from {run}")
+
+
 # -- the training chat: rate and usernames ------------------------------------------------
 def training_chat(data: DataConfig, streamer: str, rate: float) -> tuple[float, Counter]:
     """Messages per minute (`rate`, or the training chat's own) and the training chat's usernames

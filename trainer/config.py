@@ -39,6 +39,12 @@ class TokenizerConfig:
     path: str = param("", "a trained tokenizer.json; empty: train one on the train split, saved in the run")
     vocab_size: int = param(4000, "BPE vocabulary when a tokenizer is trained", gt=0)
     min_frequency: int = param(2, "BPE merges seen fewer times are not learned", ge=1)
+    # train.init_from grows the starting run's vocabulary, never retrains it (trainer/initfrom.py):
+    # whole words of the new streamers' chat become tokens only when they pay (docs/operations.md).
+    grow_min_count: int = param(20, "init_from: a word of the new streamers' chat seen fewer times gets no token", ge=1)
+    grow_max_tokens: int = param(256, "init_from: most new word tokens (BPE intermediates included)", ge=0)
+    grow_min_gain: float = param(0.05, "init_from: add word tokens only if they cut the new chat's tokens per "
+                                       "message by more than this fraction", ge=0, lt=1)
 
 
 @dataclass
@@ -66,6 +72,8 @@ class TrainConfig:
     # many in a row stop the run with an error before anything diverged is saved.
     max_bad_steps: int = param(10, "steps in a row with a non-finite loss or gradient before the run stops", ge=1)
     resume: bool = param(False, "continue from the latest checkpoint in run_dir", flag="--resume")
+    init_from: str = param("", "start a new run from this run's (or checkpoint's) weights and tokenizer, grown for "
+                               "new streamers: fresh optimizer, schedule and step", flag="--init-from")
     progress: bool = param(True, "a progress bar")
 
 

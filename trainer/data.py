@@ -10,6 +10,8 @@ with data.streamer_token: <bos> <streamer:NAME> ctx_1 <eos> ... (the same otherw
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import logging
 import os
@@ -212,6 +214,13 @@ class RunSplits:
     def __init__(self, cfg: DataConfig, store: Store | None = None):
         self.cfg, self.store = cfg, store or Store(cfg.store)
         self.records = list(self.store.records())
+
+    def narrowed(self, streamers: list[str]) -> RunSplits:
+        """The same listing with the selection cut to `streamers` (train.init_from reads the new
+        streamers' chat alone): the store is not listed again."""
+        view = copy.copy(self)
+        view.cfg = dataclasses.replace(self.cfg, streamers=list(streamers))
+        return view
 
     def select(self, split: str, streamer: str = "") -> list[VodRecord]:
         """A split's VODs (of one streamer if given); possibly none."""

@@ -36,11 +36,11 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import save_config, to_dict
+from vod2chat.config import load_config, save_config, to_dict
 from vod2chat.shards.store import Store
-from vod2chat.trainer import checkpoint
+from vod2chat.trainer import checkpoint, initfrom
 from vod2chat.trainer.config import Config
-from vod2chat.trainer.data import RunSplits, feature_stats, make_loader
+from vod2chat.trainer.data import RunSplits, feature_stats, make_loader, split_streamers
 from vod2chat.trainer.model import VodChatModel
 from vod2chat.trainer.batch import to_device
 from vod2chat.trainer.checkpoint import TrainState, resume, save_run
@@ -49,6 +49,7 @@ from vod2chat.trainer.report import final_summary, startup_summary
 from vod2chat.trainer.steps import (BadSteps, build_optimizer, build_tokenizer, evaluate, flat_dict, log_hparams, log_samples,
                                     plan_data, train_step)
 from vod2chat.trainer.stream import make_train_loader
+from vod2chat.trainer.tokenizer import ChatTokenizer
 
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
@@ -72,16 +73,14 @@ def main(cfg: Config) -> dict[str, float]:
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = RunSplits(cfg.data)
-    tok, tok_path = build_tokenizer(cfg, run_dir, acc, splits)
-    cfg.model.vocab_size = tok.vocab_size
     store_fps = splits.fingerprints()
-    model = VodChatModel(cfg.model)
+    tok, tok_path, model, inherited = build_model(cfg, run_dir, acc, splits)
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     start, ckpt = resume(acc, cfg, model, optimizer, scheduler, store_fps)
     if ckpt is not None:
         acc.print(f"resuming from step {start} (checkpoint {ckpt})")
-    if start == 0:  # a resumed run has its own statistics, from the checkpoint
+    if start == 0 and not inherited:  # a resumed run has its own statistics, an init_from run its start's
         acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data, splits=splits))
     if acc.is_main_process:
         save_config(cfg, run_dir / "config.toml")
@@ -96,7 +95,7 @@ def main(cfg: Config) -> dict[str, float]:
                               acc.num_processes, plan.num_workers, acc.device, start), flush=True)
     bad = BadSteps(tc.max_bad_steps, run_dir)
     meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
-            "tokenizer": {"vocab_size": tok.vocab_size}}
+            "tokenizer": {"vocab_size": tok.vocab_size}, **lineage(cfg, run_dir, splits)}
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, tok_path=tok_path, meta=meta, plan=plan,
                        batches=batches)
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (tc.progress and acc.is_main_process))
@@ -130,6 +129,43 @@ def main(cfg: Config) -> dict[str, float]:
     if acc.is_main_process:
         print(final_summary(metrics, run_dir, tc.steps), flush=True)
     return {**metrics, **startup}
+
+
+def build_model(cfg: Config, run_dir: Path, acc: Accelerator,
+                splits: RunSplits) -> tuple[ChatTokenizer, Path, VodChatModel, bool]:
+    """The run's tokenizer, its file and the model before the first step: a new one, or
+    (train.init_from) the starting run's grown to the tokenizer, and whether it was inherited."""
+    src = start_from(cfg, run_dir, acc, splits)
+    tok, tok_path = build_tokenizer(cfg, run_dir, acc, splits)
+    cfg.model.vocab_size = tok.vocab_size
+    model = initfrom.start_model(src, cfg, tok) if src else VodChatModel(cfg.model)
+    return tok, tok_path, model, src is not None
+
+
+def start_from(cfg: Config, run_dir: Path, acc: Accelerator, splits: RunSplits) -> initfrom.Source | None:
+    """train.init_from on a fresh run: the starting run, checked, its tokenizer grown into run_dir.
+    A run that already has checkpoints (--resume, a torchrun or Ray restart) continues from its own."""
+    if cfg.train.init_from and "://" not in cfg.train.init_from:
+        cfg.train.init_from = os.path.abspath(cfg.train.init_from)  # workers on other nodes, the saved config
+    if not cfg.train.init_from:
+        return None
+    own = checkpoint.list_checkpoints(run_dir)
+    if cfg.train.resume and own:
+        saved = load_config(Config, own[-1] / checkpoint.CONFIG_FILE)
+        cfg.model, cfg.data.streamer_token = saved.model, saved.data.streamer_token  # what its weights fit
+        return None
+    src = initfrom.prepare(cfg, run_dir, acc.is_main_process, splits)
+    acc.wait_for_everyone()
+    return src
+
+
+def lineage(cfg: Config, run_dir: Path, splits: RunSplits) -> dict:
+    """meta.json's record of the streamers trained on, and of the run this one started from."""
+    out: dict = {"streamers": split_streamers(cfg.data, "train", splits)}
+    origin = run_dir / initfrom.ORIGIN_FILE
+    if cfg.train.init_from and origin.is_file():
+        out["init_from"] = checkpoint.read_json(origin)
+    return out
 
 
 def check_run_dir(resume: bool, run_dir: Path) -> bool:

@@ -52,6 +52,8 @@ def train_on_ray(cfg: Config) -> dict[str, float]:
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if rc.use_gpu == "auto" else rc.use_gpu == "true"
     run_dir = Path(cfg.train.run_dir).resolve()
     cfg.train.run_dir = str(run_dir)  # workers run elsewhere: an absolute path on the shared storage
+    if cfg.train.init_from:  # the run a new run starts from, likewise
+        cfg.train.init_from = str(Path(cfg.train.init_from).resolve())
     cfg.train.progress = False  # worker output is interleaved in the driver's log
     trainer = TorchTrainer(
         _worker_loop,

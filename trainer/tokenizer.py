@@ -20,7 +20,10 @@ learned embedding is the streamer's, and one model serves communities that share
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -84,6 +87,53 @@ class ChatTokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self._tk.id_to_token(i)
 
+    def streamers(self) -> list[str]:
+        """The streamers this tokenizer has a token for."""
+        pre, n = streamer_token(""), len(streamer_token(""))
+        return sorted(t[n - 1:-1] for t in self._tk.get_vocab(with_added_tokens=True) if t.startswith(pre[:-1]))
+
+    def words(self, text: str) -> list[str]:
+        """`text` cut as encode() cuts it before BPE: byte-level words, each with its leading space."""
+        return [w for w, _ in self._tk.pre_tokenizer.pre_tokenize_str(" " + text)] if text else []
+
+    def pieces(self, word: str) -> list[int]:
+        """The ids BPE makes of one byte-level word (from words())."""
+        return [t.id for t in self._tk.model.tokenize(word)]
+
+    def grow(self, streamers: Iterable[str] = (), words: Iterable[str] = ()) -> "ChatTokenizer":
+        """This tokenizer plus a token per new streamer and per byte-level word (from words()); every
+        existing id keeps its token. A word becomes one token through merges appended after every
+        existing one (lowest priority): a word the old merges made one token stays that token, and a
+        word they leave in pieces p1..pk gets the merges (p1,p2), (p1p2,p3)... (intermediates too get ids)."""
+        d = json.loads(self._tk.to_str())
+        vocab, merges = d["model"]["vocab"], d["model"]["merges"]
+        # `tokenizers` re-numbers added tokens after the model's vocabulary when it loads; an added
+        # token that is also in the model's vocabulary keeps that id. No merge makes these strings.
+        vocab.update({t["content"]: t["id"] for t in d["added_tokens"]})
+        have = {tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges}
+        next_id = self.vocab_size
+        for w in dict.fromkeys(words):
+            parts = [t.value for t in self._tk.model.tokenize(w)]
+            cur = parts[0] if parts else ""
+            for p in parts[1:]:
+                if (cur, p) not in have:
+                    merges.append([cur, p] if not merges or isinstance(merges[0], list) else f"{cur} {p}")
+                    have.add((cur, p))
+                if cur + p not in vocab:
+                    vocab[cur + p], next_id = next_id, next_id + 1
+                cur += p
+        known = set(self.streamers())
+        template = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        for s in sorted(set(streamers) - known):
+            d["added_tokens"].append({"id": next_id, "content": streamer_token(s), **template})
+            vocab[streamer_token(s)] = next_id
+            next_id += 1
+        grown = ChatTokenizer(Tokenizer.from_str(json.dumps(d)))
+        moved = [i for i in range(self.vocab_size) if grown.id_to_token(i) != self.id_to_token(i)]
+        if moved or grown.vocab_size != next_id:  # a `tokenizers` format change would show here, not in a model
+            raise RuntimeError(f"growing the tokenizer moved ids {moved[:5]} (vocab {grown.vocab_size} != {next_id})")
+        return grown
+
     def save(self, path: str | os.PathLike) -> None:
         """One JSON file (the `tokenizers` format), written atomically."""
         path = Path(path)
@@ -125,6 +175,41 @@ class ChatTokenizer:
 
     def __repr__(self) -> str:
         return f"ChatTokenizer(vocab_size={self.vocab_size})"
+
+
+@dataclass
+class Growth:
+    """What grow_for() decided, for meta.json and the log."""
+    streamers: list[str]
+    words: list[str]  # as text, leading space removed
+    tokens_per_message: dict[str, float] = field(default_factory=dict)  # new chat: before, with the words, kept
+
+
+def grow_for(tok: ChatTokenizer, streamers: Iterable[str], texts: list[str], min_count: int, max_tokens: int,
+             min_gain: float) -> tuple[ChatTokenizer, Growth]:
+    """The rule: new streamers always get a token. Whole words of their chat (`texts`) seen at least
+    `min_count` times that the old BPE cuts into pieces are ranked by the tokens they would save
+    (count x (pieces - 1)) and taken while their new ids (intermediates included) fit `max_tokens`;
+    they are kept only if they cut tokens per message on `texts` by more than `min_gain`, measured."""
+    counts = Counter(w for t in texts for w in tok.words(t))
+    ranked = sorted(((c * (len(tok.pieces(w)) - 1), w) for w, c in counts.items()
+                     if c >= min_count and len(tok.pieces(w)) > 1), key=lambda x: (-x[0], x[1]))
+    chosen, budget = [], max_tokens
+    for _, w in ranked:
+        if len(tok.pieces(w)) - 1 <= budget:
+            chosen.append(w)
+            budget -= len(tok.pieces(w)) - 1
+    n = max(1, len(texts))
+    before = sum(len(x) for x in tok.encode_batch(texts)) / n if texts else 0.0
+    grown = tok.grow(streamers, chosen)
+    after = sum(len(x) for x in grown.encode_batch(texts)) / n if texts else 0.0
+    keep = bool(chosen) and before > 0 and (before - after) / before > min_gain
+    if not keep:
+        grown = tok.grow(streamers, [])
+    new_streamers = sorted(set(streamers) - set(tok.streamers()))
+    words = [grown.decode(grown.pieces(w)) for w in chosen] if keep else []
+    return grown, Growth(new_streamers, words, {"before": before, "with_words": after,
+                                                "kept": after if keep else before})
 
 
 def streamer_token(streamer: str) -> str:
