@@ -97,10 +97,41 @@ CHANNELS: dict[str, dict[str, list[str]]] = {
         "boom": ["bass drop", "subwoofer test", "mainframe explode", "reactor blast", "synth kick"],
         "chirp": ["modem screech", "dial up noise", "robot bird", "sonar ping", "servo whine"],
     },
+    # Two communities with emotes of their own, which a tokenizer trained on forest and harbor
+    # cuts into bytes: bench/newstreamer.py adds them to a model trained on those two. Not in
+    # the benchmark family (draw_params never picks them).
+    "lagoon": {
+        "chatter": ["wassup lagoonies", "Clueless", "peepoHappy", "xdd", "YEP cock", "lagoonWave",
+                    "gm gamers", "widepeepoHappy", "Aware", "ICANT", "Stare", "docnotL", "modCheck",
+                    "forsenCD", "pepeMeltdown", "Okayge"],
+        "flash": ["lagoonFlash", "FLASHED Aware", "eyes gone ICANT", "peepoBlind", "solar flare xdd"],
+        "glitch": ["lagoonGlitch", "GLITCHED modCheck", "datamosh Clueless", "pixel soup", "vhs mode"],
+        "blackout": ["lagoonDark", "POWERLESS", "Stare into void", "screen died xdd", "eclipse Aware"],
+        "ding": ["lagoonDing", "DING Okayge", "timer peepoHappy", "bell rang", "oven ready xdd"],
+        "boom": ["lagoonBoom", "KABLAM", "speakers ICANT", "subwoofer pepeMeltdown", "thunder Aware"],
+        "chirp": ["lagoonBird", "CHIRPY", "parrot modCheck", "tweety Clueless", "sparrow peepoHappy"],
+    },
+    "tundra": {
+        "chatter": ["hej tundra", "BatChest", "Chatting", "GIGACHAD", "tundraHi", "Bedge", "copium",
+                    "hopium", "Tasty", "NOTED", "Susge", "EZY", "peepoSnow", "FeelsStrongMan",
+                    "ratJAM", "forsenE"],
+        "flash": ["tundraFlash", "snowblind Susge", "WHITEOUT", "aurora BatChest", "blizzard light"],
+        "glitch": ["tundraGlitch", "frozen frames", "BUGGED copium", "ice in the cables", "lagspike NOTED"],
+        "blackout": ["tundraDark", "polar night", "LIGHTS GONE", "Bedge time", "darkness GIGACHAD"],
+        "ding": ["tundraDing", "sleigh bells", "DINGDING", "chime Tasty", "icicle ring"],
+        "boom": ["tundraBoom", "AVALANCHE", "ice cracked", "boom BatChest", "glacier calved"],
+        "chirp": ["tundraBird", "PTARMIGAN", "snow bunting", "owl hoot Chatting", "chirp hopium"],
+    },
 }
 # Channel indices seed each VOD's stream: forest and harbor keep the ones they had when they
 # were the only two channels (their sorted order), so draw 0 reproduces the old streams.
 CHANNEL_ORDER = ("forest", "harbor", "desert", "neon")
+# lagoon and tundra seed with the index they had where they were added (branch initfrom: the
+# third and fourth channel), so bench/newstreamer.py synthesizes the streams it was first
+# measured on. desert and neon share those indices: one VOD seed gives a lagoon and a desert
+# VOD the same event timeline (their words differ), so give each channel its own VOD seeds
+# (bench/newstreamer.py does).
+SEED_INDEX = {**{c: i for i, c in enumerate(CHANNEL_ORDER)}, "lagoon": 2, "tundra": 3}
 
 
 @dataclass(frozen=True)
@@ -180,7 +211,7 @@ def channel_texts(draw: Draw, channel: str) -> dict[str, list[str]]:
     texts = CHANNELS[channel]
     if draw.chatter_vocab >= len(texts["chatter"]) and draw.event_vocab >= len(texts["flash"]):
         return {k: list(v) for k, v in texts.items()}
-    rng = np.random.default_rng([draw.draw, 21, CHANNEL_ORDER.index(channel)])
+    rng = np.random.default_rng([draw.draw, 21, SEED_INDEX[channel]])
     out = {}
     for source, phrases in texts.items():
         k = min(len(phrases), draw.chatter_vocab if source == "chatter" else draw.event_vocab)
@@ -223,10 +254,11 @@ def plan_event_stream(seed: int = 0, duration: float = 120.0, channel: str = "fo
     if not duration > 0:
         raise ValueError(f"duration must be > 0 seconds, got {duration}")
     if channel not in CHANNELS:
-        raise ValueError(f"unknown channel {channel!r}: choose from {', '.join(CHANNEL_ORDER)}")
-    rng = np.random.default_rng([seed, CHANNEL_ORDER.index(channel)])
+        raise ValueError(f"unknown channel {channel!r}: choose from {', '.join(CHANNELS)}")
+    rng = np.random.default_rng([seed, SEED_INDEX[channel]])
     texts = channel_texts(draw, channel)
-    delay = draw.delay_s[channel]
+    # A channel outside the family (lagoon, tundra) has no drawn delay: the fixed generator's.
+    delay = draw.delay_s.get(channel, DELAY_S)
     events = plan_events(rng, duration, draw)
     users = [f"{a}_{b}{n}" for a in _NAME_A for b in _NAME_B for n in (3, 11, 77)]
     users = [str(u) for u in rng.choice(users, 60, replace=False)]

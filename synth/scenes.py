@@ -224,7 +224,7 @@ class SynthConfig:
     kind: str = param("scenes", "scenes: coloured scenes with tones (the demo); events: brief events, delayed reaction "
                       "bursts, per-channel words, and a <vod_id>.truth.json for `eval --truth`",
                       choices=["scenes", "events"])
-    channel: str = param("forest", "events: the community's vocabulary (forest, harbor; desert, neon)")
+    channel: str = param("forest", "events: the community's vocabulary (forest, harbor; desert, neon; lagoon, tundra)")
     draw: int = param(0, "events: the generator's parameters, drawn from this seed within the family's ranges "
                       "(bench/README.md); 0: the fixed generator", ge=0)
 
