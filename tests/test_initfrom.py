@@ -129,11 +129,22 @@ def test_init_from_starts_a_fresh_run_that_records_where_it_came_from(lineage, t
     old_model = checkpoint.load_tensors(old_ckpt / "model.pt")
     new_model = checkpoint.load_tensors(run / "checkpoints/step_0000010/model.pt")
     assert torch.equal(old_model["video_in.mean"], new_model["video_in.mean"])
-    # --resume continues the new run from its own checkpoint (its grown vocabulary), not the old run.
-    train(lineage["store"], run, f"train.init_from={lineage['old']}", "train.steps=12", "train.save_every=12",
-          "train.resume=true")
-    resumed = checkpoint.read_meta(run / "checkpoints/step_0000012")
-    assert resumed["tokenizer"]["vocab_size"] == tok.vocab_size and resumed["init_from"] == origin
+
+
+def test_a_resumed_init_from_run_needs_only_its_own_checkpoints(lineage, tmp_path: Path, one_thread, monkeypatch):
+    # A relative train.init_from is saved absolute (other nodes, another working directory).
+    shutil.copytree(lineage["old"], tmp_path / "start", ignore=shutil.ignore_patterns("tb"))
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "new"
+    train(lineage["store"], run, "train.init_from=start", "train.steps=2", "train.save_every=2")
+    assert load_config(Config, run / "config.toml").train.init_from == str(tmp_path / "start")
+    origin = checkpoint.read_meta(run / "checkpoints/step_0000002")["init_from"]
+    vocab = ChatTokenizer.load(run / "tokenizer.json").vocab_size
+    # The starting run is gone: --resume continues from the new run's own checkpoint and vocabulary.
+    shutil.rmtree(tmp_path / "start")
+    train(lineage["store"], run, "train.init_from=start", "train.steps=4", "train.save_every=4", "train.resume=true")
+    resumed = checkpoint.read_meta(run / "checkpoints/step_0000004")
+    assert resumed["tokenizer"]["vocab_size"] == vocab and resumed["init_from"] == origin
 
 
 @pytest.mark.multiprocess
