@@ -15,6 +15,8 @@
     torchrun --nproc_per_node 8 --max-restarts 3 trainer/main.py --config launch/base.toml
     # a Ray cluster: Ray Train workers run this same main (trainer/ray_train.py)
     vod2chat train --config launch/base.toml --address auto --num-workers 16
+    # a new run from a trained run's weights, its vocabulary grown for new streamers (docs/operations.md)
+    python trainer/main.py --config launch/debug.toml --init-from runs/debug --train.run-dir runs/debug2
     # then
     tensorboard --logdir runs/
 
