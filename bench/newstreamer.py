@@ -184,6 +184,10 @@ def main() -> None:
     old = {"before": evaluate(out, steps_of(old_run)[-1][1], OLD),
            **{k: evaluate(out, steps_of(run)[-1][1], OLD) for k, run in runs.items()}}
     grown = json.loads((runs["a"] / "init_from.json").read_text())["tokenizer"]
+    from vod2chat.ingest.precision import machine_line
+    from vod2chat.shards.store import Store
+
+    print("\n" + machine_line(f"features {Store(store).precision()} (the store's), training fp32"))
     print(f"\n{a.vods} training VOD(s) of {a.duration:g} s per channel; bench/moment.py's `moment` model at window "
           f"{WINDOW:g} s; starting run {a.steps_old} steps on {', '.join(OLD)}; (a) mixes each new channel at weight "
           f"{a.new_weight:g} (old: 1). The grown tokenizer: +{len(grown['streamer_tokens'])} streamer tokens, "
