@@ -36,7 +36,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import save_config, to_dict
+from vod2chat.config import replaced, save_config, to_dict
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config
@@ -53,13 +53,14 @@ from vod2chat.trainer.stream import make_train_loader
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     """One training run. The store is listed once (RunSplits): every selection of the run reads that view."""
-    tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
-    tc.resume = check_run_dir(tc.resume, run_dir)
+    run_dir, t_start = Path(cfg.train.run_dir), time.perf_counter()
+    resume_run = check_run_dir(cfg.train.resume, run_dir)
     init_restarted_process_group()
-    # Saved absolute: eval and generate read the run's store from any working directory.
-    cfg.data.store = Store(cfg.data.store).require().canonical_url
-    if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
-        cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
+    # Derived values go into the run's own copy (saved, absolute paths: eval and generate run from anywhere).
+    tp = cfg.tokenizer.path
+    cfg = replaced(cfg, {"train.resume": resume_run, "data.store": Store(cfg.data.store).require().canonical_url,
+                         "tokenizer.path": os.path.abspath(tp) if tp and "://" not in tp else tp})
+    tc = cfg.train
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -73,7 +74,7 @@ def main(cfg: Config) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = RunSplits(cfg.data)
     tok, tok_path = build_tokenizer(cfg, run_dir, acc, splits)
-    cfg.model.vocab_size = tok.vocab_size
+    cfg = replaced(cfg, {"model.vocab_size": tok.vocab_size})
     store_fps = splits.fingerprints()
     model = VodChatModel(cfg.model)
     optimizer, scheduler = build_optimizer(model, tc)
