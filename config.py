@@ -93,7 +93,8 @@ def _unknown(cls: type, key: str) -> ConfigError:
 def moved_keys(cls: type) -> dict[str, str]:
     """Old key -> the old_flat section that holds it now (`video_weights` -> `encoders`)."""
     hints = field_hints(cls)
-    return {sub.name: f.name for f in dataclasses.fields(cls) if f.metadata.get("old_flat") and is_section(hints[f.name])
+    return {sub.name: f.name for f in dataclasses.fields(cls)
+            if f.metadata.get("old_flat") and is_section(hints[f.name])
             for sub in dataclasses.fields(hints[f.name]) if sub.name not in hints}
 
 
@@ -124,7 +125,8 @@ def canonical_tree(cls: type, data: dict[str, Any], where: str = "") -> dict[str
             continue  # `encoders = 3`: _build says it is a section
         if key in section:
             new = f"{where}{moved[key]}.{key}"
-            raise ConfigError(f"{where}{key} and {new}: one key given twice (the first is its old spelling); keep {new}")
+            raise ConfigError(f"{where}{key} and {new}: one key given twice (the first is its old spelling); "
+                              f"keep {new}")
         section[key] = out.pop(key)
     return out
 

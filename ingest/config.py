@@ -19,9 +19,9 @@ class EncoderConfig:
     audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
     audio_pca: str | None = param(None, "VGGish PCA params path")
     # In the encoders' fingerprints: a store never mixes precisions. Its first ingest pins one (store.json).
-    precision: str = param("auto", "fp32 | bf16 | fp16 | auto: the store's (generate and live: the run's); for a new "
-                           "store bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32 (VOD2CHAT_PRECISION=fp32|bf16 "
-                           "overrides the CPU's)")
+    precision: str = param("auto", "fp32 | bf16 | fp16 | auto: the store's (generate and live: the run's); for a "
+                           "new store bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32 "
+                           "(VOD2CHAT_PRECISION=fp32|bf16 overrides the CPU's)")
     video_batch: int = param(32, "frames per ResNet-50 forward pass", ge=1)
 
 

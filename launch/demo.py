@@ -83,9 +83,10 @@ def run(cfg: DemoConfig) -> int:
     val_vod, test_vod = ids[-2], ids[-1]
 
     print("[2/5] ingesting on a local Ray (random-initialised encoders, recorded in the store)")
-    icfg = replaced(load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
-                                [f"store={out / 'store'}", f"streamer={STREAMER}", "replace=true",  # the demo owns its store
-                                 f"progress={str(not quick).lower()}"]), {"inputs": [str(out / "vods")]})
+    icfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
+                       [f"store={out / 'store'}", f"streamer={STREAMER}", "replace=true",  # the demo owns its store
+                        f"progress={str(not quick).lower()}"])
+    icfg = replaced(icfg, {"inputs": [str(out / "vods")]})
     summary = ingest_main(icfg)
     print(summary.table())
     print(store_table(icfg.store))

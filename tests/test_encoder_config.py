@@ -72,8 +72,8 @@ def test_old_configs_with_top_level_encoder_keys_load_into_the_sections(tmp_path
 
 def test_old_and_new_spellings_of_overrides_and_the_same_flags(tmp_path: Path):
     # Dotted overrides: the old spelling and the section's, applied in order on top of an old file.
-    assert load_config(IngestConfig, OLD_STORE / "ingest.toml", ["encoders.video_weights=w.pth"]).encoders.video_weights \
-        == "w.pth"
+    over = load_config(IngestConfig, OLD_STORE / "ingest.toml", ["encoders.video_weights=w.pth"])
+    assert over.encoders.video_weights == "w.pth"
     cfg = load_config(IngestConfig, None, ["video_weights=a.pth", "encoders.video_weights=b.pth", "precision=bf16",
                                            "decode.prefetch=false", "seek_keyframes=false"])
     assert (cfg.encoders.video_weights, cfg.encoders.precision) == ("b.pth", "bf16")
@@ -86,8 +86,8 @@ def test_old_and_new_spellings_of_overrides_and_the_same_flags(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"encoders.video_wieghts: unknown key; did you mean encoders.video_weights"):
         load_config(IngestConfig, None, ["encoders.video_wieghts=x"])
     # The flags users type are the same as before the sections.
-    i = parse(["ingest", "--store", "s", "--streamer", "x", "--weights", "random", "--audio-pca", "p.pth",
-               "--precision", "fp32", "--video-batch", "8", "--no-prefetch", "--decode-threads", "2", "--device", "cpu"])
+    i = parse(["ingest", "--store", "s", "--streamer", "x", "--weights", "random", "--audio-pca", "p.pth", "--precision",
+               "fp32", "--video-batch", "8", "--no-prefetch", "--decode-threads", "2", "--device", "cpu"])
     assert i.encoders == EncoderConfig("random", "random", "p.pth", "fp32", 8)
     assert (i.decode.prefetch, i.decode.decode_threads, i.device) == (False, 2, "cpu")
     for argv in (["generate", "--run", "r", "--vod", "v.mkv"], ["live", "--run", "r", "--source", "-"]):
