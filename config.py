@@ -32,8 +32,8 @@ class ConfigError(ValueError):
 # -- declaring fields ----------------------------------------------------------------------
 def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
           flag: str | None = None, positional: bool = False, choices: list[str] | None = None,
-          required: bool = False, flatten: bool = False, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None) -> Any:
+          required: bool = False, flatten: bool = False, old_flat: bool = False, ge: float | None = None,
+          gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
     """A dataclass field that also describes its command-line flag.
 
     help: the flag's help text. flag: an extra short spelling (`--resume` for `train.resume`).
@@ -41,12 +41,16 @@ def param(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callab
     the rest: input files, VOD ids). required: the command refuses to run while it is empty.
     flatten: a nested section whose flags drop the prefix (`--temperature`, not
     `--sampling.temperature`); its TOML keys and dotted overrides keep it.
+    old_flat: a section whose keys were once fields of the config holding it: those old keys
+    (`video_weights = ...` at the top of an ingest TOML or a store's saved ingest.toml, the override
+    `video_weights=random`) are read into the section, so configs written before it still load.
     ge/gt/le/lt: the range a number (or each number of a list or table) must lie in, checked at
     load; every numeric field declares one (tests/test_config.py). NaN and inf are never accepted.
     """
     if isinstance(default, (list, dict)):  # a mutable default: one copy per instance
         factory, default = (lambda d=default: type(d)(d)), dataclasses.MISSING
     meta = {"help": help, "flag": flag, "positional": positional, "choices": choices, "flatten": flatten,
+            "old_flat": old_flat,
             "required": required, "range": {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt))
                                               if v is not None}}
     if factory is not None:
@@ -84,6 +88,47 @@ def _unknown(cls: type, key: str) -> ConfigError:
         guess = [by_leaf[leaf[0]]] if leaf else []
     hint = f"; did you mean {guess[0]}?" if guess else f"; known keys: {', '.join(paths)}"
     return ConfigError(f"{key}: unknown key{hint}")
+
+
+def moved_keys(cls: type) -> dict[str, str]:
+    """Old key -> the old_flat section that holds it now (`video_weights` -> `encoders`)."""
+    hints = field_hints(cls)
+    return {sub.name: f.name for f in dataclasses.fields(cls)
+            if f.metadata.get("old_flat") and is_section(hints[f.name])
+            for sub in dataclasses.fields(hints[f.name]) if sub.name not in hints}
+
+
+def canonical_key(cls: type, dotted: str) -> str:
+    """The key as the config spells it now: `video_weights` -> `encoders.video_weights` (old_flat)."""
+    parts, out, hint = dotted.split("."), [], cls
+    for i, part in enumerate(parts):
+        if not is_section(hint):
+            return ".".join(out + parts[i:])  # an unknown key: hint_at names it
+        hints, moved = field_hints(hint), moved_keys(hint)
+        if part not in hints and part in moved:
+            out.append(moved[part])
+            hints = field_hints(hints[moved[part]])
+        out.append(part)
+        hint = hints.get(part)
+    return ".".join(out)
+
+
+def canonical_tree(cls: type, data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A TOML table with old keys moved into their old_flat sections (a copy). An old key and its
+    new spelling both given is an error: which one was meant is not for the loader to guess."""
+    hints, moved = field_hints(cls), moved_keys(cls)
+    out = {k: canonical_tree(hints[k], v, f"{where}{k}.") if k in hints and is_section(hints[k]) and isinstance(v, dict)
+           else v for k, v in data.items()}
+    for key in [k for k in out if k in moved]:
+        section = out.setdefault(moved[key], {})
+        if not isinstance(section, dict):
+            continue  # `encoders = 3`: _build says it is a section
+        if key in section:
+            new = f"{where}{moved[key]}.{key}"
+            raise ConfigError(f"{where}{key} and {new}: one key given twice (the first is its old spelling); "
+                              f"keep {new}")
+        section[key] = out.pop(key)
+    return out
 
 
 def hint_at(cls: type, dotted: str) -> Any:
@@ -230,11 +275,17 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """`cls` from a TOML file (optional) and `key.sub=value` overrides applied in order."""
-    data: dict[str, Any] = read_toml(path) if path else {}
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = canonical_tree(cls, read_toml(path))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"override {ov!r} must look like key.sub=value")
         k, v = (s.strip() for s in ov.split("=", 1))
+        k = canonical_key(cls, k)
         _set_dotted(data, k, parse_text(v, hint_at(cls, k)))
     return _build(cls, data, "", cls)
 
@@ -252,3 +303,12 @@ def save_config(cfg: Any, path: str | Path) -> None:
     """The config a stage ran with, next to its output (loadable again with --config)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(tomli_w.dumps(to_dict(cfg)))
+
+
+def replaced(cfg: T, changes: dict[str, Any]) -> T:
+    """A copy of `cfg` with dotted keys set (`{"data.store": url}`): values a run derives after
+    loading go into its own copy, and the loaded config stays what the user gave."""
+    for dotted, value in changes.items():
+        head, _, rest = dotted.partition(".")
+        cfg = dataclasses.replace(cfg, **{head: replaced(getattr(cfg, head), {rest: value}) if rest else value})
+    return cfg

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
-from vod2chat.config import load_config
+from vod2chat.config import load_config, replaced
 from vod2chat.ingest.precision import machine_line
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.model import VodChatModel
@@ -101,12 +101,10 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     cfg = load_config(Config, a.config)
-    if a.d_model:
-        cfg.model.d_model, cfg.model.d_ff = a.d_model, 4 * a.d_model
-    if a.n_dec_layers:
-        cfg.model.n_dec_layers = a.n_dec_layers
-    cfg.model.dropout = 0.0
-    cfg.model.vocab_size = load_config(Config, a.config).tokenizer.vocab_size
+    sizes = {"d_model": a.d_model, "d_ff": 4 * a.d_model} if a.d_model else {}
+    sizes |= {"n_dec_layers": a.n_dec_layers} if a.n_dec_layers else {}
+    cfg = replaced(cfg, {f"model.{k}": v for k, v in {**sizes, "dropout": 0.0,
+                                                        "vocab_size": cfg.tokenizer.vocab_size}.items()})
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
     model = NoEos(cfg.model).to(device).eval()

@@ -47,7 +47,7 @@ import torch
 from bench.prototype import PrototypeIngestStats, prototype_ingest
 from bench.twitchlike import make_vod
 from vod2chat.ingest.chat import parse_chat
-from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.config import EncoderConfig
 from vod2chat.ingest.encoders import cpu_has_native_bf16
 from vod2chat.ingest.precision import machine_line, resolve_precision
 from vod2chat.ingest.media import probe
@@ -74,8 +74,8 @@ def ceiling(device: str, batch: int, batches: int, emulated: bool = True) -> dic
     """ResNet-50 alone: frames/s (= VOD-s/s at 1 fps) per precision, channels-last, 224x224 in
     memory. `emulated`: also time bf16 where the CPU only emulates it (to show it loses)."""
     native = device == "cuda" or cpu_has_native_bf16()
-    enc = {p: Encoders(IngestConfig(video_weights="random", audio_weights="random", device=device, precision=p,
-                                    video_batch=batch)).video
+    enc = {p: Encoders(EncoderConfig(video_weights="random", audio_weights="random", precision=p, video_batch=batch),
+                       device).video
            for p in ("fp32", "bf16") if p == "fp32" or native or emulated}
     g = np.random.default_rng(0)
     frames = g.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
@@ -102,7 +102,7 @@ def run_prototype(video: Path, chat: Path, out: Path, device: str, seconds: floa
     from bench.prototype import resnet50_trunk
 
     shutil.rmtree(out, ignore_errors=True)
-    enc = Encoders(IngestConfig(video_weights="random", audio_weights="random", device=device, precision="fp32"))
+    enc = Encoders(EncoderConfig(video_weights="random", audio_weights="random", precision="fp32"), device)
     net = resnet50_trunk().to(device)
     net.load_state_dict(enc.video.net.state_dict())  # the very same random weights as vod2chat's
     vggish = enc.audio.net

@@ -101,17 +101,19 @@ def synth_all(out: Path, n_train: int, n_test: int, duration: float,
 
 def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS, store_dir: Path | None = None,
                plan: dict[str, Any] | None = None) -> str:
-    from vod2chat.config import load_config
+    from vod2chat.config import load_config, replaced
     from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.ingest.features import ingest_encoders
+    from vod2chat.ingest.worker import ingest_vod, pair_inputs
     from vod2chat.shards.store import Store
 
     store_url = str(store_dir or out / "store")
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
                       [f"store={store_url}", "lookback_s=20.0", "progress=false"])
     store = Store(store_url)
-    cfg.precision = store.precision() or cfg.precision  # a store begun on another CPU kind keeps its precision
-    enc = Encoders(cfg)
+    # A store begun on another CPU kind keeps its precision.
+    cfg = replaced(cfg, {"encoders.precision": store.precision() or cfg.encoders.precision})
+    enc = ingest_encoders(cfg)
     for channel in channels:
         wanted = {v for vods in plan[channel].values() for v in vods} if plan else None
         for job in pair_inputs([str(out / "vods" / channel)], channel):
@@ -163,6 +165,7 @@ def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[s
     before), for the model (vod2chat generate) and in expectation for the oracle at the same times."""
     from vod2chat.inference import oracle
     from vod2chat.inference.generate import GenerateConfig
+    from vod2chat.ingest.config import EncoderConfig
     from vod2chat.inference.generate import main as gen_main
     from vod2chat.synth.truth import load_truth
 
@@ -175,8 +178,8 @@ def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[s
         path = run / f"generated-{vod}.json"
         if not path.exists():
             gen_main(GenerateConfig(run=str(run), vod=str(out / "vods" / channel / f"{vod}.mkv"), end=str(end),
-                                    out=str(path), streamer=channel, video_weights="random",
-                                    audio_weights="random", device="cpu"))
+                                    out=str(path), streamer=channel, device="cpu",
+                                    encoders=EncoderConfig(video_weights="random", audio_weights="random")))
         types = {text: src for src, texts in truth.texts.items() if src != "chatter" for text in texts}
         for m in json.loads(path.read_text()):
             probs = oracle.text_probs(truth, m["t"])

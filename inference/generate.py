@@ -38,6 +38,7 @@ import torch
 from tqdm import tqdm
 
 from vod2chat.config import param, save_config
+from vod2chat.ingest.config import DecodeConfig, EncoderConfig
 from vod2chat.trainer import checkpoint
 from vod2chat.inference.moments import chat_texts, check_streamer, draw_users, resolve_device, training_chat
 from vod2chat.shards.schema import Sample
@@ -63,9 +64,8 @@ class GenerateConfig:
                               "(data.streamer_token)")
     sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
     seed: int = param(0, "sampling seed", ge=0)
-    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used random encoders); default: the torch hub cache")
-    audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
-    audio_pca: str | None = param(None, "VGGish PCA params path")
+    # The encoders the run's store was made with (old configs: their keys at the top level).
+    encoders: EncoderConfig = param(factory=EncoderConfig, flatten=True, old_flat=True)
     device: str = param("auto", "auto | cpu | cuda")
     batch: int = param(32, "stretches decoded side by side", ge=1)
     embed_video_mb: float = param(16.0, "the HTML page embeds the video when it is at most this big", ge=0)
@@ -127,8 +127,9 @@ def check_paths(cfg: GenerateConfig) -> None:
             raise FileNotFoundError(f"{flag} {path}: folder {Path(path).parent} does not exist (create it first)")
 
 
-def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
-    """The ingest encoders at the fps the run's features were made at; refuses other weights."""
+def build_encoders(cfg: EncoderConfig, meta: dict[str, Any], device: str, run: str, vod: str) -> Any:
+    """The ingest encoders as the run's features were made: at the fps of its fingerprint and (with
+    precision auto) in its precision. Other weights than the run's are refused, naming both."""
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.features import Encoders
 
@@ -141,19 +142,18 @@ def build_encoders(cfg: GenerateConfig, meta: dict[str, Any], device: str):
     for kind, given in (("video", cfg.video_weights), ("audio", cfg.audio_weights)):
         made_with = str(((want or {}).get(kind) or {}).get("weights", ""))
         if made_with.startswith("random") and given != "random":
-            raise ValueError(f"run {cfg.run} was trained on a store made with random-initialised {kind} encoders: "
+            raise ValueError(f"run {run} was trained on a store made with random-initialised {kind} encoders: "
                              "pass --weights random (the same encoders) to generate for it")
-    icfg = IngestConfig(video_weights=cfg.video_weights, audio_weights=cfg.audio_weights, audio_pca=cfg.audio_pca,
-                        fps=fps, device=device, precision=tag.split()[0])
-    enc = Encoders(icfg)
+    precision = cfg.precision if cfg.precision != "auto" else tag.split()[0]
+    enc = Encoders(dataclasses.replace(cfg, precision=precision), device, fps)
     have = same_json(enc.fingerprints())
     try:
-        checkpoint.check_fingerprints(meta, have, f"(the encoders for {cfg.vod}: video_weights="
+        checkpoint.check_fingerprints(meta, have, f"(the encoders for {vod}: video_weights="
                                                   f"{cfg.video_weights}, audio_weights={cfg.audio_weights})")
     except ValueError as e:
         raise ValueError(f"{e}; for generate: pass the encoder weights the run's store was ingested with "
                          "(--video-weights/--audio-weights, or --weights random if it used random encoders).") from e
-    return enc, icfg
+    return enc
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -172,18 +172,17 @@ class _Counted:
         return getattr(self.inner, name)
 
 
-def embed_with_progress(media: Any, start: float, end: float, window_s: float, enc: Any, icfg: Any,
-                        show: bool) -> Sample:
+def embed_with_progress(media: Any, start: float, end: float, window_s: float, enc: Any, show: bool) -> Sample:
     """embed_range, with a bar over the feature rows (video frames and audio windows)."""
     from vod2chat.ingest.features import embed_range, range_rows
 
-    v, a, _ = range_rows(media.duration, start, end, window_s, icfg.fps)
+    v, a, _ = range_rows(media.duration, start, end, window_s, enc.fps)
     total = (len(v) if media.video_stream is not None else 0) + (len(a) if media.audio_stream is not None else 0)
     with tqdm(total=total, unit="row", desc="generate: features", disable=not show, file=sys.stderr) as bar:
         video, audio = enc.video, enc.audio
         enc.video, enc.audio = _Counted(video, bar), _Counted(audio, bar)
         try:
-            return embed_range(media, start, end, window_s, enc, icfg)
+            return embed_range(media, start, end, window_s, enc, DecodeConfig())  # ingest's decoding defaults
         finally:
             enc.video, enc.audio = video, audio
 
@@ -226,7 +225,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     model, tok, run_cfg, meta = checkpoint.load_run(cfg.run, device)
     data = run_cfg.data
     check_streamer(tok, data, cfg.streamer, cfg.run)
-    enc, icfg = build_encoders(cfg, meta, str(device))
+    enc = build_encoders(cfg.encoders, meta, str(device), cfg.run, cfg.vod)
 
     media = probe(cfg.vod)
     start = max(0.0, parse_time(cfg.start or "0"))
@@ -237,7 +236,7 @@ def main(cfg: GenerateConfig) -> list[dict[str, Any]]:
     rate, users = training_chat(data, cfg.streamer, cfg.rate)
 
     t_feat = time.perf_counter()
-    sample = embed_with_progress(media, start, end, data.window_s, enc, icfg, cfg.progress)
+    sample = embed_with_progress(media, start, end, data.window_s, enc, cfg.progress)
     t_feat = time.perf_counter() - t_feat
     rng = np.random.default_rng(cfg.seed)
     times = poisson_times(start, end, rate, rng)

@@ -43,6 +43,7 @@ import numpy as np
 
 from vod2chat.config import param
 from vod2chat.ingest import align
+from vod2chat.ingest.config import EncoderConfig
 from vod2chat.inference.sources import ByteSource, open_source
 from vod2chat.trainer.sampling import SamplingConfig
 
@@ -91,10 +92,8 @@ class LiveConfig:
     format: str = param("", "container format of the source; default: detected (stdin and HLS: mpegts)")
     sampling: SamplingConfig = param(factory=SamplingConfig, flatten=True)
     seed: int = param(0, "sampling seed", ge=0)
-    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' (only if the run's store used "
-                                            "random encoders); default: the torch hub cache")
-    audio_weights: str | None = param(None, "VGGish state_dict path; 'random'; default: the torch hub cache")
-    audio_pca: str | None = param(None, "VGGish PCA params path")
+    # The encoders the run's store was made with (old configs: their keys at the top level).
+    encoders: EncoderConfig = param(factory=EncoderConfig, flatten=True, old_flat=True)
     device: str = param("auto", "auto | cpu | cuda")
     batch: int = param(8, "messages decoded side by side when catching up", ge=1)
 
@@ -319,7 +318,7 @@ class Writer:
 # -- the loop -----------------------------------------------------------------------------------
 class Live:
     def __init__(self, cfg: LiveConfig, stdout: TextIO | None = None):
-        from vod2chat.inference.generate import GenerateConfig, build_encoders
+        from vod2chat.inference.generate import build_encoders
         from vod2chat.inference.moments import check_streamer, resolve_device, training_chat
         from vod2chat.trainer import checkpoint
 
@@ -332,10 +331,8 @@ class Live:
         self.model, self.tok, run_cfg, meta = checkpoint.load_run(cfg.run, self.device)
         self.data = run_cfg.data
         check_streamer(self.tok, self.data, cfg.streamer, cfg.run)
-        gcfg = GenerateConfig(run=cfg.run, vod=cfg.source, video_weights=cfg.video_weights, audio_weights=cfg.audio_weights,
-                              audio_pca=cfg.audio_pca)
-        self.enc, icfg = build_encoders(gcfg, meta, str(self.device))
-        self.fps = icfg.fps
+        self.enc = build_encoders(cfg.encoders, meta, str(self.device), cfg.run, cfg.source)
+        self.fps = self.enc.fps
         self.rate, self.users = training_chat(self.data, cfg.streamer, cfg.rate)
         self.sc = cfg.sampling.resolved(self.data.max_message_tokens)
         self.stdout = stdout or sys.stdout

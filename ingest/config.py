@@ -8,6 +8,36 @@ from vod2chat.config import param
 
 
 @dataclass
+class EncoderConfig:
+    """The feature encoders (ResNet-50, VGGish): the one section ingest, generate and live hold
+    (flags without a prefix: --video-weights, --precision). The device and the frame rate are the
+    stage's: the device also runs generate's model, and fps is a cutting setting of the store."""
+    # A path, None for the torch hub cache, or "random" (explicit opt-in, fingerprinted).
+    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' for random-initialised encoders "
+                                            "(recorded in the store; generate and live: only for a run on such a "
+                                            "store); default: the torch hub cache")
+    audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
+    audio_pca: str | None = param(None, "VGGish PCA params path")
+    # In the encoders' fingerprints: a store never mixes precisions. Its first ingest pins one (store.json).
+    precision: str = param("auto", "fp32 | bf16 | fp16 | auto: the store's (generate and live: the run's); for a "
+                           "new store bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else fp32 "
+                           "(VOD2CHAT_PRECISION=fp32|bf16 overrides the CPU's)")
+    video_batch: int = param(32, "frames per ResNet-50 forward pass", ge=1)
+
+
+@dataclass
+class DecodeConfig:
+    """How media is decoded for the encoders (ingest; generate uses the defaults). Throughput only:
+    not in any fingerprint."""
+    # Throughput: torch threads are the actor's CPUs.
+    prefetch: bool = param(True, "decode the next frames or audio in a thread while the encoders run")
+    decode_threads: int = param(0, "decoder threads (0: 1 beside torch on a CPU actor that decodes ahead, else the actor's CPUs)", ge=0)
+    seek_keyframes: bool = param(True, "PyAV: jump to the keyframe before a sampled time instead of decoding up to it")
+    decode_device: str = param("auto", "auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda")
+    decode_backend: str = param("auto", "auto (pyav) | decord (optional: pip install 'vod2chat[decord]') | pyav")
+
+
+@dataclass
 class IngestConfig:
     store: str = param("./store", "store directory or fsspec URL")
     streamer: str = param("", "channel the VODs belong to (required unless inputs are under {streamer}/ dirs)")
@@ -20,24 +50,13 @@ class IngestConfig:
     fps: float = param(1.0, "video frames embedded per second", gt=0)
     context_messages: int = param(8, "previous messages stored with each segment", ge=0)
     segments_per_shard: int = param(120, "one shard = one unit of parallel work", ge=1)
-    # Encoders: a path, None for the torch hub cache, or "random" (explicit opt-in, fingerprinted).
-    video_weights: str | None = param(None, "ResNet-50 state_dict path; 'random' for random-initialised encoders (recorded in the store); default: the torch hub cache")
-    audio_weights: str | None = param(None, "VGGish state_dict path, or 'random'; default: the torch hub cache")
-    audio_pca: str | None = param(None, "VGGish PCA params path")
+    # Encoders and decoding: sections shared with generate and live (flags and old top-level keys unprefixed).
+    encoders: EncoderConfig = param(factory=EncoderConfig, flatten=True, old_flat=True)
+    decode: DecodeConfig = param(factory=DecodeConfig, flatten=True, old_flat=True)
     device: str = param("auto", "auto | cpu | cuda")
-    # In the encoders' fingerprints: a store never mixes precisions. Its first ingest pins one (store.json).
-    precision: str = param("auto", "fp32 | bf16 | fp16 | auto: the store's; for a new store bf16 on CUDA and on CPUs "
-                           "with AVX512-BF16/AMX, else fp32 (VOD2CHAT_PRECISION=fp32|bf16 overrides the CPU's)")
-    video_batch: int = param(32, "frames per ResNet-50 forward pass", ge=1)
-    # Throughput: torch threads are the actor's CPUs.
-    prefetch: bool = param(True, "decode the next frames or audio in a thread while the encoders run")
-    decode_threads: int = param(0, "decoder threads (0: 1 beside torch on a CPU actor that decodes ahead, else the actor's CPUs)", ge=0)
-    seek_keyframes: bool = param(True, "PyAV: jump to the keyframe before a sampled time instead of decoding up to it")
-    decode_device: str = param("auto", "auto (NVDEC when the encoders run on CUDA, else CPU) | cpu | cuda")
     # Media and chat details.
     video_stream: int | None = param(None, "stream index (default: the best)", ge=0)
     audio_stream: int | None = param(None, "stream index (default: the best)", ge=0)
-    decode_backend: str = param("auto", "auto (pyav) | decord (optional: pip install 'vod2chat[decord]') | pyav")
     stream_start: float | None = param(None, "unix seconds, for raw IRC logs", ge=0)
     # Hostile or broken chat logs: a 100 MB message, a small .json.gz that inflates to gigabytes.
     max_message_chars: int = param(500, "chat messages longer than this are cut (Twitch's own limit); counted per VOD",

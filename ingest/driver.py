@@ -8,7 +8,6 @@ and commits each VOD's record as soon as all of its shards are written.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -21,11 +20,13 @@ import torch
 from ray.exceptions import RayActorError
 from tqdm import tqdm
 
+from vod2chat.config import replaced
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.encoders import check_weights
 from vod2chat.ingest.errors import NotRetryable
 from vod2chat.ingest.precision import ENV, cpu_kind, cpu_model, forced_kind, runs_natively, store_precision
-from vod2chat.ingest.worker import Encoders, VodJob, VodPlan, commit_vod, find_pairs, ingest_part, plan_vod
+from vod2chat.ingest.features import ingest_encoders
+from vod2chat.ingest.worker import VodJob, VodPlan, commit_vod, find_pairs, ingest_part, plan_vod
 from vod2chat.shards.schema import ShardInfo, VodRecord
 from vod2chat.shards.store import Store, chat_counts, chat_warning
 
@@ -42,7 +43,7 @@ class IngestActor:
         # As many torch threads as CPUs reserved: Ray's default for an actor is one.
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
-        self.cfg, self.store, self.enc = cfg, Store(cfg.store), Encoders(cfg)
+        self.cfg, self.store, self.enc = cfg, Store(cfg.store), ingest_encoders(cfg)
 
     def info(self) -> dict[str, Any]:
         dev = self.enc.video.device
@@ -54,8 +55,8 @@ class IngestActor:
     def use_precision(self, precision: str) -> dict[str, Any]:
         """Rebuild the encoders in the store's precision (when this node's `auto` chose another)."""
         if self.enc.video.precision != precision:
-            self.cfg = dataclasses.replace(self.cfg, precision=precision)
-            self.enc = Encoders(self.cfg)
+            self.cfg = replaced(self.cfg, {"encoders.precision": precision})
+            self.enc = ingest_encoders(self.cfg)
         return self.info()
 
     def plan(self, job: VodJob) -> VodPlan | None:
@@ -212,12 +213,12 @@ def main(cfg: IngestConfig) -> IngestSummary:
         log.warning("not ingested: %s", p)
     # The driver runs on a node of the cluster (`ray up` puts the weights on every node): a missing
     # file is reported here, alone, before any actor starts.
-    check_weights(cfg.video_weights, cfg.audio_weights)
+    check_weights(cfg.encoders.video_weights, cfg.encoders.audio_weights)
     store, summary = Store(cfg.store), IngestSummary(unpaired=list(pairing.problems))
-    pinned = store_precision(cfg.precision, store.precision(), store.url)
+    pinned = store_precision(cfg.encoders.precision, store.precision(), store.url)
     init_ray(cfg.address)
-    pool = _Pool(dataclasses.replace(cfg, precision=pinned) if pinned else cfg)
-    fingerprints = _settle_precision(pool, store, summary, cfg.precision)
+    pool = _Pool(replaced(cfg, {"encoders.precision": pinned}) if pinned else cfg)
+    fingerprints = _settle_precision(pool, store, summary, cfg.encoders.precision)
     summary.stages["start-up"] = time.perf_counter() - t0
     store.check_fingerprints(fingerprints)
 
@@ -308,7 +309,7 @@ def _settle_precision(pool: _Pool, store: Store, summary: IngestSummary, request
     store_precision(requested, precision, store.url)  # another ingest may have pinned the store meanwhile
     if any(i["precision"] != precision for i in infos):
         infos = ray.get([a.use_precision.remote(precision) for a in pool.actors])
-    pool.cfg = dataclasses.replace(pool.cfg, precision=precision)  # actors started later: explicit
+    pool.cfg = replaced(pool.cfg, {"encoders.precision": precision})  # actors started later: explicit
     summary.precision = precision
     for node, info in {i["node"]: i for i in infos if not i["native"]}.items():
         msg = (f"node {node[:12]} ({info['cpu']}, CPU kind {info['kind']}) has no native {precision}: it computes "

@@ -5,8 +5,8 @@ time range with `embed_range`, which puts the rows on the same global grids as t
 row k at k / fps, audio row j over [j * hop, (j + 1) * hop)) and returns them as a Sample whose
 meta says where they sit in time, exactly as a stored segment does:
 
-    enc = Encoders(cfg)                                   # once per process
-    sample = embed_range(probe(path), start, end, window_s, enc, cfg)
+    enc = Encoders(cfg.encoders, device, fps)             # once per process
+    sample = embed_range(probe(path), start, end, window_s, enc, DecodeConfig())
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from vod2chat.ingest import align
-from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.config import DecodeConfig, EncoderConfig, IngestConfig
 from vod2chat.ingest.encoders import AudioEncoder, VideoEncoder
 from vod2chat.ingest.media import MediaInfo, read_audio, read_frames
 from vod2chat.shards.schema import ChatBlock, Sample, SegmentMeta, sample_key
@@ -36,13 +36,15 @@ class Encoders:
     """The two feature encoders, built once per process (or per Ray actor) and reused, with the
     thread that decodes ahead of them and the seconds spent per stage."""
 
-    def __init__(self, cfg: IngestConfig):
-        device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(self, cfg: EncoderConfig, device: str = "auto", fps: float = 1.0):
+        """device: auto | cpu | cuda (or a torch device name). fps: the video rows per second the
+        features are made at (the store's; part of the video fingerprint)."""
+        device = device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.video = VideoEncoder(weights=cfg.video_weights, device=device, batch_size=cfg.video_batch,
                                   precision=cfg.precision)
         self.audio = AudioEncoder(weights=cfg.audio_weights, pca=cfg.audio_pca, device=device,
                                   precision=cfg.precision)
-        self.fps = cfg.fps
+        self.fps = fps
         self.stages: collections.Counter[str] = collections.Counter()  # seconds per stage, see take_stages
         self._decoder: ThreadPoolExecutor | None = None
 
@@ -63,6 +65,11 @@ class Encoders:
         return {"video": {**self.video.fingerprint, "fps": self.fps}, "audio": dict(self.audio.fingerprint)}
 
 
+def ingest_encoders(cfg: IngestConfig) -> Encoders:
+    """An ingest's encoders: its encoders section, on its device, at its fps."""
+    return Encoders(cfg.encoders, cfg.device, cfg.fps)
+
+
 def _timed(stages: collections.Counter[str], name: str, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
     t0 = time.perf_counter()
     try:
@@ -71,9 +78,9 @@ def _timed(stages: collections.Counter[str], name: str, fn: Callable[..., Any], 
         stages[name] += time.perf_counter() - t0
 
 
-def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Encoders, cfg: IngestConfig,
+def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Encoders, cfg: DecodeConfig,
                audio_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Video rows (frames at k / fps through ResNet-50) and audio rows (VGGish windows), chunk
+    """Video rows (frames at k / enc.fps through ResNet-50) and audio rows (VGGish windows), chunk
     by chunk. With cfg.prefetch the next chunk (video, then audio) is decoded in enc's decode
     thread while the encoder runs on this one; time per stage is added to enc.stages."""
     hw = cfg.decode_device if cfg.decode_device != "auto" else enc.video.device.type
@@ -84,7 +91,7 @@ def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Enco
     hwaccel = "cuda" if hw == "cuda" else None
     steps: list[tuple[Callable[[], Any], Callable[[Any], np.ndarray], str]] = []
     for c in range(video_rows.start, video_rows.stop, VIDEO_CHUNK_ROWS):
-        times = [k / cfg.fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, video_rows.stop))]
+        times = [k / enc.fps for k in range(c, min(c + VIDEO_CHUNK_ROWS, video_rows.stop))]
         steps.append((lambda times=times: _timed(st, "decode video", read_frames, media, times,
                                                  size=enc.video.input_size, backend=cfg.decode_backend,
                                                  threads=threads, seek_keyframes=cfg.seek_keyframes,
@@ -128,16 +135,16 @@ def range_rows(duration: float, start: float, end: float, window_s: float, fps: 
     return range(v0, max(v0, v1)), range(a0, max(a0, a1)), lo
 
 
-def embed_range(media: MediaInfo, start: float, end: float, window_s: float, enc: Encoders, cfg: IngestConfig,
+def embed_range(media: MediaInfo, start: float, end: float, window_s: float, enc: Encoders, cfg: DecodeConfig,
                 streamer: str = "range", vod_id: str = "range", segment: int = 0) -> Sample:
     """Feature rows on the store's global grids for messages in [start, end] (and window_s before),
     as a Sample with empty chat: what generate and live mode feed the model. A stream the media
     lacks gives no rows (the model masks that modality)."""
-    video_rows, audio_rows, lo = range_rows(media.duration, start, end, window_s, cfg.fps)
+    video_rows, audio_rows, lo = range_rows(media.duration, start, end, window_s, enc.fps)
     video, audio = embed_rows(media, video_rows if media.video_stream is not None else range(0),
                               audio_rows if media.audio_stream is not None else range(0), enc, cfg)
     hop = align.AUDIO_HOP
     meta = SegmentMeta(streamer=streamer, vod_id=vod_id, segment=segment, start=start, end=end, lookback=start - lo,
-                       video_t0=video_rows.start / cfg.fps, fps=cfg.fps, audio_t0=audio_rows.start * hop,
+                       video_t0=video_rows.start / enc.fps, fps=enc.fps, audio_t0=audio_rows.start * hop,
                        audio_hop=hop, audio_win=hop)
     return Sample(sample_key(streamer, vod_id, segment), video, audio, ChatBlock().as_dict(), meta.as_dict())

@@ -288,7 +288,7 @@ def part_samples(plan: VodPlan, part: int, enc: Encoders, cfg: IngestConfig) -> 
     v0, a0 = segs[0].v0, segs[0].a0
     local = local_job(plan.job, cfg)  # the plan may have been made on another node
     media = dataclasses.replace(plan.media, path=local.video)
-    video, audio = embed_rows(media, range(v0, segs[-1].v1), range(a0, segs[-1].a1), enc, cfg, local.audio)
+    video, audio = embed_rows(media, range(v0, segs[-1].v1), range(a0, segs[-1].a1), enc, cfg.decode, local.audio)
     check_finite_features(plan, part, v0, a0, video, audio)
     fps = enc.fingerprints()
     last = len(plan.segments) - 1

@@ -37,7 +37,7 @@ class Command:
     run: Callable[[Any], int | None]  # cfg -> exit status
     description: str = ""
     default_config: str | None = None  # a TOML under launch/ that --config defaults to
-    # Flags that set several keys at once: "--weights" -> video_weights and audio_weights.
+    # Flags that set several keys at once: "--weights" -> encoders.video_weights and encoders.audio_weights.
     aliases: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
 
 
@@ -175,7 +175,7 @@ def run_render(cfg: Any) -> int:
     return 0
 
 
-_WEIGHTS = {"--weights": (("video_weights", "audio_weights"),
+_WEIGHTS = {"--weights": (("encoders.video_weights", "encoders.audio_weights"),
                           "'random' for random-initialised encoders (offline demos; recorded in the store)")}
 
 COMMANDS: list[Command] = [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from vod2chat.config import load_config, param, save_config
+from vod2chat.config import load_config, param, replaced, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 STREAMER = "synth"
@@ -86,7 +86,7 @@ def run(cfg: DemoConfig) -> int:
     icfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
                        [f"store={out / 'store'}", f"streamer={STREAMER}", "replace=true",  # the demo owns its store
                         f"progress={str(not quick).lower()}"])
-    icfg.inputs = [str(out / "vods")]
+    icfg = replaced(icfg, {"inputs": [str(out / "vods")]})
     summary = ingest_main(icfg)
     print(summary.table())
     print(store_table(icfg.store))
@@ -121,11 +121,13 @@ def run(cfg: DemoConfig) -> int:
     print("[5/5] generating chat for the held-out VOD")
     from vod2chat.inference.generate import GenerateConfig
     from vod2chat.inference.generate import main as gen_main
+    from vod2chat.ingest.config import EncoderConfig
 
     video = out / "vods" / f"{test_vod}.mkv"
     gcfg = GenerateConfig(run=str(out / "run"), vod=str(video), start="0", end=str(min(duration, 120.0)),
                           out=str(out / "chat.json"), irc=str(out / "chat.irc"), ass=str(out / "chat.ass"),
-                          html=str(out / "replay.html"), video_weights="random", audio_weights="random")
+                          html=str(out / "replay.html"),
+                          encoders=EncoderConfig(video_weights="random", audio_weights="random"))
     gen_main(gcfg)
     print(f"\ndone in {time.perf_counter() - t0:.0f} s on {where[len('machine: '):]}. Outputs:")
     for label, path in [("store", icfg.store), ("run + checkpoints", out / "run"),

@@ -72,15 +72,15 @@ def random_encoder_run(tmp_path_factory) -> Path:
 
     from store_factory import make_store
     from vod2chat.config import load_config
-    from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders
+    from vod2chat.ingest.config import EncoderConfig
+    from vod2chat.ingest.features import Encoders
     from vod2chat.trainer.config import Config
     from vod2chat.trainer.main import main as train
 
     root = tmp_path_factory.mktemp("genrun")
     make_store(root / "store", vods=3, segments=4)
-    fps = json.loads(json.dumps(Encoders(IngestConfig(video_weights="random", audio_weights="random",
-                                                      device="cpu")).fingerprints()))
+    fps = json.loads(json.dumps(Encoders(EncoderConfig(video_weights="random", audio_weights="random"),
+                                         device="cpu").fingerprints()))
     for p in (root / "store/vods").rglob("*.json"):
         rec = json.loads(p.read_text())
         rec["fingerprints"] = fps

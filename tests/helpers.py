@@ -3,6 +3,7 @@ ingests, TensorBoard scalars, and `vod2chat live` in a subprocess with a stream 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vod2chat.config import load_config
-from vod2chat.ingest.config import IngestConfig
+from vod2chat.ingest.config import DecodeConfig, EncoderConfig, IngestConfig
 from vod2chat.shards.store import Store
 from vod2chat.trainer.config import Config
 
@@ -31,11 +32,23 @@ VAL = 'data.val_vods=["1003"]'  # the factory store has VODs 1000-1003
 RATE = 150.0  # live: messages per minute, enough to count reactions on short streams
 
 
+def random_encoders(**kw) -> EncoderConfig:
+    """Random-initialised encoders (what the *_debug.toml configs use)."""
+    return EncoderConfig(**{"video_weights": "random", "audio_weights": "random", **kw})
+
+
+def ingest_config(**kw) -> IngestConfig:
+    """An IngestConfig from flat keywords: encoder and decoding keys go into their sections."""
+    enc = {f.name: kw.pop(f.name) for f in dataclasses.fields(EncoderConfig) if f.name in kw}
+    dec = {f.name: kw.pop(f.name) for f in dataclasses.fields(DecodeConfig) if f.name in kw}
+    return IngestConfig(**kw, encoders=EncoderConfig(**enc), decode=DecodeConfig(**dec))
+
+
 def debug_cfg(store: Path, **kw) -> IngestConfig:
     base = dict(store=str(store), streamer="test", segment_s=10.0, lookback_s=5.0, fps=1.0, segments_per_shard=2,
                 video_weights="random", audio_weights="random", device="cpu", precision="fp32", video_batch=16,
                 progress=False)
-    return IngestConfig(**{**base, **kw})
+    return ingest_config(**{**base, **kw})
 
 
 def cfg_for(store: Path, run: Path, *extra: str) -> Config:
@@ -126,12 +139,13 @@ def ingest_folder(d: Path, streamer: str) -> Path:
     into d/store; returns the store."""
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.ingest.features import ingest_encoders
+    from vod2chat.ingest.worker import ingest_vod, pair_inputs
     from vod2chat.shards.store import Store
 
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
                       [f"store={d / 'store'}", f"streamer={streamer}", "progress=false"])
-    enc, store = Encoders(cfg), Store(cfg.store)
+    enc, store = ingest_encoders(cfg), Store(cfg.store)
     for job in pair_inputs([str(d / "vods")], streamer):
         assert ingest_vod(job, store, enc, cfg).status == "done"
     return d / "store"

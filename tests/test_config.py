@@ -73,8 +73,8 @@ def test_every_shipped_config_loads_and_sets_what_it_says():
     # What each file is for, field by field.
     assert load_config(classes["train"], LAUNCH / "base.toml").model.d_model == 512
     assert load_config(classes["train"], LAUNCH / "debug.toml").data.val_vods == []  # names no fixture VOD
-    assert load_config(classes["ingest"], LAUNCH / "ingest_debug.toml").video_weights == "random"
-    assert load_config(classes["ingest"], LAUNCH / "ingest.toml").video_weights is None  # pretrained
+    assert load_config(classes["ingest"], LAUNCH / "ingest_debug.toml").encoders.video_weights == "random"
+    assert load_config(classes["ingest"], LAUNCH / "ingest.toml").encoders.video_weights is None  # pretrained
     assert load_config(classes["eval"], LAUNCH / "eval.toml").candidates == 100
     assert load_config(classes["generate"], LAUNCH / "generate_debug.toml").sampling.temperature == 0.0
     assert load_config(classes["demo"], LAUNCH / "demo_debug.toml").quick is True
@@ -136,7 +136,8 @@ def test_flags_are_generated_from_the_config_and_agree_with_overrides():
                      "data.val_vods=410474822", "train.progress=false", "train.resume=true", "model.d_model=32"])
     assert by_flags == by_keys and by_flags.train.steps == 7 and by_flags.train.resume and by_flags.model.d_model == 32
     g = parse(["generate", "--run", "r", "--vod", "v.mkv", "--weights", "random", "--top-k", "5", "--end", "1:00:00"])
-    assert (g.video_weights, g.audio_weights, g.sampling.top_k, g.end) == ("random", "random", 5, "1:00:00")
+    assert (g.encoders.video_weights, g.encoders.audio_weights, g.sampling.top_k, g.end) == ("random", "random", 5,
+                                                                                             "1:00:00")
     i = parse(["ingest", "--store", "s", "--streamer", "x", "a.mkv", "b.irc", "--set", "segment_s=20"])
     assert (i.inputs, i.segment_s, i.streamer) == (["a.mkv", "b.irc"], 20.0, "x")
     # Bare overrides and inputs anywhere among the flags.

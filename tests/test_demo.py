@@ -48,7 +48,8 @@ def test_the_demo_settings_make_ingest_repeatable_at_each_precision(tmp_path: Pa
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.synth.scenes import synthesize
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.ingest.features import ingest_encoders
+    from vod2chat.ingest.worker import ingest_vod, pair_inputs
     from vod2chat.launch.demo import DemoConfig, reproducible
     from vod2chat.shards.store import Store
 
@@ -61,7 +62,7 @@ def test_the_demo_settings_make_ingest_repeatable_at_each_precision(tmp_path: Pa
                 "segment_s=3.0", "lookback_s=2.0", "segments_per_shard=2"])
             with reproducible(DemoConfig().threads):
                 [job] = pair_inputs([str(tmp_path / "vods")], "synth")
-                rec = ingest_vod(job, Store(cfg.store), Encoders(cfg), cfg).record
+                rec = ingest_vod(job, Store(cfg.store), ingest_encoders(cfg), cfg).record
             digests[precision, run] = [sh.sha256 for sh in rec.shards]
     assert digests["fp32", "a"] == digests["fp32", "b"] and digests["bf16", "a"] == digests["bf16", "b"]
     assert len(digests["fp32", "a"]) == 1 and digests["fp32", "a"] != digests["bf16", "a"]

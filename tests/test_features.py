@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from vod2chat.ingest.chat import Message, write_irc
-from vod2chat.ingest.config import IngestConfig
-from vod2chat.ingest.features import Encoders, embed_range
+from helpers import ingest_config
+from vod2chat.ingest.features import embed_range, ingest_encoders
 from vod2chat.ingest.media import probe
 from vod2chat.ingest.worker import ingest_vod, pair_inputs
 from vod2chat.shards.reader import read_store
@@ -22,10 +22,10 @@ def test_embed_range_gives_the_rows_ingest_stored(real_data: Path, tmp_path: Pat
     vods.mkdir()
     shutil.copy(real_data / "video/in1.mp4", vods / "700.mp4")  # 7.0 s, H.264 + AAC
     write_irc([Message(1.0, "a", "hello"), Message(5.5, "b", "there")], vods / "700.irc")
-    cfg = IngestConfig(store=str(tmp_path / "store"), streamer="t", segment_s=3.0, lookback_s=2.0, fps=2.0,
-                       segments_per_shard=8, video_weights="random", audio_weights="random", device="cpu",
+    cfg = ingest_config(store=str(tmp_path / "store"), streamer="t", segment_s=3.0, lookback_s=2.0, fps=2.0,
+                        segments_per_shard=8, video_weights="random", audio_weights="random", device="cpu",
                        progress=False)
-    enc = Encoders(cfg)
+    enc = ingest_encoders(cfg)
     [job] = pair_inputs([str(vods)], "t")
     assert ingest_vod(job, Store(cfg.store), enc, cfg).status == "done"
     stored = {s.segment_meta().segment: s for s in read_store(cfg.store)}
@@ -34,7 +34,7 @@ def test_embed_range_gives_the_rows_ingest_stored(real_data: Path, tmp_path: Pat
     for seg in (1, 2):  # segments with a full look-back before them
         s = stored[seg]
         m = s.segment_meta()
-        got = embed_range(media, m.start, m.end, m.lookback, enc, cfg, "t", "700", seg)
+        got = embed_range(media, m.start, m.end, m.lookback, enc, cfg.decode, "t", "700", seg)
         gm = got.segment_meta()
         assert (gm.fps, gm.audio_hop, gm.audio_win) == (m.fps, m.audio_hop, m.audio_win)
         # Both on the global grids (video row k at k / fps, audio row j at j * hop): the rows they share

@@ -16,6 +16,7 @@ import torch
 from vod2chat.ingest.chat import Message, parse_chat
 from vod2chat.config import load_config
 from store_factory import make_store
+from helpers import random_encoders
 from vod2chat.trainer.config import Config
 from vod2chat.inference.generate import GenerateConfig, main, parse_time, poisson_times
 from vod2chat.inference.moments import chat_rate, clean_text, stretches
@@ -221,7 +222,7 @@ def test_generate_on_a_real_video(random_encoder_run: Path, real_data: Path, tmp
     cfg = GenerateConfig(run=str(random_encoder_run), vod=str(video), start="0:01", end="6.5", rate=240.0,
                          out=str(tmp_path / "chat.json"), irc=str(tmp_path / "chat.irc"),
                          ass=str(tmp_path / "chat.ass"), html=str(tmp_path / "replay.html"),
-                         video_weights="random", audio_weights="random", device="cpu", batch=4, seed=1)
+                         encoders=random_encoders(), device="cpu", batch=4, seed=1)
     out = main(cfg)
     data = json.loads((tmp_path / "chat.json").read_text())
     assert data == out and 10 <= len(data) <= 40  # 22 expected at 4 per second over 5.5 s
@@ -248,7 +249,7 @@ def test_generate_writes_every_output_it_can_and_shows_its_progress(random_encod
     blocked.mkdir()  # an output that cannot be written: a folder where the file should go
     cfg = GenerateConfig(run=str(random_encoder_run), vod=str(real_data / "video/in1.mp4"), end="3", rate=240.0,
                          out=str(tmp_path / "chat.json"), irc=str(blocked), ass=str(tmp_path / "chat.ass"),
-                         html=str(tmp_path / "replay.html"), video_weights="random", audio_weights="random",
+                         html=str(tmp_path / "replay.html"), encoders=random_encoders(),
                          device="cpu", batch=4, seed=1)
     with pytest.raises(OutputError, match=r"1 of 4 output\(s\) not written .*--irc .*chat.irc: IsADirectoryError"):
         main(cfg)
@@ -270,7 +271,7 @@ def test_generate_refuses_encoders_other_than_the_runs(random_encoder_run: Path,
                                       "train.progress=false", "train.steps=1", "train.num_samples=0",
                                       'data.val_vods=["1002"]']))
     cfg = GenerateConfig(run=str(store_trained), vod=str(real_data / "video/in1.mp4"), out=str(tmp_path / "x.json"),
-                         video_weights="random", audio_weights="random", device="cpu", rate=60)
+                         encoders=random_encoders(), device="cpu", rate=60)
     with pytest.raises(ValueError, match=r"(?s)resnet50.*random.*fake.*--video-weights"):
         main(cfg)
     assert not (tmp_path / "x.json").exists()
@@ -307,7 +308,7 @@ def test_generate_video_renders_what_it_generated(random_encoder_run: Path, real
     video = real_data / "video/in1.mp4"
     cfg = GenerateConfig(run=str(random_encoder_run), vod=str(video), start="1", end="4", rate=120.0,
                          out=str(tmp_path / "chat.json"), video=str(tmp_path / "chat.mp4"),
-                         video_weights="random", audio_weights="random", device="cpu", batch=4, seed=1)
+                         encoders=random_encoders(), device="cpu", batch=4, seed=1)
     out = main(cfg)
     assert out
     with av.open(str(tmp_path / "chat.mp4")) as c:

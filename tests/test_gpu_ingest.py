@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from vod2chat.ingest.config import IngestConfig
-from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod
+from helpers import ingest_config
+from vod2chat.ingest.features import ingest_encoders
+from vod2chat.ingest.worker import VodJob, ingest_vod
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store
 
@@ -24,10 +25,10 @@ def test_cuda_ingest_is_cpu_fp32_up_to_bf16(tmp_path: Path, caplog: pytest.LogCa
     video, chat = synthesize(tmp_path / "vods", seed=5, duration=30.0, fps=30, size=(640, 360))
     feats = {}
     for device, precision in (("cuda", "auto"), ("cpu", "fp32")):
-        cfg = IngestConfig(store=str(tmp_path / device), streamer="gpu", segment_s=10.0, lookback_s=5.0,
+        cfg = ingest_config(store=str(tmp_path / device), streamer="gpu", segment_s=10.0, lookback_s=5.0,
                            video_weights="random", audio_weights="random", device=device, precision=precision,
                            progress=False)
-        enc = Encoders(cfg)
+        enc = ingest_encoders(cfg)
         with caplog.at_level(logging.WARNING):
             out = ingest_vod(VodJob("gpu", "1", str(video), str(chat)), Store(cfg.store), enc, cfg)
         assert out.status == "done"

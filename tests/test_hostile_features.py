@@ -94,7 +94,8 @@ def test_ingest_never_commits_non_finite_features(tmp_path: Path):
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.synth.scenes import synthesize
-    from vod2chat.ingest.worker import Encoders, NonFiniteFeatures, ingest_vod, pair_inputs
+    from vod2chat.ingest.features import ingest_encoders
+    from vod2chat.ingest.worker import NonFiniteFeatures, ingest_vod, pair_inputs
 
     synthesize(tmp_path / "vods", seed=3, duration=12.0, vod_id="7001")
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml", [
@@ -104,6 +105,6 @@ def test_ingest_never_commits_non_finite_features(tmp_path: Path):
     (job,) = pair_inputs([str(tmp_path / "vods")], "nan")
     with pytest.raises(NonFiniteFeatures, match=r"nan/7001 part 0: the video encoder gave NaN/Inf .* nothing of "
                                                 r"this VOD is committed"):
-        ingest_vod(job, store, Encoders(cfg), cfg)
+        ingest_vod(job, store, ingest_encoders(cfg), cfg)
     assert store.read_record("nan", "7001") is None
     assert not [p for p in store.shard_files() if p.endswith(".tar")]  # no shard was written either

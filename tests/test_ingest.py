@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from helpers import debug_cfg
-from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod, pair_inputs
+from vod2chat.ingest.features import Encoders, ingest_encoders
+from vod2chat.ingest.worker import VodJob, ingest_vod, pair_inputs
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store, StoreError
 
@@ -47,7 +48,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def encoders() -> Encoders:
-    return Encoders(debug_cfg(Path("unused")))
+    return ingest_encoders(debug_cfg(Path("unused")))
 
 
 @pytest.mark.slow
@@ -117,7 +118,7 @@ def test_store_refuses_other_encoders(real_data: Path, tmp_path: Path, encoders:
     store = Store(cfg.store)
     [job] = pair_inputs(cfg.inputs, cfg.streamer)
     ingest_vod(job, store, encoders, cfg)
-    other = Encoders(cfg)
+    other = ingest_encoders(cfg)
     other.fps = 2.0  # a different feature space: 2 rows per second
     job9 = VodJob("test", "9", job.video, job.chat)
     with pytest.raises(StoreError, match="different spaces"):
@@ -139,7 +140,7 @@ def test_bf16_features_never_mix_into_an_fp32_store(real_data: Path, tmp_path: P
     [job] = pair_inputs(cfg.inputs, cfg.streamer)
     assert encoders.video.precision == "fp32"
     ingest_vod(job, store, encoders, cfg)
-    bf16 = Encoders(debug_cfg(tmp_path / "store", precision="bf16"))
+    bf16 = ingest_encoders(debug_cfg(tmp_path / "store", precision="bf16"))
     assert bf16.fingerprints()["video"]["precision"] == "bf16 autocast"
     with pytest.raises(StoreError, match="bf16 autocast"):
         ingest_vod(VodJob("test", "9", job.video, job.chat), store, bf16, cfg)
@@ -166,7 +167,7 @@ def test_decoding_ahead_and_keyframe_seeks_change_no_feature(real_data: Path, tm
         assert ingest_vod(job, Store(cfg.store), encoders, cfg).status == "done"
         stages = encoders.take_stages()
         assert stages["decode video"] > 0 and stages["ResNet-50"] > 0 and stages["VGGish"] > 0
-        assert ("waiting for decode" in stages) == cfg.prefetch
+        assert ("waiting for decode" in stages) == cfg.decode.prefetch
         rows[name] = {s.key: (s.video, s.audio) for s in read_store(Store(cfg.store))}
     assert rows["ahead"].keys() == rows["inline"].keys() and rows["ahead"]
     for k, (v, a) in rows["ahead"].items():

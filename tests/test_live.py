@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import RATE, finish, live_cmd, start, wait_ready, writer
+from helpers import RATE, finish, live_cmd, random_encoders, start, wait_ready, writer
 from vod2chat.synth.scenes import COLOUR_REACTIONS, SOUND_REACTIONS, Stream, plan_stream, write_live
 
 END_SLACK_S = 0.5  # in MPEG-TS the AAC encoder's priming and flush run the audio a little past the video
@@ -263,7 +263,7 @@ def test_real_chat_from_twitch_irc_is_the_context(random_encoder_run: Path, tmp_
     write_live(plan_stream(seed=78, duration=6.0), path, speed=0)
     try:
         res = main(LiveConfig(run=str(random_encoder_run), source=str(path), chat=f"irc://127.0.0.1:{srv.server_address[1]}/SomeChannel",
-                              rate=RATE, stall_timeout=2.0, video_weights="random", audio_weights="random", device="cpu"))
+                              rate=RATE, stall_timeout=2.0, encoders=random_encoders(), device="cpu"))
     finally:
         srv.shutdown()
         srv.server_close()

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from store_factory import FP, make_store
+from helpers import ingest_config
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.precision import (ENV, PrecisionMismatch, cpu_has_native_bf16, machine_line, resolve_precision,
                                        runs_natively, warn_if_emulated)
@@ -107,7 +108,7 @@ def cfg_for(store: Path, inputs: Path, **kw) -> IngestConfig:
     base = dict(store=str(store), streamer="p", inputs=[str(inputs)], segment_s=4.0, lookback_s=2.0, fps=1.0,
                 segments_per_shard=2, video_weights="random", audio_weights="random", device="cpu", video_batch=8,
                 num_actors=1, progress=False, precision="auto")
-    return IngestConfig(**{**base, **kw})
+    return ingest_config(**{**base, **kw})
 
 
 def test_a_store_keeps_the_precision_of_its_first_ingest_on_the_other_cpu_kind(

@@ -82,7 +82,8 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     """VODs in a bucket (what a cluster's GPU nodes can all reach) pair and ingest like local files."""
     from vod2chat.ingest.inputs import localize
     from vod2chat.synth.scenes import synthesize
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.ingest.features import ingest_encoders
+    from vod2chat.ingest.worker import ingest_vod, pair_inputs
     from helpers import debug_cfg
 
     synthesize(tmp_path / "vods", seed=4, duration=12.0, vod_id="5151")
@@ -91,7 +92,7 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     cfg = debug_cfg("s3://vod2chat-test/fromurls", input_cache=str(tmp_path / "cache"))
     [job] = pair_inputs(["s3://vod2chat-test/vods"], "urls")
     assert job.video == "s3://vod2chat-test/vods/5151.mkv" and job.chat == "s3://vod2chat-test/vods/5151.irc"
-    enc = Encoders(cfg)
+    enc = ingest_encoders(cfg)
     out = ingest_vod(job, store, enc, cfg)
     assert out.status == "done" and store.verify().ok
     assert out.record.setting("sources")["video"]["path"] == job.video  # the URL, not a node's cache path

@@ -93,18 +93,19 @@ def test_outside_files_survive_verify_gc_and_the_trainer(tmp_path: Path):
 
 
 def test_outside_files_survive_ingest_replace(real_data: Path, tmp_path: Path):
-    from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from helpers import ingest_config
+    from vod2chat.ingest.features import ingest_encoders
+    from vod2chat.ingest.worker import ingest_vod, pair_inputs
 
     vods = tmp_path / "vods"
     vods.mkdir()
     (vods / "1000.mp4").symlink_to(real_data / "video/nasa_13013.mp4")
     (vods / "1000.txt").symlink_to(real_data / "chat/tcd_irc_569086201.txt")
     root = tmp_path / "a/b/store"
-    cfg = IngestConfig(store=str(root), streamer="fake", inputs=[str(vods)], segment_s=10.0, lookback_s=5.0,
-                       segments_per_shard=2, video_weights="random", audio_weights="random", device="cpu",
-                       progress=False)
-    enc = Encoders(cfg)
+    cfg = ingest_config(store=str(root), streamer="fake", inputs=[str(vods)], segment_s=10.0, lookback_s=5.0,
+                        segments_per_shard=2, video_weights="random", audio_weights="random", device="cpu",
+                        progress=False)
+    enc = ingest_encoders(cfg)
     store = Store(cfg.store)
     [job] = pair_inputs(cfg.inputs, cfg.streamer)
     assert ingest_vod(job, store, enc, cfg).status == "done"

@@ -432,7 +432,7 @@ def resolve(run_dir_or_ckpt: str | Path) -> Path:
 def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model in eval mode on `device`, tokenizer, the run's Config, meta) of a checkpoint, or of
     a run's latest one. meta gains "checkpoint": the directory loaded."""
-    from vod2chat.config import load_config
+    from vod2chat.config import load_config, replaced
     from vod2chat.trainer.config import Config
     from vod2chat.trainer.model import VodChatModel
     from vod2chat.trainer.tokenizer import ChatTokenizer
@@ -443,7 +443,7 @@ def load_run(run_dir_or_ckpt: str | Path, device: str | torch.device = "cpu") ->
         raise CheckpointError(f"checkpoint {ckpt} is damaged: {'; '.join(problems)}")
     cfg = load_config(Config, ckpt / CONFIG_FILE)
     tok = ChatTokenizer.load(ckpt / TOKENIZER_FILE)
-    cfg.model.vocab_size = tok.vocab_size
+    cfg = replaced(cfg, {"model.vocab_size": tok.vocab_size})
     model = VodChatModel(cfg.model)
     model.load_state_dict(load_tensors(ckpt / MODEL_FILE))
     model.to(device).eval()

@@ -168,21 +168,21 @@ def load_model(src: Source, model_cfg: ModelConfig) -> VodChatModel:
     return model
 
 
-def prepare(cfg: Config, run_dir: Path, is_main: bool, splits: RunSplits) -> Source:
-    """Every rank: open and check the starting run, take its model settings (the weights fit only
-    them) and streamer tokens; the main process writes the grown tokenizer and the run's origin
-    to run_dir."""
+def prepare(cfg: Config, run_dir: Path, is_main: bool, splits: RunSplits) -> tuple[Config, Source]:
+    """Every rank: open and check the starting run; the run's config with the starting run's model
+    settings (the weights fit only them) and streamer tokens; the main process writes the grown
+    tokenizer and the run's origin to run_dir."""
     if cfg.tokenizer.path:
         raise ValueError(f"train.init_from and tokenizer.path={cfg.tokenizer.path} are both set: a run started "
                          "from another grows that run's tokenizer; leave tokenizer.path empty")
     src = open_source(cfg.train.init_from)
     check_fingerprints(src, splits.fingerprints(), cfg.data.store)
-    cfg.model = dataclasses.replace(src.cfg.model)
-    cfg.data.streamer_token = cfg.data.streamer_token or src.cfg.data.streamer_token
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(src.cfg.model), data=dataclasses.replace(
+        cfg.data, streamer_token=cfg.data.streamer_token or src.cfg.data.streamer_token))
     if is_main:
         record = grow_tokenizer(cfg, src, run_dir / TOKENIZER_FILE, splits)
         (run_dir / ORIGIN_FILE).write_text(json.dumps(origin(src, record), indent=1))
-    return src
+    return cfg, src
 
 
 def origin(src: Source, growth: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from vod2chat.config import load_config, save_config, to_dict
+from vod2chat.config import load_config, replaced, save_config, to_dict
 from vod2chat.shards.store import Store
 from vod2chat.trainer import checkpoint, initfrom
 from vod2chat.trainer.config import Config
@@ -56,13 +56,14 @@ from vod2chat.trainer.tokenizer import ChatTokenizer
 # -- the loop --------------------------------------------------------------------------
 def main(cfg: Config) -> dict[str, float]:
     """One training run. The store is listed once (RunSplits): every selection of the run reads that view."""
-    tc, run_dir, t_start = cfg.train, Path(cfg.train.run_dir), time.perf_counter()
-    tc.resume = check_run_dir(tc.resume, run_dir)
+    run_dir, t_start = Path(cfg.train.run_dir), time.perf_counter()
+    resume_run = check_run_dir(cfg.train.resume, run_dir)
     init_restarted_process_group()
-    # Saved absolute: eval and generate read the run's store from any working directory.
-    cfg.data.store = Store(cfg.data.store).require().canonical_url
-    if cfg.tokenizer.path and "://" not in cfg.tokenizer.path:
-        cfg.tokenizer.path = os.path.abspath(cfg.tokenizer.path)
+    # Derived values go into the run's own copy (saved, absolute paths: eval and generate run from anywhere).
+    tp = cfg.tokenizer.path
+    cfg = replaced(cfg, {"train.resume": resume_run, "data.store": Store(cfg.data.store).require().canonical_url,
+                         "tokenizer.path": os.path.abspath(tp) if tp and "://" not in tp else tp})
+    tc = cfg.train
     # One main() is one run: a process that runs several (tests, notebooks) gets this run's precision.
     # The process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -76,7 +77,7 @@ def main(cfg: Config) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = RunSplits(cfg.data)
     store_fps = splits.fingerprints()
-    tok, tok_path, model, inherited = build_model(cfg, run_dir, acc, splits)
+    cfg, tok, tok_path, model, inherited = build_model(cfg, run_dir, acc, splits)
     optimizer, scheduler = build_optimizer(model, tc)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     start, ckpt = resume(acc, cfg, model, optimizer, scheduler, store_fps)
@@ -134,31 +135,33 @@ def main(cfg: Config) -> dict[str, float]:
 
 
 def build_model(cfg: Config, run_dir: Path, acc: Accelerator,
-                splits: RunSplits) -> tuple[ChatTokenizer, Path, VodChatModel, bool]:
-    """The run's tokenizer, its file and the model before the first step: a new one, or
-    (train.init_from) the starting run's grown to the tokenizer, and whether it was inherited."""
-    src = start_from(cfg, run_dir, acc, splits)
+                splits: RunSplits) -> tuple[Config, ChatTokenizer, Path, VodChatModel, bool]:
+    """The run's config as it trains (its vocabulary size, the model settings an init_from run
+    inherits), its tokenizer and file, and the model before the first step: a new one, or
+    (train.init_from) the starting run's grown to the tokenizer; and whether it was inherited."""
+    cfg, src = start_from(cfg, run_dir, acc, splits)
     tok, tok_path = build_tokenizer(cfg, run_dir, acc, splits)
-    cfg.model.vocab_size = tok.vocab_size
+    cfg = replaced(cfg, {"model.vocab_size": tok.vocab_size})
     model = initfrom.start_model(src, cfg, tok) if src else VodChatModel(cfg.model)
-    return tok, tok_path, model, src is not None
+    return cfg, tok, tok_path, model, src is not None
 
 
-def start_from(cfg: Config, run_dir: Path, acc: Accelerator, splits: RunSplits) -> initfrom.Source | None:
+def start_from(cfg: Config, run_dir: Path, acc: Accelerator,
+               splits: RunSplits) -> tuple[Config, initfrom.Source | None]:
     """train.init_from on a fresh run: the starting run, checked, its tokenizer grown into run_dir.
     A run that already has checkpoints (--resume, a torchrun or Ray restart) continues from its own."""
-    if cfg.train.init_from and "://" not in cfg.train.init_from:
-        cfg.train.init_from = os.path.abspath(cfg.train.init_from)  # workers on other nodes, the saved config
-    if not cfg.train.init_from:
-        return None
+    init = cfg.train.init_from
+    if not init:
+        return cfg, None
+    if "://" not in init:  # workers on other nodes, the saved config
+        cfg = replaced(cfg, {"train.init_from": os.path.abspath(init)})
     own = checkpoint.list_checkpoints(run_dir)
     if cfg.train.resume and own:
-        saved = load_config(Config, own[-1] / checkpoint.CONFIG_FILE)
-        cfg.model, cfg.data.streamer_token = saved.model, saved.data.streamer_token  # what its weights fit
-        return None
-    src = initfrom.prepare(cfg, run_dir, acc.is_main_process, splits)
+        saved = load_config(Config, own[-1] / checkpoint.CONFIG_FILE)  # what its weights fit
+        return replaced(cfg, {"model": saved.model, "data.streamer_token": saved.data.streamer_token}), None
+    cfg, src = initfrom.prepare(cfg, run_dir, acc.is_main_process, splits)
     acc.wait_for_everyone()
-    return src
+    return cfg, src
 
 
 def lineage(cfg: Config, run_dir: Path, splits: RunSplits) -> dict:

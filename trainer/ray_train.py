@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vod2chat.config import replaced
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config
 
@@ -32,7 +33,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     # A fresh launch into a run with older checkpoints resumes only when asked (train.resume).
     newest = checkpoint.latest(cfg.train.run_dir)
     if newest is not None and newest.stat().st_mtime >= config["launched"]:
-        cfg.train.resume = True
+        cfg = replaced(cfg, {"train.resume": True})
     metrics = main(cfg)
     ray.train.report({k: float(v) for k, v in metrics.items()})
 
@@ -51,10 +52,12 @@ def train_on_ray(cfg: Config) -> dict[str, float]:
         ray.init(address=rc.address or None, log_to_driver=True)
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0 if rc.use_gpu == "auto" else rc.use_gpu == "true"
     run_dir = Path(cfg.train.run_dir).resolve()
-    cfg.train.run_dir = str(run_dir)  # workers run elsewhere: an absolute path on the shared storage
-    if cfg.train.init_from:  # the run a new run starts from, likewise
-        cfg.train.init_from = str(Path(cfg.train.init_from).resolve())
-    cfg.train.progress = False  # worker output is interleaved in the driver's log
+    # Workers run elsewhere: absolute paths on the shared storage (the run, and the run a new run
+    # starts from); their output is interleaved in the driver's log.
+    over = {"train.run_dir": str(run_dir), "train.progress": False}
+    if cfg.train.init_from:
+        over["train.init_from"] = str(Path(cfg.train.init_from).resolve())
+    cfg = replaced(cfg, over)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": cfg, "launched": time.time() - 1.0},
