@@ -195,10 +195,10 @@ def nan_video(name: str, data: bytes) -> bytes:
 
 def random_encoder_fingerprints() -> dict:
     """The fingerprints of random-initialised encoders, as a store ingested with them records."""
-    from vod2chat.ingest.worker import Encoders
+    from vod2chat.ingest.features import ingest_encoders
 
-    return json.loads(json.dumps(Encoders(IngestConfig(video_weights="random", audio_weights="random",
-                                                       device="cpu")).fingerprints()))
+    return json.loads(json.dumps(ingest_encoders(ingest_config(video_weights="random", audio_weights="random",
+                                                               device="cpu")).fingerprints()))
 
 
 def set_fingerprints(store: Path, fps: dict) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import DEBUG, REPO, env, random_encoder_fingerprints, set_fingerprints
+from helpers import DEBUG, REPO, env, random_encoder_fingerprints, random_encoders, set_fingerprints
 from store_factory import make_store
 from vod2chat.config import load_config
 from vod2chat.trainer import checkpoint
@@ -267,13 +267,13 @@ def test_generate_and_live_refuse_a_streamer_the_run_has_no_token_for(lineage, r
 
     video = str(real_data / "video/in1.mp4")
     cfg = GenerateConfig(run=str(lineage["old"]), vod=video, out=str(tmp_path / "x.json"), streamer="newbie",
-                         video_weights="random", audio_weights="random", device="cpu", rate=60)
+                         encoders=random_encoders(), device="cpu", rate=60)
     with pytest.raises(ValueError, match=r"--streamer newbie: run .*old has no token for it; it has fake\. .*--init-from"):
         generate(cfg)
     assert not (tmp_path / "x.json").exists()
     with pytest.raises(ValueError, match=r"--streamer newbie: .*it has fake\."):
-        Live(LiveConfig(run=str(lineage["old"]), source=video, streamer="newbie", video_weights="random",
-                        audio_weights="random", device="cpu", rate=60))
+        Live(LiveConfig(run=str(lineage["old"]), source=video, streamer="newbie",
+                        encoders=random_encoders(), device="cpu", rate=60))
 
 
 def test_a_new_streamers_chat_reaches_generation(lineage, real_data: Path, tmp_path: Path, one_thread):
@@ -290,8 +290,8 @@ def test_a_new_streamers_chat_reaches_generation(lineage, real_data: Path, tmp_p
     out = {}
     for streamer in ("newbie", "fake"):
         cfg = GenerateConfig(run=str(run), vod=str(real_data / "video/in1.mp4"), start="1", end="6.5", rate=240.0,
-                             out=str(tmp_path / f"{streamer}.json"), streamer=streamer, video_weights="random",
-                             audio_weights="random", device="cpu", batch=4, seed=1,
+                             out=str(tmp_path / f"{streamer}.json"), streamer=streamer, encoders=random_encoders(),
+                             device="cpu", batch=4, seed=1,
                              sampling=SamplingConfig(temperature=0.5))
         out[streamer] = [m["text"] for m in generate(cfg)]
     words = lambda texts: [w for t in texts for w in t.split()]  # noqa: E731
