@@ -410,11 +410,29 @@ def resume(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
     if ckpt is None:
         return 0, None
     check_fingerprints(read_meta(ckpt), store_fps, cfg.data.store)
-    meta = load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
+    try:
+        meta = load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
+    except RuntimeError as e:  # torch's shape mismatch: one line per tensor
+        raise ValueError(model_mismatch(ckpt, cfg.model, e)) from None
     if not (ckpt / rng_file(acc.process_index)).exists():
         # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
         torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
     return int(meta["step"]), ckpt
+
+
+def model_mismatch(ckpt: Path, model_cfg: Any, err: Exception) -> str:
+    """One line for a checkpoint whose weights do not fit the model that model.* asks for: the
+    settings that differ from those it was trained with (dropout aside), or torch's first words."""
+    from vod2chat.config import load_config, to_dict
+    from vod2chat.trainer.config import Config
+
+    saved, want = to_dict(load_config(Config, ckpt / CONFIG_FILE).model), to_dict(model_cfg)
+    diff = [k for k in want if k != "dropout" and saved.get(k) != want[k]]
+    what = (f"{', '.join(f'model.{k}={want[k]}' for k in diff)} but it was trained with "
+            f"{', '.join(f'model.{k}={saved.get(k)}' for k in diff)}" if diff
+            else " ".join(str(err).split())[:200])
+    return (f"--resume: checkpoint {ckpt} does not fit this model: {what}; a resumed run keeps its model: drop "
+            "the model.* overrides, or start a new train.run_dir")
 
 
 def resolve(run_dir_or_ckpt: str | Path) -> Path:
