@@ -177,3 +177,25 @@ def nan_video(name: str, data: bytes) -> bytes:
         a = np.load(io.BytesIO(data))
         return npy(np.full_like(a, np.nan))
     return data
+
+
+# -- decoding ------------------------------------------------------------------------------
+def recompute_decode(model, prefix: list[int], memory, memory_mask, eos_id: int, sc) -> list[int]:
+    """What trainer.sampling.generate must give for one row, computed the slow way it replaces:
+    the row alone, the whole sequence re-decoded from scratch for every new token (no cache)."""
+    import torch
+
+    from vod2chat.trainer.sampling import pick
+
+    seq, new = list(prefix), []
+    seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(sc.max_new_tokens):
+            logits = model.decode(torch.tensor([seq]), memory, memory_mask, None)[0][:, -1]
+            nxt = int(pick(logits, seen, sc, None)[0])
+            if nxt == eos_id:
+                break
+            seq.append(nxt)
+            new.append(nxt)
+            seen[0, nxt] = True
+    return new
