@@ -126,7 +126,7 @@ def ingest_folder(d: Path, streamer: str) -> Path:
     into d/store; returns the store."""
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from vod2chat.ingest.worker import Encoders, ingest_vod
     from vod2chat.shards.store import Store
 
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
@@ -135,6 +135,17 @@ def ingest_folder(d: Path, streamer: str) -> Path:
     for job in pair_inputs([str(d / "vods")], streamer):
         assert ingest_vod(job, store, enc, cfg).status == "done"
     return d / "store"
+
+
+def pair_inputs(inputs: list[str], streamer: str) -> list:
+    """ingest.worker.find_pairs, all or nothing (what a test's own inputs must do): any file that
+    does not pair is an error naming every such file. `vod2chat ingest` itself goes on with the pairs."""
+    from vod2chat.ingest.worker import find_pairs
+
+    pairing = find_pairs(inputs, streamer)
+    if pairing.problems:
+        raise ValueError(f"cannot pair inputs ({len(pairing.problems)} problem(s)): " + " | ".join(pairing.problems))
+    return pairing.jobs
 
 
 # -- shards rewritten as a buggy writer or an attacker would (test_hostile_features, test_train_hardening) --

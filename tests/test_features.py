@@ -12,7 +12,8 @@ from vod2chat.ingest.chat import Message, write_irc
 from vod2chat.ingest.config import IngestConfig
 from vod2chat.ingest.features import Encoders, embed_range
 from vod2chat.ingest.media import probe
-from vod2chat.ingest.worker import ingest_vod, pair_inputs
+from helpers import pair_inputs
+from vod2chat.ingest.worker import ingest_vod
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import debug_cfg
-from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod, pair_inputs
+from helpers import debug_cfg, pair_inputs
+from vod2chat.ingest.worker import Encoders, VodJob, ingest_vod
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store, StoreError
 

@@ -82,8 +82,8 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     """VODs in a bucket (what a cluster's GPU nodes can all reach) pair and ingest like local files."""
     from vod2chat.ingest.inputs import localize
     from vod2chat.synth.scenes import synthesize
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
-    from helpers import debug_cfg
+    from vod2chat.ingest.worker import Encoders, ingest_vod
+    from helpers import debug_cfg, pair_inputs
 
     synthesize(tmp_path / "vods", seed=4, duration=12.0, vod_id="5151")
     store = Store("s3://vod2chat-test/fromurls")

@@ -94,7 +94,8 @@ def test_outside_files_survive_verify_gc_and_the_trainer(tmp_path: Path):
 
 def test_outside_files_survive_ingest_replace(real_data: Path, tmp_path: Path):
     from vod2chat.ingest.config import IngestConfig
-    from vod2chat.ingest.worker import Encoders, ingest_vod, pair_inputs
+    from helpers import pair_inputs
+    from vod2chat.ingest.worker import Encoders, ingest_vod
 
     vods = tmp_path / "vods"
     vods.mkdir()
