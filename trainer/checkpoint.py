@@ -354,7 +354,11 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
     ckpt = Path(ckpt)
-    model.load_state_dict(load_tensors(ckpt / MODEL_FILE))
+    weights = load_tensors(ckpt / MODEL_FILE)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # torch's shape mismatch: one line per tensor
+        raise ValueError(model_mismatch(ckpt, model.config, e)) from None
     if optimizer is not None:
         optimizer.load_state_dict(load_tensors(ckpt / OPTIM_FILE))
     if scheduler is not None:
@@ -410,10 +414,7 @@ def resume(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
     if ckpt is None:
         return 0, None
     check_fingerprints(read_meta(ckpt), store_fps, cfg.data.store)
-    try:
-        meta = load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
-    except RuntimeError as e:  # torch's shape mismatch: one line per tensor
-        raise ValueError(model_mismatch(ckpt, cfg.model, e)) from None
+    meta = load(ckpt, acc.unwrap_model(model), optimizer, scheduler, acc.process_index)
     if not (ckpt / rng_file(acc.process_index)).exists():
         # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
         torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
