@@ -85,12 +85,29 @@ def test_live_rows_are_exactly_what_ingest_reads_from_the_finished_file(tmp_path
 
 
 # -- following a stream as it is written ---------------------------------------------------------
+CHANCE_PLANS = 40  # other streams of the same generator: what the messages would match if they ignored the A/V
+
+
+def chance_of_naming(msgs: list[dict], duration: float) -> float:
+    """The fraction of the naming messages that would be right against a stream they never saw:
+    the same messages scored against CHANCE_PLANS other seeded streams, averaged. A paired
+    baseline (the very messages, only the scenes swapped) with almost no variance of its own,
+    where a second live run over another stream added as much noise as the run under test."""
+    fractions = []
+    for k in range(CHANCE_PLANS):
+        right, named = reacts(plan_stream(seed=1000 + k, duration=duration), msgs)
+        fractions.append(right / max(named, 1))
+    return float(np.mean(fractions))
+
+
 @pytest.mark.slow
 def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_path: Path):
     run = synth_run["run"]
-    stream, other = plan_stream(seed=71, duration=40.0), plan_stream(seed=72, duration=40.0)
+    stream = plan_stream(seed=71, duration=40.0)
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
-    sharp = ("--rate", "300", "--temperature", "0.5")  # many messages, fewer misspellings: reactions to count
+    # Many messages (about 100 naming a colour or sound), fewer misspellings: reactions to count.
+    rate = 600
+    sharp = ("--rate", str(rate), "--temperature", "0.5")
     proc, lines = start(live_cmd(run, str(path), "--out", str(out), "--stall-timeout", "4", *sharp))
     wait_ready(proc, out)
     th, box = writer(stream, path, speed=1.0)  # the file appears and grows in real time
@@ -102,22 +119,23 @@ def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_pat
     assert [m["t"] for m in msgs] == sorted(m["t"] for m in msgs) and msgs[-1]["t"] <= stream.duration + END_SLACK_S
     # Messages came while the file was still growing, never before the stream reached their time.
     during = [m for (wall, _), m in zip(lines.items, msgs) if wall < box["end"]]
-    assert len(during) >= 5 and len(msgs) >= 0.5 * 300 * stream.duration / 60, (len(during), len(msgs))
+    assert len(during) >= 5 and len(msgs) >= 0.5 * rate * stream.duration / 60, (len(during), len(msgs))
     assert all(wall >= box["t0"] + m["t"] - 0.3 for (wall, _), m in zip(lines.items, msgs))
     assert "no new data" in err and "live: stalled" in err
 
-    # The same model over the A/V of another stream (a finished file, read at full speed), scored
-    # against this stream's scenes: A/V shuffled. With the real A/V, what the messages name is
-    # what is on screen and playing far more often.
-    done = tmp_path / "other.ts"
-    write_live(other, done, speed=0)
-    p2, l2 = start(live_cmd(run, str(done), "--stall-timeout", "1", *sharp))
-    finish(p2, l2, timeout=600)
+    # What the messages name is what is on screen and playing more often than it would be on another
+    # stream. This once failed at fp32 on a loaded machine when the baseline was a second live run
+    # over another stream (9/48 right vs 7/35): with about 50 naming messages on each side, the
+    # difference of the two fractions varies by about 0.09, and the fp32 model's gap is about 0.2
+    # (43/108 right vs 0.20 by chance, fp32, loaded 2-core Intel). Now: twice the messages, and
+    # the baseline is these same messages against other streams' scenes (a permutation null with
+    # next to no variance of its own): the same 0.05 margin is then about 3 standard deviations
+    # below the fp32 gap instead of under 2.
     right, named = reacts(stream, msgs)
-    right_shuffled, named_shuffled = reacts(stream, l2.messages())
-    # Seen here: 21/49 vs 7/50 (on a 30 s stream, a model with a validation gap of 0.1 nats/token).
-    assert named >= 15 and named_shuffled >= 15, (named, named_shuffled)
-    assert right / named > right_shuffled / named_shuffled + 0.05, (right, named, right_shuffled, named_shuffled)
+    chance = chance_of_naming(msgs, stream.duration)
+    print(f"reacts: {right}/{named} right ({right / max(named, 1):.2f}), chance {chance:.2f}, {len(msgs)} messages")
+    assert named >= 40, (named, len(msgs))
+    assert right / named > chance + 0.05, (right, named, chance)
 
 
 @pytest.mark.slow  # a 16 s stream written in real time
