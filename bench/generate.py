@@ -12,8 +12,8 @@ video + 0.96 s audio rows, encoded once per batch and included in the time), gre
 of exactly `max_new_tokens` tokens (<eos> is masked out so every variant does the same work).
 The model is randomly initialised: speed does not depend on what it learned.
 
-    sampling.generate(use_cache=True)   vod2chat (trainer/sampling.py)
-    sampling.generate(use_cache=False)  the prototype's decoding
+    sampling.generate      vod2chat (trainer/sampling.py)
+    prototype_generate     the prototype's decoding (below: the same batched loop, no cache)
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from vod2chat.config import load_config, replaced
 from vod2chat.ingest.precision import machine_line
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.model import VodChatModel
-from vod2chat.trainer.sampling import SamplingConfig, generate
+from vod2chat.trainer.sampling import SamplingConfig, generate, pick
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,26 @@ def make_inputs(cfg: Config, n: int, vocab: int, seed: int) -> list[dict]:
 
 
 @torch.no_grad()
+def prototype_generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tensor, mask: torch.Tensor,
+                       sc: SamplingConfig) -> list[list[int]]:
+    """The prototype's way: the whole decoder re-run over the whole sequence for every new token.
+    Batched as sampling.generate batches (rows advance together, each reading its own prefix while
+    it has one); <eos> never wins here (NoEos), so every row gets max_new_tokens."""
+    B, device = len(prefixes), memory.device
+    lens = torch.tensor([len(p) for p in prefixes], device=device)
+    seq = torch.zeros(B, int(lens.max()) + sc.max_new_tokens, dtype=torch.long, device=device)
+    for b, p in enumerate(prefixes):
+        seq[b, : len(p)] = torch.tensor(p, device=device)
+    seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
+    for i in range(int(lens.min()), seq.size(1)):
+        nxt = pick(model.decode(seq[:, :i], memory, mask, None)[0][:, -1], seen, sc, None)
+        generating = i >= lens
+        seq[:, i] = torch.where(generating, nxt, seq[:, i])
+        seen[torch.arange(B, device=device)[generating], nxt[generating]] = True
+    return [seq[b, int(lens[b]) : int(lens[b]) + sc.max_new_tokens].tolist() for b in range(B)]
+
+
+@torch.no_grad()
 def run(model: VodChatModel, inputs: list[dict], batch: int, use_cache: bool, sc: SamplingConfig,
         device: torch.device) -> tuple[float, int, list[list[int]]]:
     outs: list[list[int]] = []
@@ -77,7 +97,9 @@ def run(model: VodChatModel, inputs: list[dict], batch: int, use_cache: bool, sc
         vm = torch.ones(B, group[0]["video"].shape[0], dtype=torch.bool, device=device)
         am = torch.ones(B, group[0]["audio"].shape[0], dtype=torch.bool, device=device)
         memory, mask = model.encode(f("video"), f("vt"), vm, f("audio"), f("at"), am)
-        new = generate(model, [g["prefix"] for g in group], memory, mask, NoEos.eos_id, sc, use_cache=use_cache)
+        prefixes = [g["prefix"] for g in group]
+        new = (generate(model, prefixes, memory, mask, NoEos.eos_id, sc) if use_cache
+               else prototype_generate(model, prefixes, memory, mask, sc))
         outs += [x[: sc.max_new_tokens] for x in new]  # generate() lets short prefixes run on in a ragged batch
     if device.type == "cuda":
         torch.cuda.synchronize()

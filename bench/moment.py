@@ -104,7 +104,7 @@ def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS, store_dir: Path 
     from vod2chat.config import load_config, replaced
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import ingest_vod, pair_inputs
+    from vod2chat.ingest.worker import find_pairs, ingest_vod
     from vod2chat.shards.store import Store
 
     store_url = str(store_dir or out / "store")
@@ -116,7 +116,10 @@ def ingest_all(out: Path, channels: tuple[str, ...] = CHANNELS, store_dir: Path 
     enc = ingest_encoders(cfg)
     for channel in channels:
         wanted = {v for vods in plan[channel].values() for v in vods} if plan else None
-        for job in pair_inputs([str(out / "vods" / channel)], channel):
+        pairing = find_pairs([str(out / "vods" / channel)], channel)
+        if pairing.problems:  # the benchmark wrote these files itself: every one must pair
+            raise RuntimeError(" | ".join(pairing.problems))
+        for job in pairing.jobs:
             if wanted is not None and Path(job.video).stem not in wanted:
                 continue  # another volume's training VOD: this store holds one volume
             res = ingest_vod(job, store, enc, cfg)

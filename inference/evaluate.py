@@ -54,7 +54,7 @@ from vod2chat.config import param, save_config
 from vod2chat.inference import oracle
 from vod2chat.inference.moments import new_tokens, resolve_device
 from vod2chat.synth.truth import find_truths, load_truth
-from vod2chat.shards.reader import ShardStream, read_chat, shard_urls
+from vod2chat.shards.reader import ShardStream, read_chat, shard_checks, shard_urls, skip_and_record
 from vod2chat.shards.schema import parse_key
 from vod2chat.shards.store import Store, read_json, write_json_atomic
 from vod2chat.trainer import checkpoint
@@ -241,9 +241,13 @@ def build_candidates(real: str, context: Sequence[str], pool: TextPool, n: int, 
     return out
 
 
-def training_pool(splits: RunSplits) -> TextPool:
-    urls = shard_urls(splits.store, splits.require("train"))
-    return TextPool.build(m["text"] for chat in read_chat(urls) for m in chat["messages"])
+def training_pool(splits: RunSplits, skipped: list[str] | None = None) -> TextPool:
+    """The training split's messages, from shards verified against their records as training reads
+    them (a changed shard is an error naming it, or with data.skip_errors a skip added to `skipped`)."""
+    records = splits.require("train")
+    handler = skip_and_record([] if skipped is None else skipped) if splits.cfg.skip_errors else None
+    chats = read_chat(shard_urls(splits.store, records), handler, shard_checks(splits.store, records))
+    return TextPool.build(m["text"] for chat in chats for m in chat["messages"])
 
 
 def split_vods(splits: RunSplits, split: str) -> list[str]:
@@ -292,14 +296,17 @@ def load_candidates(moments: list[Example], path: str, ident: dict[str, Any],
 
 # -- moments -------------------------------------------------------------------------------
 def select_moments(splits: RunSplits, split: str, tok: ChatTokenizer, max_moments: int,
-                   seed: int) -> list[Example]:
+                   seed: int, skipped: list[str] | None = None) -> list[Example]:
     """The split's examples, or a seeded subset of max_moments of them: the moments whose
     hash(seed, key) is smallest, so the subset is spread over every VOD and does not depend
-    on reading order. Returned in store order."""
+    on reading order. Returned in store order. Shards are verified against their records as
+    training reads them: a changed one is an error naming it, or with data.skip_errors a skip
+    added to `skipped`."""
     data = splits.cfg
-    urls = shard_urls(splits.store, splits.require(split))  # checks the windows the model was trained with
+    records = splits.require(split)  # checks the windows the model was trained with
     keep: list[tuple[int, int, Example]] = []  # max-heap on the hash via negation
-    stream = ShardStream(urls, shuffle_shards=False, skip_errors=data.skip_errors)
+    stream = ShardStream(shard_urls(splits.store, records), shuffle_shards=False, skip_errors=data.skip_errors,
+                         checks=shard_checks(splits.store, records), skipped=skipped)
     examples = (e for s in stream for e in sample_examples(s, tok, data))
     for i, e in enumerate(examples):
         h = -_stable_seed(seed, e.key)
@@ -432,10 +439,11 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
     splits = RunSplits(data)  # the store listed once
     checkpoint.check_fingerprints(meta, splits.fingerprints(), data.store)
 
-    moments = select_moments(splits, cfg.split, tok, cfg.max_moments, cfg.seed)
+    skipped: list[str] = []  # with data.skip_errors: what was not read, in the report
+    moments = select_moments(splits, cfg.split, tok, cfg.max_moments, cfg.seed, skipped)
     ident = candidates_id(splits, cfg.split, cfg)
     cpath = cfg.candidates_file or default_candidates_path(splits.store, ident)
-    sets = load_candidates(moments, cpath, ident, lambda: training_pool(splits))
+    sets = load_candidates(moments, cpath, ident, lambda: training_pool(splits, skipped))
     cand_tokens = {k: candidate_tokens(v, tok, data) for k, v in sets.items()}
     donor = donors(len(moments), cfg.seed) if "av_shuffled" in cfg.ablations else None
 
@@ -446,6 +454,7 @@ def main(cfg: EvalConfig) -> dict[str, Any]:
         "split": cfg.split, "moments": len(moments), "vods": len({parse_key(e.key)[1] for e in moments}),
         "candidates_file": cpath, "mean_candidates": float(np.mean([len(v) for v in sets.values()])) if sets else 0.0,
         "ablations": {k: {kk: vv for kk, vv in v.items() if kk != "ranks_summed"} for k, v in results.items()},
+        **({"skipped": skipped} if skipped else {}),
     }
     fewest = min((len(v) for v in sets.values()), default=0)
     trivial = [k for k in KS if 0 < fewest <= k]

@@ -157,21 +157,6 @@ def build_encoders(cfg: EncoderConfig, meta: dict[str, Any], device: str, run: s
 
 
 # -- decoding ----------------------------------------------------------------------------------
-class _Counted:
-    """An encoder that moves a progress bar by the rows it embeds (embed_range has no hook)."""
-
-    def __init__(self, inner: Any, bar: tqdm):
-        self.inner, self.bar = inner, bar
-
-    def encode(self, x: Any) -> Any:
-        out = self.inner.encode(x)
-        self.bar.update(len(out))
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def embed_with_progress(media: Any, start: float, end: float, window_s: float, enc: Any, show: bool) -> Sample:
     """embed_range, with a bar over the feature rows (video frames and audio windows)."""
     from vod2chat.ingest.features import embed_range, range_rows
@@ -179,12 +164,7 @@ def embed_with_progress(media: Any, start: float, end: float, window_s: float, e
     v, a, _ = range_rows(media.duration, start, end, window_s, enc.fps)
     total = (len(v) if media.video_stream is not None else 0) + (len(a) if media.audio_stream is not None else 0)
     with tqdm(total=total, unit="row", desc="generate: features", disable=not show, file=sys.stderr) as bar:
-        video, audio = enc.video, enc.audio
-        enc.video, enc.audio = _Counted(video, bar), _Counted(audio, bar)
-        try:
-            return embed_range(media, start, end, window_s, enc, DecodeConfig())  # ingest's decoding defaults
-        finally:
-            enc.video, enc.audio = video, audio
+        return embed_range(media, start, end, window_s, enc, DecodeConfig(), progress=bar.update)  # ingest's decoding defaults
 
 
 def write_outputs(cfg: GenerateConfig, msgs: list[Any], start: float, end: float) -> tuple[list[Path], list[str]]:

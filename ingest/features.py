@@ -79,10 +79,12 @@ def _timed(stages: collections.Counter[str], name: str, fn: Callable[..., Any], 
 
 
 def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Encoders, cfg: DecodeConfig,
-               audio_path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+               audio_path: str | None = None, progress: Callable[[int], Any] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Video rows (frames at k / enc.fps through ResNet-50) and audio rows (VGGish windows), chunk
     by chunk. With cfg.prefetch the next chunk (video, then audio) is decoded in enc's decode
-    thread while the encoder runs on this one; time per stage is added to enc.stages."""
+    thread while the encoder runs on this one; time per stage is added to enc.stages.
+    `progress` (a progress bar's update) is called with the rows of each chunk embedded."""
     hw = cfg.decode_device if cfg.decode_device != "auto" else enc.video.device.type
     # Decoder threads: on a CPU actor decoding ahead runs beside torch's threads on the same
     # cores, so one thread (more only oversubscribe them); with a GPU the CPUs are the decoder's.
@@ -119,6 +121,8 @@ def embed_rows(media: MediaInfo, video_rows: range, audio_rows: range, enc: Enco
             data = _timed(st, "waiting for decode", pending.result)
             pending = enc.decoder().submit(steps[i + 1][0]) if i + 1 < len(steps) else None
         out[kind].append(encode(data))
+        if progress is not None:
+            progress(len(out[kind][-1]))
     return np.concatenate(out["video"]), np.concatenate(out["audio"])
 
 
@@ -136,13 +140,15 @@ def range_rows(duration: float, start: float, end: float, window_s: float, fps: 
 
 
 def embed_range(media: MediaInfo, start: float, end: float, window_s: float, enc: Encoders, cfg: DecodeConfig,
-                streamer: str = "range", vod_id: str = "range", segment: int = 0) -> Sample:
+                streamer: str = "range", vod_id: str = "range", segment: int = 0,
+                progress: Callable[[int], Any] | None = None) -> Sample:
     """Feature rows on the store's global grids for messages in [start, end] (and window_s before),
     as a Sample with empty chat: what generate and live mode feed the model. A stream the media
-    lacks gives no rows (the model masks that modality)."""
+    lacks gives no rows (the model masks that modality). `progress`: as for embed_rows."""
     video_rows, audio_rows, lo = range_rows(media.duration, start, end, window_s, enc.fps)
     video, audio = embed_rows(media, video_rows if media.video_stream is not None else range(0),
-                              audio_rows if media.audio_stream is not None else range(0), enc, cfg)
+                              audio_rows if media.audio_stream is not None else range(0), enc, cfg,
+                              progress=progress)
     hop = align.AUDIO_HOP
     meta = SegmentMeta(streamer=streamer, vod_id=vod_id, segment=segment, start=start, end=end, lookback=start - lo,
                        video_t0=video_rows.start / enc.fps, fps=enc.fps, audio_t0=audio_rows.start * hop,

@@ -145,14 +145,6 @@ def find_pairs(inputs: list[str], streamer: str) -> Pairing:
     return Pairing(jobs, problems, lone)
 
 
-def pair_inputs(inputs: list[str], streamer: str) -> list[VodJob]:
-    """find_pairs, all or nothing: any file that does not pair is an error naming every such file."""
-    pairing = find_pairs(inputs, streamer)
-    if pairing.problems:
-        raise ValueError(f"cannot pair inputs ({len(pairing.problems)} problem(s)): " + " | ".join(pairing.problems))
-    return pairing.jobs
-
-
 # -- planning --------------------------------------------------------------------------
 def quick_hash(path: str) -> str:
     """Identity of a (possibly huge) source file without reading all of it: its size and first and

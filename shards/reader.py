@@ -221,10 +221,13 @@ def open_shards(urls: Iterable[str], handler: Callable[[Exception], bool],
             f.close()
 
 
-def read_chat(urls: Iterable[str], handler: Callable[[Exception], bool] | None = None) -> Iterator[dict[str, Any]]:
-    """The chat block ({"context", "messages"}) of every sample, without reading the feature arrays."""
+def read_chat(urls: Iterable[str], handler: Callable[[Exception], bool] | None = None,
+              checks: dict[str, tuple[str, int]] | None = None) -> Iterator[dict[str, Any]]:
+    """The chat block ({"context", "messages"}) of every sample, without decoding the feature
+    arrays. With `checks`, each shard is verified against its record first (open_shards)."""
     handler = handler or reraise
-    raw = tar_file_expander(open_shards(urls, handler), handler=handler, select_files=lambda f: f.endswith(".chat.json"))
+    raw = tar_file_expander(open_shards(urls, handler, checks), handler=handler,
+                            select_files=lambda f: f.endswith(".chat.json"))
     for sample in group_by_keys(raw):
         if "chat.json" in sample:
             yield json.loads(sample["chat.json"])
@@ -258,6 +261,14 @@ def skip_and_warn(e: Exception) -> bool:
     return True
 
 
+def skip_and_record(skipped: list[str]) -> Callable[[Exception], bool]:
+    """skip_and_warn that also appends each skip, as one line, to `skipped` (for a report)."""
+    def handler(e: Exception) -> bool:
+        skipped.append(" ".join(str(e).split()))
+        return skip_and_warn(e)
+    return handler
+
+
 def reraise(e: Exception) -> bool:
     # webdataset's convention: a handler raises to stop; returning False would end the stream silently.
     raise e
@@ -286,13 +297,15 @@ class ShardStream(torch.utils.data.IterableDataset):
         skip_errors: bool = False,
         weights: list[float] | None = None,
         checks: dict[str, tuple[str, int]] | None = None,
+        skipped: list[str] | None = None,
     ):
         super().__init__()
         self.urls, self.rank, self.world_size = list(urls), rank, world_size
         self.weights = list(weights) if weights is not None else [1.0] * len(self.urls)
         self.seed, self.epoch, self.resample = seed, epoch, resample
         self.shuffle_shards, self.buffer = shuffle_shards, buffer
-        self.handler = skip_and_warn if skip_errors else reraise
+        # `skipped` collects what was skipped, in this process only (not from DataLoader workers).
+        self.handler = (skip_and_record(skipped) if skipped is not None else skip_and_warn) if skip_errors else reraise
         self.checks = checks
 
     def __iter__(self) -> Iterator[Sample]:

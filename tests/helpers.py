@@ -140,7 +140,7 @@ def ingest_folder(d: Path, streamer: str) -> Path:
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import ingest_vod, pair_inputs
+    from vod2chat.ingest.worker import ingest_vod
     from vod2chat.shards.store import Store
 
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml",
@@ -149,6 +149,17 @@ def ingest_folder(d: Path, streamer: str) -> Path:
     for job in pair_inputs([str(d / "vods")], streamer):
         assert ingest_vod(job, store, enc, cfg).status == "done"
     return d / "store"
+
+
+def pair_inputs(inputs: list[str], streamer: str) -> list:
+    """ingest.worker.find_pairs, all or nothing (what a test's own inputs must do): any file that
+    does not pair is an error naming every such file. `vod2chat ingest` itself goes on with the pairs."""
+    from vod2chat.ingest.worker import find_pairs
+
+    pairing = find_pairs(inputs, streamer)
+    if pairing.problems:
+        raise ValueError(f"cannot pair inputs ({len(pairing.problems)} problem(s)): " + " | ".join(pairing.problems))
+    return pairing.jobs
 
 
 # -- shards rewritten as a buggy writer or an attacker would (test_hostile_features, test_train_hardening) --
@@ -207,3 +218,25 @@ def set_fingerprints(store: Path, fps: dict) -> None:
         rec = json.loads(p.read_text())
         rec["fingerprints"] = fps
         p.write_text(json.dumps(rec))
+
+
+# -- decoding ------------------------------------------------------------------------------
+def recompute_decode(model, prefix: list[int], memory, memory_mask, eos_id: int, sc) -> list[int]:
+    """What trainer.sampling.generate must give for one row, computed the slow way it replaces:
+    the row alone, the whole sequence re-decoded from scratch for every new token (no cache)."""
+    import torch
+
+    from vod2chat.trainer.sampling import pick
+
+    seq, new = list(prefix), []
+    seen = torch.zeros(1, model.config.vocab_size, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(sc.max_new_tokens):
+            logits = model.decode(torch.tensor([seq]), memory, memory_mask, None)[0][:, -1]
+            nxt = int(pick(logits, seen, sc, None)[0])
+            if nxt == eos_id:
+                break
+            seq.append(nxt)
+            new.append(nxt)
+            seen[0, nxt] = True
+    return new

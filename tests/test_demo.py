@@ -48,8 +48,9 @@ def test_the_demo_settings_make_ingest_repeatable_at_each_precision(tmp_path: Pa
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.synth.scenes import synthesize
+    from helpers import pair_inputs
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import ingest_vod, pair_inputs
+    from vod2chat.ingest.worker import ingest_vod
     from vod2chat.launch.demo import DemoConfig, reproducible
     from vod2chat.shards.store import Store
 

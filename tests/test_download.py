@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vod2chat.ingest.download import DownloadConfig, DownloadError, chat_command, main, parse_vod_id, video_command
-from vod2chat.ingest.worker import pair_inputs
+from helpers import pair_inputs
 
 FAKE_TWITCH_DL = r'''#!{python}
 import json, os, shutil, sys

@@ -228,3 +228,46 @@ def test_eval_refuses_a_store_with_other_features(store_dir: Path, tmp_path: Pat
         p.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match=r"(?s)resnet50.*fake"):
         main(EvalConfig(run=str(run), store=str(other), progress=False))
+
+
+def flip_text_byte(store: Path, rel: str) -> None:
+    """One byte of a message's text changed in place ('red' -> 'rad'...), the record untouched: the
+    shard still parses, so only its checksum tells."""
+    p = store / rel
+    data = bytearray(p.read_bytes())
+    i = data.index(b'"text":"') + len(b'"text":"') + 1
+    data[i] = ord("a") if data[i] != ord("a") else ord("o")
+    p.write_bytes(bytes(data))
+
+
+def test_eval_verifies_shards_against_their_records(store_dir: Path, tmp_path: Path, capsys):
+    """As training reads them: a shard whose bytes changed is an error naming it (exit 2), or
+    with data.skip_errors=true a skip recorded in the report, for the evaluated split and for
+    the training split the candidates come from."""
+    import shutil
+
+    from accelerate.state import AcceleratorState
+
+    from vod2chat.launch.cli import main as cli
+    from vod2chat.trainer.main import main as train
+
+    store = tmp_path / "store"
+    shutil.copytree(store_dir, store)
+    runs = {}
+    for skip in (False, True):
+        AcceleratorState._reset_state()
+        runs[skip] = tmp_path / f"run-{skip}"
+        train(run_cfg(store, runs[skip], "train.steps=2", "train.num_samples=0", f"data.skip_errors={str(skip).lower()}"))
+    test_shard, train_shard = "shards/fake/1002-00001.tar", "shards/fake/1000-00002.tar"
+    flip_text_byte(store, test_shard)
+    flip_text_byte(store, train_shard)
+    args = ["--split", "test", "--num-diversity-samples", "0", "--ablations", "full", "--no-progress"]
+    capsys.readouterr()
+    assert cli(["eval", "--run", str(runs[False]), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{test_shard}: sha256" in err[0] and "does not match its VOD record" in err[0], err
+    r = main(EvalConfig(run=str(runs[True]), out=str(tmp_path / "eval.json"), progress=False, num_diversity_samples=0,
+                        ablations=["full"]))
+    skipped = json.loads((tmp_path / "eval.json").read_text())["skipped"]
+    assert len(skipped) == 2 and test_shard in skipped[0] and train_shard in skipped[1], skipped
+    assert r["moments"] == 40  # VOD 1002 without the 2 segments of its skipped shard

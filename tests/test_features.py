@@ -12,7 +12,8 @@ from vod2chat.ingest.chat import Message, write_irc
 from helpers import ingest_config
 from vod2chat.ingest.features import embed_range, ingest_encoders
 from vod2chat.ingest.media import probe
-from vod2chat.ingest.worker import ingest_vod, pair_inputs
+from helpers import pair_inputs
+from vod2chat.ingest.worker import ingest_vod
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store
 
@@ -49,3 +50,19 @@ def test_embed_range_gives_the_rows_ingest_stored(real_data: Path, tmp_path: Pat
             np.testing.assert_allclose(a[lo - round(g0): hi - round(g0)].astype(np.float32),
                                        b[lo - round(s0): hi - round(s0)].astype(np.float32), atol=2e-2)
     enc.decoder().shutdown()
+
+
+def test_embed_range_reports_its_progress_chunk_by_chunk(real_data: Path, one_thread):
+    """generate's progress bar is a plain callback: the rows of each chunk, as each is embedded."""
+    from vod2chat.ingest.features import AUDIO_CHUNK_ROWS, VIDEO_CHUNK_ROWS
+
+    cfg = ingest_config(store="unused", streamer="t", fps=10.0, video_weights="random", audio_weights="random",
+                        device="cpu", progress=False)
+    enc = ingest_encoders(cfg)
+    calls: list[int] = []
+    got = embed_range(probe(str(real_data / "video/in1.mp4")), 0.0, 7.0, 0.0, enc, cfg.decode, progress=calls.append)
+    enc.decoder().shutdown()
+    nv, na = len(got.video), len(got.audio)
+    assert nv > VIDEO_CHUNK_ROWS and na > 0  # more than one video chunk
+    chunks = lambda n, size: [min(size, n - i) for i in range(0, n, size)]  # noqa: E731
+    assert calls == chunks(nv, VIDEO_CHUNK_ROWS) + chunks(na, AUDIO_CHUNK_ROWS), (calls, nv, na)

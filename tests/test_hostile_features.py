@@ -94,8 +94,9 @@ def test_ingest_never_commits_non_finite_features(tmp_path: Path):
     from vod2chat.config import load_config
     from vod2chat.ingest.config import IngestConfig
     from vod2chat.synth.scenes import synthesize
+    from helpers import pair_inputs
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import NonFiniteFeatures, ingest_vod, pair_inputs
+    from vod2chat.ingest.worker import NonFiniteFeatures, ingest_vod
 
     synthesize(tmp_path / "vods", seed=3, duration=12.0, vod_id="7001")
     cfg = load_config(IngestConfig, REPO / "launch/ingest_debug.toml", [

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import debug_cfg
+from helpers import debug_cfg, pair_inputs
 from vod2chat.ingest.features import Encoders, ingest_encoders
-from vod2chat.ingest.worker import VodJob, ingest_vod, pair_inputs
+from vod2chat.ingest.worker import VodJob, ingest_vod
 from vod2chat.shards.reader import read_store
 from vod2chat.shards.store import Store, StoreError
 

@@ -85,12 +85,26 @@ def test_live_rows_are_exactly_what_ingest_reads_from_the_finished_file(tmp_path
 
 
 # -- following a stream as it is written ---------------------------------------------------------
+MIN_SHIFT_S = 8.0  # longer than a scene: messages shifted this far no longer line up with what they saw
+
+
+def by_chance(stream: Stream, msgs: list[dict]) -> float:
+    """The messages that would name the right scene if they were not about what is on screen:
+    the same messages against the same stream, their times shifted circularly by every whole
+    second from MIN_SHIFT_S to duration - MIN_SHIFT_S, averaged. It keeps what the messages say
+    and what the stream shows overall, and breaks only the alignment the test is about."""
+    shifts = np.arange(MIN_SHIFT_S, stream.duration - MIN_SHIFT_S + 1e-9, 1.0)
+    return float(np.mean([reacts(stream, [{**m, "t": (m["t"] + d) % stream.duration} for m in msgs])[0]
+                          for d in shifts]))
+
+
 @pytest.mark.slow
 def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_path: Path):
     run = synth_run["run"]
-    stream, other = plan_stream(seed=71, duration=40.0), plan_stream(seed=72, duration=40.0)
+    stream, other = plan_stream(seed=71, duration=40.0), plan_stream(seed=72, duration=120.0)
     path, out = tmp_path / "obs.ts", tmp_path / "live.jsonl"
-    sharp = ("--rate", "300", "--temperature", "0.5")  # many messages, fewer misspellings: reactions to count
+    rate = 600  # many messages, and fewer misspellings: reactions to count
+    sharp = ("--rate", str(rate), "--temperature", "0.5")
     proc, lines = start(live_cmd(run, str(path), "--out", str(out), "--stall-timeout", "4", *sharp))
     wait_ready(proc, out)
     th, box = writer(stream, path, speed=1.0)  # the file appears and grows in real time
@@ -102,22 +116,28 @@ def test_follows_a_growing_file_and_reacts_to_the_scene(synth_run: dict, tmp_pat
     assert [m["t"] for m in msgs] == sorted(m["t"] for m in msgs) and msgs[-1]["t"] <= stream.duration + END_SLACK_S
     # Messages came while the file was still growing, never before the stream reached their time.
     during = [m for (wall, _), m in zip(lines.items, msgs) if wall < box["end"]]
-    assert len(during) >= 5 and len(msgs) >= 0.5 * 300 * stream.duration / 60, (len(during), len(msgs))
+    assert len(during) >= 5 and len(msgs) >= 0.5 * rate * stream.duration / 60, (len(during), len(msgs))
     assert all(wall >= box["t0"] + m["t"] - 0.3 for (wall, _), m in zip(lines.items, msgs))
     assert "no new data" in err and "live: stalled" in err
 
-    # The same model over the A/V of another stream (a finished file, read at full speed), scored
-    # against this stream's scenes: A/V shuffled. With the real A/V, what the messages name is
-    # what is on screen and playing far more often.
+    # What the messages name is what is on screen and playing far more often than by chance. This
+    # once failed at fp32 on a loaded machine (9/48 right vs 7/35) when it took the 40 s stream's
+    # messages alone (7 scenes, about 50 naming a scene) against a second live run over another
+    # stream scored against this one: that baseline alone went from 0.12 to 0.46 with the stream
+    # chosen. Now also 120 s of another stream read at full speed (22 scenes, about 300 naming
+    # messages), each run against its own messages shifted in time. Seen on a loaded 2-core Intel,
+    # both runs together: native (bf16) 0.18-0.21 above chance in 3 runs, fp32 0.22 and 0.23 in 2.
     done = tmp_path / "other.ts"
     write_live(other, done, speed=0)
     p2, l2 = start(live_cmd(run, str(done), "--stall-timeout", "1", *sharp))
-    finish(p2, l2, timeout=600)
-    right, named = reacts(stream, msgs)
-    right_shuffled, named_shuffled = reacts(stream, l2.messages())
-    # Seen here: 21/49 vs 7/50 (on a 30 s stream, a model with a validation gap of 0.1 nats/token).
-    assert named >= 15 and named_shuffled >= 15, (named, named_shuffled)
-    assert right / named > right_shuffled / named_shuffled + 0.05, (right, named, right_shuffled, named_shuffled)
+    err2 = finish(p2, l2, timeout=600)
+    assert p2.returncode == 0, err2
+    runs = [(stream, msgs), (other, l2.messages())]
+    right, named = (sum(x) for x in zip(*(reacts(s, m) for s, m in runs)))
+    chance = sum(by_chance(s, m) for s, m in runs)
+    print(f"reacts: {right}/{named} right, {chance:.1f} by chance ({len(msgs)} + {len(runs[1][1])} messages)")
+    assert named >= 150, named
+    assert right / named > chance / named + 0.1, (right, named, chance)
 
 
 @pytest.mark.slow  # a 16 s stream written in real time

@@ -83,8 +83,8 @@ def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     from vod2chat.ingest.inputs import localize
     from vod2chat.synth.scenes import synthesize
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import ingest_vod, pair_inputs
-    from helpers import debug_cfg
+    from vod2chat.ingest.worker import ingest_vod
+    from helpers import debug_cfg, pair_inputs
 
     synthesize(tmp_path / "vods", seed=4, duration=12.0, vod_id="5151")
     store = Store("s3://vod2chat-test/fromurls")

@@ -41,7 +41,7 @@ def test_writes_an_h264_aac_mkv_that_probes(synth):
 
 
 def test_ingest_pairs_the_video_with_its_chat(synth):
-    from vod2chat.ingest.worker import pair_inputs
+    from helpers import pair_inputs
 
     video, chat = synth
     [job] = pair_inputs([str(video.parent)], "synth")

@@ -22,7 +22,7 @@ from vod2chat.synth.events import (
     synthesize_events,
 )
 from vod2chat.synth.truth import find_truths, load_truth
-from vod2chat.ingest.worker import pair_inputs
+from helpers import pair_inputs
 from vod2chat.launch.cli import main as cli_main
 
 DURATION = 40.0

@@ -203,6 +203,36 @@ def test_resume_without_a_checkpoint_is_an_error_naming_the_folder(store_dir: Pa
         main(cfg_for(store_dir, run, "train.resume=true"))
 
 
+def files_of(run: Path) -> dict[str, str]:
+    return {str(f.relative_to(run)): checkpoint.file_digest(f) for f in sorted(run.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("override, error", [
+    ('data.val_vods=["9999"]', "has no VOD in split 'val'"),  # found when the loaders are built
+    ("model.d_model=32", "model.d_model=32 but it was trained with model.d_model=64"),  # found loading the weights
+])
+def test_a_resume_that_fails_leaves_the_run_as_it_was(store_dir: Path, tmp_path: Path, capsys, override: str,
+                                                      error: str):
+    """`train --resume` with an override the run cannot take fails before it writes anything into
+    the run: config.toml (what `--config` reruns and eval reads) stays byte for byte the run's."""
+    from vod2chat.launch.cli import main as cli
+
+    run = tmp_path / "run"
+    base = ["train", "--config", str(DEBUG), "--store", str(store_dir), "--train.run-dir", str(run),
+            'data.val_vods=["1003"]', "train.progress=false", "train.steps=4", "train.save_every=4",
+            "train.eval_every=4", "train.num_samples=0"]
+    assert cli(base) == 0
+    before = files_of(run)
+    capsys.readouterr()
+    assert cli([*base, "--resume", "train.steps=8", override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and error in err[0], err
+    assert files_of(run) == before
+    # A resume that holds writes the config it continues with.
+    assert cli([*base, "--resume", "train.steps=6"]) == 0
+    assert "steps = 6" in (run / "config.toml").read_text()
+
+
 def test_a_run_prints_its_summary_warns_about_silent_vods_and_lists_once_in_tensorboard(store_dir: Path,
                                                                                         tmp_path: Path, capsys,
                                                                                         caplog):

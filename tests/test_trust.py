@@ -93,9 +93,9 @@ def test_outside_files_survive_verify_gc_and_the_trainer(tmp_path: Path):
 
 
 def test_outside_files_survive_ingest_replace(real_data: Path, tmp_path: Path):
-    from helpers import ingest_config
+    from helpers import ingest_config, pair_inputs
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import ingest_vod, pair_inputs
+    from vod2chat.ingest.worker import ingest_vod
 
     vods = tmp_path / "vods"
     vods.mkdir()

@@ -354,7 +354,11 @@ def check_fingerprints(ckpt_meta: dict[str, Any], store_fps: dict[str, Any] | No
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: Any | None, scheduler: Any | None, rank: int) -> dict[str, Any]:
     ckpt = Path(ckpt)
-    model.load_state_dict(load_tensors(ckpt / MODEL_FILE))
+    weights = load_tensors(ckpt / MODEL_FILE)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:  # torch's shape mismatch: one line per tensor
+        raise ValueError(model_mismatch(ckpt, model.config, e)) from None
     if optimizer is not None:
         optimizer.load_state_dict(load_tensors(ckpt / OPTIM_FILE))
     if scheduler is not None:
@@ -415,6 +419,21 @@ def resume(acc: Accelerator, cfg: Config, model, optimizer, scheduler,
         # A rank the checkpoint did not have (N -> M > N): its own seed, fixed by (seed, step, rank).
         torch.manual_seed(cfg.train.seed * 1_000_003 + int(meta["step"]) * 1009 + acc.process_index)
     return int(meta["step"]), ckpt
+
+
+def model_mismatch(ckpt: Path, model_cfg: Any, err: Exception) -> str:
+    """One line for a checkpoint whose weights do not fit the model that model.* asks for: the
+    settings that differ from those it was trained with (dropout aside), or torch's first words."""
+    from vod2chat.config import load_config, to_dict
+    from vod2chat.trainer.config import Config
+
+    saved, want = to_dict(load_config(Config, ckpt / CONFIG_FILE).model), to_dict(model_cfg)
+    diff = [k for k in want if k != "dropout" and saved.get(k) != want[k]]
+    what = (f"{', '.join(f'model.{k}={want[k]}' for k in diff)} but it was trained with "
+            f"{', '.join(f'model.{k}={saved.get(k)}' for k in diff)}" if diff
+            else " ".join(str(err).split())[:200])
+    return (f"--resume: checkpoint {ckpt} does not fit this model: {what}; a resumed run keeps its model: drop "
+            "the model.* overrides, or start a new train.run_dir")
 
 
 def resolve(run_dir_or_ckpt: str | Path) -> Path:

@@ -280,6 +280,10 @@ def make_loader(cfg: DataConfig, tok: ChatTokenizer, split: str, micro_batch: in
     trainer.stream.make_train_loader: endless, resumable). The split happens here, once: do not
     pass this loader through accelerator.prepare, which would split it again."""
     urls, checks = split_shards(cfg, split, splits)
+    # ShardStream rather than a webdataset pipeline (SimpleShardList, split_by_node, split_by_worker,
+    # tarfile_to_samples): wds.split_by_node leaves readers with nothing when a split has fewer shards
+    # than ranks x workers, where ShardStream falls back to splitting samples, and the verified opener
+    # and the typed decode would be custom stages in a pipeline too, so it would not be shorter.
     samples = ShardStream(urls, rank=rank, world_size=world_size, seed=seed, resample=False, shuffle_shards=False,
                           buffer=0, skip_errors=cfg.skip_errors, checks=checks)
     # Evaluation shuffles too (the same seeded order every time): a batch then mixes moments, so

@@ -85,15 +85,14 @@ def main(cfg: Config) -> dict[str, float]:
         acc.print(f"resuming from step {start} (checkpoint {ckpt})")
     if start == 0 and not inherited:  # a resumed run has its own statistics, an init_from run its start's
         acc.unwrap_model(model).set_feature_stats(feature_stats(cfg.data, splits=splits))
-    if acc.is_main_process:
-        save_config(cfg, run_dir / "config.toml")
-        acc.init_trackers("tb")
-        log_hparams(acc, flat_dict(to_dict(cfg)))
     plan = plan_data(cfg, ckpt, start, acc.process_index, acc.num_processes, splits)  # the data position: O(1)
     batches = make_train_loader(plan.shards, tok, cfg.data, tc.micro_batch, tc.seed, plan.states, plan.num_workers)
     val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed,
                              splits)
-    if acc.is_main_process:
+    if acc.is_main_process:  # only now: a resume that fails above leaves the run's config and curves as they were
+        save_config(cfg, run_dir / "config.toml")
+        acc.init_trackers("tb")
+        log_hparams(acc, flat_dict(to_dict(cfg)))
         print(startup_summary(cfg, splits, acc.unwrap_model(model), plan.shards, acc.mixed_precision,
                               acc.num_processes, plan.num_workers, acc.device, start), flush=True)
     bad = BadSteps(tc.max_bad_steps, run_dir)

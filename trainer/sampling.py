@@ -53,9 +53,9 @@ def pick(logits: torch.Tensor, seen: torch.Tensor, sc: SamplingConfig, gen: torc
 
 @torch.no_grad()
 def generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tensor, memory_mask: torch.Tensor,
-             eos_id: int, sc: SamplingConfig, use_cache: bool = True,
-             gen: torch.Generator | None = None) -> list[list[int]]:
-    """New tokens for each prefix (without the prefix, without <eos>)."""
+             eos_id: int, sc: SamplingConfig, gen: torch.Generator | None = None) -> list[list[int]]:
+    """New tokens for each prefix (without the prefix, without <eos>). The tests hold the
+    reference it must equal token for token: the whole sequence re-decoded for every token."""
     if sc.max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, got {sc.max_new_tokens}: use SamplingConfig.resolved()")
     B, device = len(prefixes), memory.device
@@ -67,13 +67,9 @@ def generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tenso
     seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     m = int(lens.min())
-    logits, cache = model.decode(seq[:, :m], memory, memory_mask, None) if use_cache else (None, None)
+    logits, cache = model.decode(seq[:, :m], memory, memory_mask, None)
     for i in range(m, total):
-        if use_cache:
-            last = logits[:, -1]
-        else:  # the prototype's way: the whole sequence again for every token
-            last = model.decode(seq[:, :i], memory, memory_mask, None)[0][:, -1]
-        nxt = pick(last, seen, sc, gen)
+        nxt = pick(logits[:, -1], seen, sc, gen)
         generating = i >= lens  # rows still reading their prefix keep it
         nxt = torch.where(generating & ~done, nxt, torch.where(generating, torch.full_like(nxt, eos_id), seq[:, i]))
         seq[:, i] = nxt
@@ -82,8 +78,7 @@ def generate(model: VodChatModel, prefixes: list[list[int]], memory: torch.Tenso
         done |= generating & ((nxt == eos_id) | (i + 1 - lens >= sc.max_new_tokens))
         if bool(done.all()) or i == total - 1:
             break
-        if use_cache:
-            logits, cache = model.decode(seq[:, i : i + 1], memory, memory_mask, cache)
+        logits, cache = model.decode(seq[:, i : i + 1], memory, memory_mask, cache)
     out = []
     for b in range(B):
         new = seq[b, int(lens[b]) : i + 1].tolist()
