@@ -113,7 +113,8 @@ def test_an_old_store_keeps_its_vod_and_takes_a_new_one_under_its_old_ingest_tom
     """The encoders built from the section make the old fingerprints: the old VOD is recognised as
     done (same settings id) and a new VOD commits beside it; store.json is not rewritten."""
     from vod2chat.ingest.features import ingest_encoders
-    from vod2chat.ingest.worker import ingest_vod, pair_inputs
+    from helpers import pair_inputs
+    from vod2chat.ingest.worker import ingest_vod
     from vod2chat.shards.store import Store
 
     store_dir, vods = tmp_path / "store", tmp_path / "vods"
