@@ -68,8 +68,10 @@ def localize(path: str, cache_dir: str = DEFAULT_CACHE, cache_gb: float = 100.0)
 
 def evict(cache: Path, keep_bytes: int) -> None:
     """Delete least recently used cached inputs until at most keep_bytes remain."""
+    # Equal times (a VOD's video and chat fetched within one tick of the file system's clock) say
+    # nothing about which was used last: the larger goes first, freeing the space with fewer evictions.
     files = sorted((f for f in cache.rglob("*") if f.is_file() and not f.name.startswith(".tmp-")),
-                   key=lambda f: f.stat().st_mtime)
+                   key=lambda f: (f.stat().st_mtime_ns, -f.stat().st_size))
     total = sum(f.stat().st_size for f in files)
     for f in files:
         if total <= max(0, keep_bytes):

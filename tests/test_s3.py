@@ -78,6 +78,21 @@ def test_the_ingest_command_works_unchanged_on_s3(s3, tmp_path: Path):
     assert {p: store.fs.info(p)["ETag"] for p in store.fs.find("vod2chat-test/ingested")} == objects
 
 
+def test_the_input_cache_evicts_the_least_recently_used_and_the_larger_of_a_tie(tmp_path: Path):
+    """Files fetched within one tick of the file system's clock have equal times: the order must not
+    depend on the listing (the test below once lost the chat file that way)."""
+    from vod2chat.ingest.inputs import evict
+
+    # The small file is listed first (the top folder before the ones below), so listing order would evict it.
+    old, video, chat = tmp_path / "a/old.mkv", tmp_path / "b/5151.mkv", tmp_path / "5151.irc"
+    for p, n, t in ((old, 300, 1_000), (chat, 10, 2_000), (video, 500, 2_000)):
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"x" * n)
+        os.utime(p, ns=(t, t))
+    evict(tmp_path, keep_bytes=400)
+    assert sorted(p.name for p in tmp_path.rglob("*.*")) == ["5151.irc"]
+
+
 def test_inputs_in_object_storage_are_fetched_once_per_node(s3, tmp_path: Path):
     """VODs in a bucket (what a cluster's GPU nodes can all reach) pair and ingest like local files."""
     from vod2chat.ingest.inputs import localize
