@@ -31,7 +31,7 @@ from vod2chat.trainer.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, TOKE
 from vod2chat.trainer.config import Config
 from vod2chat.trainer.data import RunSplits, iter_texts, split_streamers
 from vod2chat.trainer.model import ModelConfig, VodChatModel
-from vod2chat.trainer.tokenizer import ChatTokenizer, grow_for, streamer_token
+from vod2chat.trainer.tokenizer import ChatTokenizer, grow_for
 
 log = logging.getLogger(__name__)
 FILES = (META_FILE, CONFIG_FILE, TOKENIZER_FILE, MODEL_FILE)
@@ -134,14 +134,9 @@ def new_row_sources(old: ChatTokenizer, new: ChatTokenizer) -> dict[int, list[in
     """Per new id, the old ids whose embeddings it starts at the mean of: a streamer token, the old
     streamer tokens (all old tokens if there are none); a word, the old pieces it joins."""
     streamer_ids = [old.streamer_id(s) for s in old.streamers()]
-    out = {}
-    for i in range(old.vocab_size, new.vocab_size):
-        token = new.id_to_token(i)
-        if token.startswith(streamer_token("")[:-1]) and new.streamer_id(token[len(streamer_token("")) - 1:-1]) == i:
-            out[i] = streamer_ids or list(range(old.vocab_size))
-        else:
-            out[i] = old.pieces(token)
-    return out
+    new_streamer_ids = {new.streamer_id(s) for s in new.streamers()} - set(streamer_ids)
+    return {i: (streamer_ids or list(range(old.vocab_size))) if i in new_streamer_ids else old.pieces(new.id_to_token(i))
+            for i in range(old.vocab_size, new.vocab_size)}
 
 
 def grow_model(model: VodChatModel, old: ChatTokenizer, new: ChatTokenizer) -> VodChatModel:

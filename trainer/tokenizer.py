@@ -192,13 +192,13 @@ def grow_for(tok: ChatTokenizer, streamers: Iterable[str], texts: list[str], min
     (count x (pieces - 1)) and taken while their new ids (intermediates included) fit `max_tokens`;
     they are kept only if they cut tokens per message on `texts` by more than `min_gain`, measured."""
     counts = Counter(w for t in texts for w in tok.words(t))
-    ranked = sorted(((c * (len(tok.pieces(w)) - 1), w) for w, c in counts.items()
-                     if c >= min_count and len(tok.pieces(w)) > 1), key=lambda x: (-x[0], x[1]))
+    extra = {w: len(tok.pieces(w)) - 1 for w, c in counts.items() if c >= min_count}  # new ids a word needs
+    ranked = sorted(((counts[w] * k, w) for w, k in extra.items() if k > 0), key=lambda x: (-x[0], x[1]))
     chosen, budget = [], max_tokens
     for _, w in ranked:
-        if len(tok.pieces(w)) - 1 <= budget:
+        if extra[w] <= budget:
             chosen.append(w)
-            budget -= len(tok.pieces(w)) - 1
+            budget -= extra[w]
     n = max(1, len(texts))
     before = sum(len(x) for x in tok.encode_batch(texts)) / n if texts else 0.0
     grown = tok.grow(streamers, chosen)
