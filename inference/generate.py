@@ -164,7 +164,8 @@ def embed_with_progress(media: Any, start: float, end: float, window_s: float, e
     v, a, _ = range_rows(media.duration, start, end, window_s, enc.fps)
     total = (len(v) if media.video_stream is not None else 0) + (len(a) if media.audio_stream is not None else 0)
     with tqdm(total=total, unit="row", desc="generate: features", disable=not show, file=sys.stderr) as bar:
-        return embed_range(media, start, end, window_s, enc, DecodeConfig(), progress=bar.update)  # ingest's decoding defaults
+        # Decoding at ingest's defaults: throughput only, never in a fingerprint.
+        return embed_range(media, start, end, window_s, enc, DecodeConfig(), progress=bar.update)
 
 
 def write_outputs(cfg: GenerateConfig, msgs: list[Any], start: float, end: float) -> tuple[list[Path], list[str]]:
