@@ -98,6 +98,35 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def best_step(meta: dict[str, Any], where: Path) -> int | None:
+    """The step train.select=val_loss chose, from a checkpoint's meta.json (None: the run selects
+    the newest). Only a step number is read from the file, never a path: the directory is built here."""
+    best = meta.get("best")
+    if best is None:
+        return None
+    step = best.get("step") if isinstance(best, dict) else None
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{where}: \"best\" must be {{\"step\": N, \"val_loss\": x}} with N a step number, "
+                              f"got {str(best)[:80]}; pass a checkpoint directory instead of the run")
+    return step
+
+
+def selected(run_dir: str | Path) -> Path | None:
+    """The checkpoint a run directory stands for: the newest, or (train.select=val_loss) the one
+    of the lowest validation loss that its newest checkpoint's meta.json names."""
+    newest = latest(run_dir)
+    if newest is None:
+        return None
+    step = best_step(read_meta(newest), newest / META_FILE)
+    if step is None:
+        return newest
+    chosen = ckpt_root(run_dir) / f"{PREFIX}{step:07d}"
+    if chosen not in list_checkpoints(run_dir):
+        raise CheckpointError(f"{newest / META_FILE} selects step {step} (lowest validation loss) but {chosen} is "
+                              f"missing; pass a checkpoint directory instead of the run (e.g. {newest})")
+    return chosen
+
+
 def rng_state() -> dict[str, Any]:
     """Every generator's state as tensors and plain numbers, so that `torch.load(weights_only=True)`
     reads it back: a run directory is shared storage, and unpickling a planted file runs its code."""
@@ -210,7 +239,8 @@ def publish(stage: Path, step: int, model: torch.nn.Module, optimizer: Any, sche
     with disk_full_is_one_error(stage, step):
         final = _write_and_rename(stage, step, model_state, optim_state, scheduler, cfg, meta, tokenizer_path,
                                   selection)
-    prune(stage.parent.parent, keep_last, final)
+    best = best_step(meta, stage / META_FILE)
+    prune(stage.parent.parent, keep_last, final, keep=None if best is None else stage.parent / f"{PREFIX}{best:07d}")
     return final
 
 
@@ -244,11 +274,11 @@ def set_aside(ckpt: Path, problems: list[str]) -> Path:
     return dest
 
 
-def prune(run_dir: str | Path, keep_last: int, newest: Path | None = None) -> list[Path]:
-    """Keep the `keep_last` newest INTACT checkpoints (0: all). Every checkpoint is verified first
-    (sizes and sha256 against its meta.json; `newest`, just written, is known intact): damaged
-    ones are set aside, so a damaged newer checkpoint can never push intact ones out. Returns the
-    checkpoints removed."""
+def prune(run_dir: str | Path, keep_last: int, newest: Path | None = None, keep: Path | None = None) -> list[Path]:
+    """Keep the `keep_last` newest INTACT checkpoints (0: all), and `keep` (the selected one of
+    train.select=val_loss) beside them. Every checkpoint is verified first (sizes and sha256
+    against its meta.json; `newest`, just written, is known intact): damaged ones are set aside,
+    so a damaged newer checkpoint can never push intact ones out. Returns the checkpoints removed."""
     if keep_last <= 0:
         return []
     intact = []
@@ -258,9 +288,10 @@ def prune(run_dir: str | Path, keep_last: int, newest: Path | None = None) -> li
             set_aside(ckpt, problems)
         else:
             intact.append(ckpt)
-    for old in intact[keep_last:]:
+    removed = [old for old in intact[keep_last:] if old != keep]
+    for old in removed:
         shutil.rmtree(old)
-    return intact[keep_last:]
+    return removed
 
 
 def read_json(p: Path) -> Any:
@@ -437,11 +468,11 @@ def model_mismatch(ckpt: Path, model_cfg: Any, err: Exception) -> str:
 
 
 def resolve(run_dir_or_ckpt: str | Path) -> Path:
-    """A checkpoint directory, or a run directory's latest checkpoint."""
+    """A checkpoint directory, or a run directory's selected checkpoint (train.select)."""
     p = Path(run_dir_or_ckpt)
     if (p / META_FILE).exists() and (p / MODEL_FILE).exists():
         return p
-    ckpt = latest(p)
+    ckpt = selected(p)
     if ckpt is None:
         raise FileNotFoundError(f"{p} is neither a checkpoint nor a run with checkpoints (expected "
                                 f"{ckpt_root(p)}/{PREFIX}*/{META_FILE}): train first, or pass --run <run_dir>")

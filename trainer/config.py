@@ -64,7 +64,13 @@ class TrainConfig:
     eval_every: int = param(200, "steps between validation passes", ge=1)
     eval_batches: int = param(20, "validation batches per pass", ge=1)
     save_every: int = param(500, "steps between checkpoints", ge=1)
-    keep_last: int = param(3, "checkpoints kept", ge=0)
+    keep_last: int = param(3, "checkpoints kept (and, with select=val_loss, the selected one)", ge=0)
+    # With little data the last step is often past the best one (the model starts to learn its
+    # training VODs by heart): val_loss keeps the checkpoint of the lowest validation loss and
+    # makes it the one a run directory stands for. --resume still continues from the newest.
+    select: str = param("last", "the checkpoint that eval, generate, live and --init-from take from a run "
+                                "directory: the newest, or the one of the lowest validation loss (a checkpoint "
+                                "is saved at each validation pass that improves it)", choices=["last", "val_loss"])
     log_every: int = param(10, "steps between TensorBoard scalars", ge=1)
     num_samples: int = param(4, "generated messages logged next to real ones at each eval", ge=0)
     seed: int = param(0, "model init and data order", ge=0)

@@ -48,8 +48,8 @@ from vod2chat.trainer.batch import to_device
 from vod2chat.trainer.checkpoint import TrainState, resume, save_run
 from vod2chat.trainer.processes import grad_accum_steps, init_restarted_process_group, mixed_precision, restarted
 from vod2chat.trainer.report import final_summary, startup_summary
-from vod2chat.trainer.steps import (BadSteps, build_optimizer, build_tokenizer, evaluate, flat_dict, log_hparams, log_samples,
-                                    plan_data, train_step)
+from vod2chat.trainer.steps import (BadSteps, build_optimizer, build_tokenizer, check_selectable, evaluate, flat_dict,
+                                    improves, log_hparams, log_samples, plan_data, selection, train_step)
 from vod2chat.trainer.stream import make_train_loader
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
@@ -76,6 +76,7 @@ def main(cfg: Config) -> dict[str, float]:
     accum = grad_accum_steps(tc, acc.num_processes)
     run_dir.mkdir(parents=True, exist_ok=True)
     splits = RunSplits(cfg.data)
+    check_selectable(tc, splits)
     store_fps = splits.fingerprints()
     cfg, tok, tok_path, model, inherited = build_model(cfg, run_dir, acc, splits)
     optimizer, scheduler = build_optimizer(model, tc)
@@ -89,6 +90,8 @@ def main(cfg: Config) -> dict[str, float]:
     batches = make_train_loader(plan.shards, tok, cfg.data, tc.micro_batch, tc.seed, plan.states, plan.num_workers)
     val_loader = make_loader(cfg.data, tok, "val", tc.micro_batch, acc.process_index, acc.num_processes, tc.seed,
                              splits)
+    meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
+            "tokenizer": {"vocab_size": tok.vocab_size}, **lineage(cfg, run_dir, splits), **selection(tc, ckpt)}
     if acc.is_main_process:  # only now: a resume that fails above leaves the run's config and curves as they were
         save_config(cfg, run_dir / "config.toml")
         acc.init_trackers("tb")
@@ -96,8 +99,6 @@ def main(cfg: Config) -> dict[str, float]:
         print(startup_summary(cfg, splits, acc.unwrap_model(model), plan.shards, acc.mixed_precision,
                               acc.num_processes, plan.num_workers, acc.device, start), flush=True)
     bad = BadSteps(tc.max_bad_steps, run_dir)
-    meta = {"fingerprints": store_fps, "store": cfg.data.store, "grad_accum": accum, "world_size": acc.num_processes,
-            "tokenizer": {"vocab_size": tok.vocab_size}, **lineage(cfg, run_dir, splits)}
     state = TrainState(model=model, optimizer=optimizer, scheduler=scheduler, tok_path=tok_path, meta=meta, plan=plan,
                        batches=batches)
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, disable=not (tc.progress and acc.is_main_process))
@@ -105,6 +106,7 @@ def main(cfg: Config) -> dict[str, float]:
     startup: dict[str, float] = {}
     t0 = time.perf_counter()
     for step in bar:
+        improved = False
         micro = [to_device(next(batches), acc.device) for _ in range(accum)]
         out = train_step(model, optimizer, scheduler, micro, acc, tc.grad_clip)
         done = step + 1
@@ -125,7 +127,8 @@ def main(cfg: Config) -> dict[str, float]:
             acc.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step=done)
             if acc.is_main_process and tc.num_samples:
                 log_samples(acc, model, val_loader, tok, cfg, done)
-        if done % tc.save_every == 0 or done == tc.steps:
+            improved = improves(meta, tc, metrics["val/loss"], done)
+        if improved or done % tc.save_every == 0 or done == tc.steps:
             save_run(acc, cfg, done, state)
     acc.end_training()
     if acc.is_main_process:

@@ -63,8 +63,10 @@ def startup_summary(cfg: Config, splits: RunSplits, model: torch.nn.Module, pinn
 
 
 def final_summary(metrics: dict[str, float], run_dir: str | Path, step: int) -> str:
-    """Where the run ended: its last validation loss and its newest checkpoint."""
-    ckpt = checkpoint.latest(run_dir)
+    """Where the run ended: its last validation loss and the checkpoint the run stands for."""
+    ckpt, newest = checkpoint.selected(run_dir), checkpoint.latest(run_dir)
     val = (f"final validation loss {metrics['val/loss']:.4f} (perplexity {metrics['val/ppl']:.2f}; "
            f"A/V shuffled {metrics['val/loss_av_shuffled']:.4f})" if "val/loss" in metrics else "no validation pass")
-    return f"done at step {step}: {val}; checkpoint {ckpt if ckpt else '(none written)'}"
+    which = (f" (the lowest validation loss, {checkpoint.read_meta(ckpt)['best']['val_loss']:.4f}; newest {newest})"
+             if ckpt != newest else "")
+    return f"done at step {step}: {val}; checkpoint {ckpt if ckpt else '(none written)'}{which}"

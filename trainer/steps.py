@@ -139,6 +139,41 @@ def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int)
     return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
 
 
+def check_selectable(tc: TrainConfig, splits: RunSplits) -> None:
+    """Without a validation VOD, val_loss would pick the first pass's empty 0.0 for good."""
+    if tc.select == "val_loss" and not splits.select("val"):
+        raise ValueError("train.select=val_loss chooses the checkpoint by validation loss, but the selection has no "
+                         "validation VOD: name some in data.val_vods (or raise data.val_fraction), or set "
+                         "train.select=last")
+
+
+def selection(tc: TrainConfig, ckpt: Path | None) -> dict[str, Any]:
+    """meta.json's "best" of a run that continues (train.select=val_loss): the record of the
+    checkpoint resumed from, so the choice after a resume is the uninterrupted run's."""
+    if tc.select != "val_loss" or ckpt is None:
+        return {}
+    meta = checkpoint.read_meta(ckpt)
+    if checkpoint.best_step(meta, ckpt / checkpoint.META_FILE) is None:
+        return {}
+    loss = meta["best"].get("val_loss")
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+        raise checkpoint.CheckpointError(f"{ckpt / checkpoint.META_FILE}: \"best\" has no finite val_loss "
+                                         f"({str(loss)[:40]}); the checkpoint is damaged")
+    return {"best": {"step": meta["best"]["step"], "val_loss": float(loss)}}
+
+
+def improves(meta: dict[str, Any], tc: TrainConfig, loss: float, step: int) -> bool:
+    """train.select=val_loss: whether `loss` is the lowest validation loss so far. If it is, it
+    becomes meta["best"], written into this and every later checkpoint (the run's selection)."""
+    if tc.select != "val_loss" or not math.isfinite(loss):
+        return False
+    best = meta.get("best")
+    if best is not None and loss >= best["val_loss"]:
+        return False
+    meta["best"] = {"step": step, "val_loss": loss}
+    return True
+
+
 def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int,
               splits: RunSplits | None = None) -> stream.DataPlan:
     """A fresh run pins the train split's shards; a resume continues the checkpoint's pinned
