@@ -17,14 +17,18 @@
    marginal, the model and its ablations, and the gain over the marginal each closes; with
    several seeds, a summary of each seed's gain closed and their mean.
 5. Generation: `vod2chat generate` on each test VOD, and how often what it writes is a
-   reaction to an event that really happened in the last 2 to 8 s, against how often the
-   oracle's own samples would be.
+   reaction to an event that really happened in the channel's delay window before it (2 to 8 s
+   here), against how often the oracle's own samples would be.
 
 With --draws N the benchmark runs on the family instead (synth/events.py draws 1..N, each with
 its own generator parameters, channels and VOD length): per draw and per --minutes-per-channel
 value, the `moment` variant is trained on that many minutes of stream per channel and evaluated
 at each window; printed: the per-draw table, the distribution over draws (median, minimum) and
-the learning curve (gain closed vs minutes per channel).
+the learning curve (gain closed vs minutes per channel). A run that selects its checkpoint by
+validation loss (train.select=val_loss) also has its newest checkpoint evaluated: last vs
+selected, paired. At the largest window, `vod2chat generate` runs on each test VOD for
+--generate-s seconds (60 by default here) and is scored as in 5., with each channel's own
+delay window (from its truth file).
 
 Everything is reused when it is already in --out (videos, store, runs, evaluations): delete a
 run's directory to retrain it. Every figure printed is measured in this run.
@@ -150,6 +154,8 @@ def train(out: Path, store: str, plan: dict[str, Any], window: float, steps: int
 
 
 def evaluate(out: Path, run: Path, max_moments: int, ablations: list[str]) -> dict[str, Any]:
+    """`run` is a run directory (its selected checkpoint) or one checkpoint directory; the report
+    is cached beside it as eval-moment.json."""
     from vod2chat.inference.evaluate import EvalConfig
     from vod2chat.inference.evaluate import main as eval_main
 
@@ -164,8 +170,11 @@ def evaluate(out: Path, run: Path, max_moments: int, ablations: list[str]) -> di
 
 
 def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[str, float]:
-    """Share of generated messages that react to an event of the right type under way (2 to 8 s
-    before), for the model (vod2chat generate) and in expectation for the oracle at the same times."""
+    """Share of generated messages that react to an event of the right type under way, for the
+    model (vod2chat generate) and in expectation for the oracle at the same times. "Under way" is
+    the oracle's own test: the event started within the VOD's channel's delay window (its truth
+    file's delay_s: 2 to 8 s in the fixed benchmark, drawn per channel in the family) before the
+    message, so the hit is exactly an event type the oracle gives the message a chance to react to."""
     from vod2chat.inference import oracle
     from vod2chat.inference.generate import GenerateConfig
     from vod2chat.ingest.config import EncoderConfig
@@ -174,19 +183,19 @@ def generation(out: Path, run: Path, plan: dict[str, Any], end: float) -> dict[s
 
     hits = wrong = n = other = 0
     orc = 0.0
-    truths = {(c, v): load_truth(out / "vods" / c / f"{v}.truth.json") for c in CHANNELS for v in plan[c]["test"]}
+    truths = {(c, v): load_truth(out / "vods" / c / f"{v}.truth.json") for c in plan for v in plan[c]["test"]}
     for (channel, vod), truth in truths.items():
         # Phrases only another community uses: the model lost track of whose chat it writes.
         foreign = {x for (c, _), t in truths.items() if c != channel for texts in t.texts.values() for x in texts}
         path = run / f"generated-{vod}.json"
         if not path.exists():
-            gen_main(GenerateConfig(run=str(run), vod=str(out / "vods" / channel / f"{vod}.mkv"), end=str(end),
-                                    out=str(path), streamer=channel, device="cpu",
+            gen_main(GenerateConfig(run=str(run), vod=str(out / "vods" / channel / f"{vod}.mkv"),
+                                    end=str(min(end, truth.duration)), out=str(path), streamer=channel, device="cpu",
                                     encoders=EncoderConfig(video_weights="random", audio_weights="random")))
         types = {text: src for src, texts in truth.texts.items() if src != "chatter" for text in texts}
         for m in json.loads(path.read_text()):
             probs = oracle.text_probs(truth, m["t"])
-            active = {types[x] for x in probs if x in types}
+            active = {types[x] for x, p in probs.items() if x in types and p > 0}
             src = types.get(m["text"].strip())
             n += 1
             hits += src is not None and src in active
@@ -240,12 +249,14 @@ def seeds_table(results: dict[tuple[str, float, int], dict[str, Any]],
 
 
 # -- the family (--draws) --------------------------------------------------------------------
-def family_runs(a: argparse.Namespace) -> dict[tuple[int, int, float], dict[str, Any]]:
+def family_runs(a: argparse.Namespace) -> dict[str, dict[tuple, Any]]:
     """Per draw, per minutes of training stream per channel and per window: one `moment` run and
-    its evaluation (the oracle, the channel marginal, the model and its A/V-shuffled ablation)."""
+    its evaluation (the oracle, the channel marginal, the model and its A/V-shuffled ablation),
+    its newest checkpoint's evaluation when it selects another (last_vs_selected), and at the
+    largest window generation on the test VODs (--generate-s)."""
     from vod2chat.synth.events import draw_params
 
-    results = {}
+    found: dict[str, dict[tuple, Any]] = {"results": {}, "paired": {}, "gens": {}}
     minutes = [int(m) for m in a.minutes_per_channel.split(",")]
     windows = [float(w) for w in a.windows.split(",")]
     for d in range(a.first_draw, a.first_draw + a.draws):
@@ -259,9 +270,35 @@ def family_runs(a: argparse.Namespace) -> dict[tuple[int, int, float], dict[str,
             for window in windows:
                 run = train(out, store, plan, window, a.steps, f"moment-w{window:g}-s{a.steps}{a.tag}",
                             VARIANTS["moment"] + [f"train.seed={a.seed}"] + a.overrides, runs=out / f"m{m}" / "runs")
-                results[(d, m, window)] = evaluate(out, run, a.max_moments, ["full", "av_shuffled"])
+                found["results"][(d, m, window)] = evaluate(out, run, a.max_moments, ["full", "av_shuffled"])
+                found["paired"][(d, m, window)] = last_vs_selected(out, run, a.max_moments)
+            if a.generate_s:
+                found["gens"][(d, m, max(windows))] = generation(out, run_dir(a, out, m, max(windows)), plan, a.generate_s)
             print(f"draw {d}, {m} min per channel: done", file=sys.stderr)
-    return results
+    return found
+
+
+def run_dir(a: argparse.Namespace, out: Path, minutes: int, window: float) -> Path:
+    return out / f"m{minutes}" / "runs" / f"moment-w{window:g}-s{a.steps}{a.tag}"
+
+
+def last_vs_selected(out: Path, run: Path, max_moments: int) -> dict[str, Any] | None:
+    """The newest checkpoint's evaluation next to the selected one's (the run's eval-moment.json):
+    None when the run does not select by validation loss (its newest checkpoint's meta.json has
+    no "best"); "same" when the newest checkpoint is the one selected, so one evaluation is both."""
+    from vod2chat.trainer import checkpoint
+
+    newest = checkpoint.latest(run)
+    if newest is None or checkpoint.best_step(checkpoint.read_meta(newest), newest / checkpoint.META_FILE) is None:
+        return None
+    chosen = checkpoint.selected(run)
+    step = lambda ckpt: int(checkpoint.read_meta(ckpt)["step"])  # noqa: E731
+    if chosen == newest:
+        return {"same": True, "step": step(newest), "selected_step": step(chosen)}
+    # The same evaluation as the run's (split test, every moment or --max-moments, the full model
+    # and its A/V-shuffled ablation), cached in the newest checkpoint's own directory.
+    return {"same": False, "step": step(newest), "selected_step": step(chosen),
+            "eval": evaluate(out, newest, max_moments, ["full", "av_shuffled"])}
 
 
 def _median(xs: list[float]) -> float:
@@ -308,16 +345,85 @@ def family_tables(results: dict[tuple[int, int, float], dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _spread(xs: list[float]) -> str:
+    return f"{_median(xs):+.2f} / {min(xs):+.2f}" if xs else "-"
+
+
+def paired_table(results: dict[tuple[int, int, float], dict[str, Any]],
+                 paired: dict[tuple[int, int, float], dict[str, Any] | None]) -> str:
+    """Last vs selected: gain closed (MRR, full model) of each run's newest checkpoint and of the
+    one it selected by validation loss, paired on the same test moments, per run and over draws."""
+    closed = lambda rep: rep["oracle"]["closed_mrr"]["full"]  # noqa: E731
+    keys = [k for k, p in paired.items() if p is not None]
+    if not keys:
+        return ("Last vs selected: no run selects its checkpoint by validation loss (train.select=val_loss), "
+                "so there is nothing to compare.")
+    lines = ["Last vs selected (train.select=val_loss): gain closed of the newest checkpoint and of the one of "
+             "the lowest validation loss, on the same test moments",
+             "", "| draw | min/channel | window | last: step | last: gain closed | selected: step | "
+             "selected: gain closed | selected - last |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pairs = {}
+    for d, m, w in keys:
+        p, sel = paired[(d, m, w)], results[(d, m, w)]
+        last = sel if p["same"] else p["eval"]
+        pairs[(d, m, w)] = (closed(last), closed(sel))
+        note = " (= last)" if p["same"] else ""
+        if sel.get("step") is not None and sel["step"] != p["selected_step"]:
+            note += f" (eval-moment.json is of step {sel['step']}: delete it to re-evaluate)"
+        lines.append(f"| {d} | {m} | {w:g} s | {p['step']} | {closed(last):.2f} | {p['selected_step']}{note} | "
+                     f"{closed(sel):.2f} | {closed(sel) - closed(last):+.2f} |")
+    lines += ["", "| min/channel | window | draws | last: median / minimum | selected: median / minimum | "
+              "selected - last: median / minimum |", "|---:|---:|---:|---|---|---|"]
+    for m, w in dict.fromkeys((m, w) for _, m, w in sorted(pairs)):
+        xs = [v for (_, m2, w2), v in sorted(pairs.items()) if (m2, w2) == (m, w)]
+        lines.append(f"| {m} | {w:g} s | {len(xs)} | {_spread([x[0] for x in xs])} | {_spread([x[1] for x in xs])} | "
+                     f"{_spread([x[1] - x[0] for x in xs])} |")
+    unpaired = len(paired) - len(keys)
+    if unpaired:
+        lines.append(f"\n{unpaired} run(s) do not select by validation loss: not in this table.")
+    return "\n".join(lines)
+
+
+def family_generation_table(gens: dict[tuple[int, int, float], dict[str, float]], generate_s: float) -> str:
+    """Generation per draw (the largest window's run, its selected checkpoint) and the model/oracle
+    ratio over draws: issue 20's target is a median of at least 0.85."""
+    if not gens:
+        return "Generation: skipped (--generate-s 0)."
+    ratio = lambda g: g["model"] / g["oracle"] if g["oracle"] > 0 else None  # noqa: E731
+    lines = [f"Generation: `vod2chat generate` on the first {generate_s:g} s of each test VOD; a hit is a message "
+             "written for an event of its type that started within the channel's delay window before it",
+             "", "| draw | min/channel | window | generated messages | reacting to the event that happened: model | "
+             "oracle | model / oracle | reacting to an event that did not happen: model | the other channels' phrases |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (d, m, w), g in sorted(gens.items()):
+        r = ratio(g)
+        lines.append(f"| {d} | {m} | {w:g} s | {g['messages']} | {g['model']:.3f} | {g['oracle']:.3f} | "
+                     f"{'-' if r is None else f'{r:.2f}'} | {g['model_wrong']:.3f} | {g['other_channel']:.3f} |")
+    lines += ["", "| min/channel | window | draws | model / oracle: median | minimum | draw at the minimum |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for m, w in dict.fromkeys((m, w) for _, m, w in sorted(gens)):
+        xs = {d: ratio(g) for (d, m2, w2), g in sorted(gens.items()) if (m2, w2) == (m, w) and ratio(g) is not None}
+        if not xs:
+            lines.append(f"| {m} | {w:g} s | 0 | - | - | - |")
+            continue
+        worst = min(xs, key=xs.get)
+        lines.append(f"| {m} | {w:g} s | {len(xs)} | {_median(list(xs.values())):.2f} | {xs[worst]:.2f} | {worst} |")
+    return "\n".join(lines)
+
+
 def main_family(a: argparse.Namespace) -> None:
     from vod2chat.ingest.precision import machine_line
 
     t0 = time.perf_counter()
-    results = family_runs(a)
+    found = family_runs(a)
+    results = found["results"]
     print("\n" + machine_line("features of each draw's store, training fp32"))
     print(f"benchmark family: draws {a.first_draw}..{a.first_draw + a.draws - 1} (synth/events.py draw_params; "
           f"ranges in bench/README.md), {a.steps} steps of launch/demo_train.toml's model with the `moment` options, "
           f"train.seed={a.seed}, {a.test_vods} test VOD(s) per channel; overrides: {' '.join(a.overrides) or 'none'}\n")
     print(family_tables(results))
+    print("\n" + paired_table(results, found["paired"]))
+    print("\n" + family_generation_table(found["gens"], a.generate_s))
     print(f"\ntotal wall time {time.perf_counter() - t0:.0f} s (runs and evaluations already in {a.out} are reused)")
 
 
@@ -331,7 +437,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--windows", default="8,20")
     p.add_argument("--max-moments", type=int, default=0, help="test moments evaluated (0: all)")
-    p.add_argument("--generate-s", type=float, default=120.0, help="seconds of each test VOD to generate chat for (0: skip)")
+    p.add_argument("--generate-s", type=float, default=None, help="seconds of each test VOD to generate chat for "
+                   "(0: skip; default 120, with --draws 60 at the largest window)")
     p.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only")
     p.add_argument("--variants", default="baseline,moment", help=f"model variants to train: {', '.join(VARIANTS)}")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
@@ -346,13 +453,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="--draws: train.seed of every run")
     p.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. train.lr=1e-3")
     a = p.parse_args()
+    a.generate_s = (60.0 if a.draws else 120.0) if a.generate_s is None else a.generate_s
+    if a.generate_s < 0:
+        p.error(f"--generate-s must be >= 0 seconds (0: skip), got {a.generate_s:g}")
     if a.draws:
         if a.first_draw < 1:
             p.error("--first-draw must be >= 1: draw 0 is the fixed benchmark (run without --draws)")
         if not all(x.strip().isdigit() and 1 <= int(x) < 600 for x in a.minutes_per_channel.split(",")):
             p.error(f"--minutes-per-channel must be whole minutes from 1 to 599, got {a.minutes_per_channel!r}")
-        if a.out == "bench_out/moment":
-            a.out = "bench_out/moment_family"
+        a.out = "bench_out/moment_family" if a.out == "bench_out/moment" else a.out
         return main_family(a)
 
     out = Path(a.out)

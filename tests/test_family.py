@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,8 +34,12 @@ from vod2chat.synth.events import (
     render_event_frame,
     synthesize_events,
 )
+from helpers import cfg_for
+from store_factory import make_store
 from vod2chat.synth.scenes import AUDIO_RATE
-from vod2chat.synth.truth import load_truth
+from vod2chat.synth.truth import Event, Truth, load_truth
+from vod2chat.trainer import checkpoint
+from vod2chat.trainer.main import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 DRAWS = range(1, 41)
@@ -164,6 +169,94 @@ def test_volume_plan_gives_the_exact_minutes_and_reuses_whole_vods():
     assert small["train"][:2] == large["train"][:2]  # the curve's larger volume reuses the smaller's whole VODs
     ids = [v for split in large.values() for v, _ in split]
     assert len(ids) == len(set(ids))
+
+
+def test_generation_scores_each_channel_by_its_own_drawn_delay_window(tmp_path: Path):
+    """Family generation (bench/moment.py generation): the channels come from the draw's plan,
+    and a message reacts to an event when that event started within ITS channel's delay window
+    before it, not within the fixed generator's 2 to 8 s."""
+    bench = _bench()
+    p = draw_params(_small_draw())
+    delay = {"desert": (0.5, 1.5), "neon": (9.0, 12.0)}
+    events = [Event(10.0, 11.0, "flash"), Event(40.0, 41.0, "ding")]
+    texts = {c: channel_texts(p, c) for c in delay}
+    for c, vod in (("desert", "301"), ("neon", "401")):
+        (tmp_path / "vods" / c).mkdir(parents=True)
+        truth = Truth(c, 60.0, events, delay[c], 4.0, 0.5, texts[c])
+        (tmp_path / "vods" / c / f"{vod}.truth.json").write_text(json.dumps(truth.to_json()))
+    said = lambda t, text: {"t": t, "user": "someone", "text": text}  # noqa: E731
+    run = tmp_path / "run"
+    run.mkdir()
+    # What `vod2chat generate` wrote, cached in the run (the benchmark reads it back as it is).
+    (run / "generated-301.json").write_text(json.dumps([
+        said(11.0, texts["desert"]["flash"][0]),  # 1 s after the flash: inside desert's 0.5-1.5 s
+        said(11.4, texts["desert"]["flash"][-1]),
+        said(15.0, texts["desert"]["flash"][0]),  # 5 s after: inside 2-8 s, outside desert's window
+        said(20.0, texts["desert"]["chatter"][0])]))
+    (run / "generated-401.json").write_text(json.dumps([
+        said(50.0, texts["neon"]["ding"][0]),  # 10 s after the ding: inside neon's 9-12 s
+        said(44.0, texts["neon"]["ding"][-1]),  # 4 s after: inside 2-8 s, outside neon's window
+        said(50.0, texts["desert"]["flash"][0])]))  # the other community's words
+    plan = {"desert": {"train": [], "val": [], "test": ["301"]}, "neon": {"train": [], "val": [], "test": ["401"]}}
+    g = bench.generation(tmp_path, run, plan, 60.0)
+    assert g["messages"] == 7
+    assert (g["model"], g["model_wrong"], g["other_channel"]) == pytest.approx((3 / 7, 2 / 7, 1 / 7))
+    # The oracle's share: its chance of writing some event's phrase at those same times.
+    want = sum(sum(pr for x, pr in oracle.text_probs(load_truth(tmp_path / "vods" / c / f"{v}.truth.json"), t).items()
+                   if x not in texts[c]["chatter"])
+               for c, v, ts in (("desert", "301", (11, 11.4, 15, 20)), ("neon", "401", (50, 44, 50))) for t in ts) / 7
+    assert g["oracle"] == pytest.approx(want) and 0 < want < 1
+    # Per draw, then the ratio over draws (a draw whose oracle wrote no reaction has no ratio).
+    gens = {(d, 15, 20.0): {"messages": 10, "model": m, "oracle": o, "model_wrong": 0.0, "other_channel": 0.0}
+            for d, m, o in ((1, 0.3, 0.4), (2, 0.45, 0.5), (3, 0.2, 0.2), (4, 0.1, 0.0))}
+    text = bench.family_generation_table(gens, 60.0)
+    assert "| 1 | 15 | 20 s | 10 | 0.300 | 0.400 | 0.75 |" in text and "| 4 | 15 | 20 s | 10 | 0.100 | 0.000 | - |" in text
+    assert "| 15 | 20 s | 3 | 0.90 | 0.75 | 1 |" in text
+    assert "skipped" in bench.family_generation_table({}, 0.0)
+
+
+@pytest.fixture(scope="module")
+def select_runs(tmp_path_factory) -> Path:
+    """A run choosing by validation loss with checkpoints at 20 and 40, and one choosing the last."""
+    d = tmp_path_factory.mktemp("lastsel")
+    make_store(d / "store")
+    common = ("train.eval_every=20", "train.save_every=20", "train.keep_last=0", "train.num_samples=0")
+    train_main(cfg_for(d / "store", d / "val", "train.steps=40", "train.select=val_loss", *common))
+    train_main(cfg_for(d / "store", d / "last", "train.steps=20", *common))
+    return d
+
+
+def test_last_vs_selected_pairs_the_newest_checkpoint_with_the_selected_one(select_runs: Path, tmp_path: Path):
+    bench = _bench()
+    run = tmp_path / "run"
+    shutil.copytree(select_runs / "val", run)
+    newest = checkpoint.latest(run)
+    meta = json.loads((newest / "meta.json").read_text())
+    report = lambda step, closed: {"ablations": ["full", "av_shuffled"], "step": step,  # noqa: E731
+                                   "oracle": {"closed_mrr": {"full": closed}}}
+    key = (2, 15, 20.0)
+
+    def choose(step: int) -> dict:
+        # Which pass had the lowest loss is up to the run; plant each case (meta.json is not under its sha256).
+        meta["best"] = {"step": step, "val_loss": 1.0}
+        (newest / "meta.json").write_text(json.dumps(meta))
+        return bench.last_vs_selected(tmp_path, run, 0)
+
+    # The newest checkpoint's evaluation, as evaluate() cached it in the checkpoint's directory.
+    (newest / "eval-moment.json").write_text(json.dumps(report(40, 0.5)))
+    p = choose(20)
+    assert (p["same"], p["step"], p["selected_step"]) == (False, 40, 20) and p["eval"] == report(40, 0.5)
+    text = bench.paired_table({key: report(20, 0.75)}, {key: p})
+    assert "| 2 | 15 | 20 s | 40 | 0.50 | 20 | 0.75 | +0.25 |" in text
+    assert "| 15 | 20 s | 1 | +0.50 / +0.50 | +0.75 / +0.75 | +0.25 / +0.25 |" in text
+    # The selected evaluation is of another checkpoint than the one selected: said, not silently paired.
+    assert "eval-moment.json is of step 40" in bench.paired_table({key: report(40, 0.75)}, {key: p})
+    p = choose(40)
+    assert (p["same"], p["step"], p["selected_step"]) == (True, 40, 40) and "eval" not in p
+    assert "| 40 | 0.60 | 40 (= last) | 0.60 | +0.00 |" in bench.paired_table({key: report(40, 0.6)}, {key: p})
+    # A run without train.select=val_loss: nothing to pair, and the table says so.
+    assert bench.last_vs_selected(tmp_path, select_runs / "last", 0) is None
+    assert "nothing to compare" in bench.paired_table({key: report(20, 0.6)}, {key: None})
 
 
 @pytest.mark.slow
