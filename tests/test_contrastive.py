@@ -195,7 +195,7 @@ def test_two_process_gloo_training_with_the_aux_loss(store_dir: Path, tmp_path: 
     pairs its own examples."""
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
                     str(REPO / "trainer/main.py"), "--config", str(DEBUG), f"data.store={store_dir}", VAL, *ON,
                     f"train.run_dir={run}", "train.steps=6", "train.eval_every=6", "train.log_every=2",
                     "train.progress=false", "train.num_samples=0"],
