@@ -50,11 +50,19 @@ CHANNELS = ("forest", "harbor")
 # Each variant names every setting it depends on, so changes to launch/demo_train.toml do not
 # silently change what a row of the table means.
 MOMENT_OPTIONS = ("model.row_diff", "model.age_gate", "model.enc_alibi", "model.input_mlp", "data.streamer_token")
+NO_CONTRASTIVE = ["model.contrastive_dim=0", "model.contrastive_weight=0"]
 VARIANTS = {
     # The demo's model as issue 13 found it.
-    "baseline": [f"{k}=false" for k in MOMENT_OPTIONS] + ["model.dropout=0.3"],
+    "baseline": [f"{k}=false" for k in MOMENT_OPTIONS] + ["model.dropout=0.3"] + NO_CONTRASTIVE,
     # What helped, each measured at window 20 (docs/moment.md).
-    "moment": [f"{k}=true" for k in MOMENT_OPTIONS] + ["model.dropout=0.1"],
+    "moment": [f"{k}=true" for k in MOMENT_OPTIONS] + ["model.dropout=0.1"] + NO_CONTRASTIVE,
+    # Plus the contrastive aux loss (issue 20, to be measured on the family). Weight 0.1, dim 64
+    # from a tiny probe (tests/store_factory.py's store, 12 VODs, launch/debug.toml, 300 steps,
+    # seeds 0 and 1): 0.1 already aligns held-out windows with their messages (InfoNCE 1.85 and
+    # 1.95 vs 2.63 and 2.69 A/V-shuffled) and left the token loss where it was without it (0.41
+    # and 0.34 vs 0.40 and 0.38); 0.3 and 1.0 were no better beyond seed noise.
+    "moment+contrastive": [f"{k}=true" for k in MOMENT_OPTIONS] + ["model.dropout=0.1", "model.contrastive_dim=64",
+                                                                   "model.contrastive_weight=0.1"],
 }
 ROWS = ("oracle", "marginal", "full", "av_shuffled", "audio_only", "video_only", "chat_only")
 
@@ -250,10 +258,11 @@ def seeds_table(results: dict[tuple[str, float, int], dict[str, Any]],
 
 # -- the family (--draws) --------------------------------------------------------------------
 def family_runs(a: argparse.Namespace) -> dict[str, dict[tuple, Any]]:
-    """Per draw, per minutes of training stream per channel and per window: one `moment` run and
-    its evaluation (the oracle, the channel marginal, the model and its A/V-shuffled ablation),
-    its newest checkpoint's evaluation when it selects another (last_vs_selected), and at the
-    largest window generation on the test VODs (--generate-s)."""
+    """Per draw, per minutes of training stream per channel and per window: one run of the
+    variant (`moment` unless --variants names another) and its evaluation (the oracle, the
+    channel marginal, the model and its A/V-shuffled ablation), its newest checkpoint's
+    evaluation when it selects another (last_vs_selected), and at the largest window generation
+    on the test VODs (--generate-s)."""
     from vod2chat.synth.events import draw_params
 
     found: dict[str, dict[tuple, Any]] = {"results": {}, "paired": {}, "gens": {}}
@@ -268,8 +277,8 @@ def family_runs(a: argparse.Namespace) -> dict[str, dict[tuple, Any]]:
             plan = synth_all(out, 0, a.test_vods, 0.0, 0.0, draw=draw, minutes=m)
             store = ingest_all(out, draw.channels, out / f"m{m}" / "store", plan)
             for window in windows:
-                run = train(out, store, plan, window, a.steps, f"moment-w{window:g}-s{a.steps}{a.tag}",
-                            VARIANTS["moment"] + [f"train.seed={a.seed}"] + a.overrides, runs=out / f"m{m}" / "runs")
+                run = train(out, store, plan, window, a.steps, run_dir(a, out, m, window).name,
+                            VARIANTS[a.variants] + [f"train.seed={a.seed}"] + a.overrides, runs=out / f"m{m}" / "runs")
                 found["results"][(d, m, window)] = evaluate(out, run, a.max_moments, ["full", "av_shuffled"])
                 found["paired"][(d, m, window)] = last_vs_selected(out, run, a.max_moments)
             if a.generate_s:
@@ -279,7 +288,7 @@ def family_runs(a: argparse.Namespace) -> dict[str, dict[tuple, Any]]:
 
 
 def run_dir(a: argparse.Namespace, out: Path, minutes: int, window: float) -> Path:
-    return out / f"m{minutes}" / "runs" / f"moment-w{window:g}-s{a.steps}{a.tag}"
+    return out / f"m{minutes}" / "runs" / f"{a.variants}-w{window:g}-s{a.steps}{a.tag}"
 
 
 def last_vs_selected(out: Path, run: Path, max_moments: int) -> dict[str, Any] | None:
@@ -419,7 +428,7 @@ def main_family(a: argparse.Namespace) -> None:
     results = found["results"]
     print("\n" + machine_line("features of each draw's store, training fp32"))
     print(f"benchmark family: draws {a.first_draw}..{a.first_draw + a.draws - 1} (synth/events.py draw_params; "
-          f"ranges in bench/README.md), {a.steps} steps of launch/demo_train.toml's model with the `moment` options, "
+          f"ranges in bench/README.md), {a.steps} steps of launch/demo_train.toml's model with the `{a.variants}` options, "
           f"train.seed={a.seed}, {a.test_vods} test VOD(s) per channel; overrides: {' '.join(a.overrides) or 'none'}\n")
     print(family_tables(results))
     print("\n" + paired_table(results, found["paired"]))
@@ -440,7 +449,8 @@ def main() -> None:
     p.add_argument("--generate-s", type=float, default=None, help="seconds of each test VOD to generate chat for "
                    "(0: skip; default 120, with --draws 60 at the largest window)")
     p.add_argument("--ablations", default="full,av_shuffled,audio_only,video_only,chat_only")
-    p.add_argument("--variants", default="baseline,moment", help=f"model variants to train: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="", help=f"model variants to train: {', '.join(VARIANTS)} (default "
+                   "baseline,moment; with --draws one variant, default moment)")
     p.add_argument("--tag", default="", help="run name suffix (variants)")
     p.add_argument("--seeds", default="0", help="train.seed values: one run per variant, window and seed; the "
                    "first seed's runs fill the full table, every seed's the summary (runs at seed 0 keep their "
@@ -456,7 +466,13 @@ def main() -> None:
     a.generate_s = (60.0 if a.draws else 120.0) if a.generate_s is None else a.generate_s
     if a.generate_s < 0:
         p.error(f"--generate-s must be >= 0 seconds (0: skip), got {a.generate_s:g}")
+    for variant in a.variants.split(",") if a.variants else []:
+        if variant not in VARIANTS:
+            p.error(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
     if a.draws:
+        a.variants = a.variants or "moment"
+        if "," in a.variants:
+            p.error(f"--draws trains one variant per command, got --variants {a.variants}: run one command per variant")
         if a.first_draw < 1:
             p.error("--first-draw must be >= 1: draw 0 is the fixed benchmark (run without --draws)")
         if not all(x.strip().isdigit() and 1 <= int(x) < 600 for x in a.minutes_per_channel.split(",")):
@@ -464,6 +480,7 @@ def main() -> None:
         a.out = "bench_out/moment_family" if a.out == "bench_out/moment" else a.out
         return main_family(a)
 
+    a.variants = a.variants or "baseline,moment"
     out = Path(a.out)
     t0 = time.perf_counter()
     plan = synth_all(out, a.vods, a.test_vods, a.duration, a.val_duration)

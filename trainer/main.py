@@ -120,6 +120,8 @@ def main(cfg: Config) -> dict[str, float]:
             metrics = {"train/loss": out["loss"], "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": out["grad_norm"],
                        "train/examples_per_s": out["examples"] * acc.num_processes * n / dt,
                        "train/tokens_per_s": out["tokens"] * acc.num_processes * n / dt, "train/skipped_steps": bad.total}
+            if "contrastive" in out:  # the aux loss, unweighted (model.contrastive_weight)
+                metrics["train/contrastive"] = out["contrastive"]
             acc.log(metrics, step=done)
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         if done % tc.eval_every == 0 or done == tc.steps:

@@ -23,6 +23,10 @@ embedding. Tokens are right-padded: the causal mask alone keeps padding from inf
 real positions, and the trainer masks padded positions out of the loss, so there is no token
 padding mask. The loss itself lives in the trainer (trainer/steps.py: token_loss).
 
+Contrastive aux loss (ModelConfig.contrastive_dim, off by default): ContrastiveHeads embed the
+window's pooled encoder output and the message's own tokens in one space; forward returns them
+next to the logits when given the message mask, and trainer/batch.py turns them into InfoNCE.
+
 Masks are bool with True = valid / may attend, the convention of both the data and
 F.scaled_dot_product_attention.
 """
@@ -64,10 +68,24 @@ class ModelConfig:
     age_gate: bool = param(False, "a learned gate per age (1 s steps) and channel on each row's content")
     enc_alibi: bool = param(False, "encoder attention biased by -slope_h * |age_i - age_j| (ALiBi, per head)")
     input_mlp: bool = param(False, "a GELU layer (residual) on each row's projection, before the encoder's norms")
+    # Aligning a window's A/V with the message it caused (CLIP-style InfoNCE, trainer/batch.py:
+    # contrastive_loss): the token loss lets the decoder lean on the chat context and the
+    # channel's marginal; the aux loss asks the encoder, directly, which of the batch's messages
+    # this window caused (docs/moment.md: a tiny probe only, the family not yet measured; off
+    # until it is). Both fields live here, not in train.*: train.init_from copies
+    # model.* from the starting run, so the weight cannot disagree with the parameters the
+    # checkpoint carries, and a projection without its loss would get no gradient (DDP rejects it).
+    contrastive_dim: int = param(0, "shared A/V-message embedding size of the contrastive aux loss (0: off)", ge=0,
+                                 le=4096)
+    contrastive_weight: float = param(0.0, "weight of the contrastive aux loss next to the per-token loss "
+                                           "(0: off; needs contrastive_dim)", ge=0, le=100)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"model.d_model={self.d_model} must be a multiple of model.n_heads={self.n_heads}")
+        if (self.contrastive_dim > 0) != (self.contrastive_weight > 0):
+            raise ValueError(f"model.contrastive_dim={self.contrastive_dim} and model.contrastive_weight="
+                             f"{self.contrastive_weight}: set both (the aux loss on) or neither (off)")
 
 
 @dataclass
@@ -255,6 +273,10 @@ class VodChatModel(nn.Module):
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight
         self._init_weights()
+        # Built after the others are initialised: with the same seed, every other parameter starts
+        # exactly as it would without the aux loss, so the two runs differ only by it.
+        if cfg.contrastive_dim:
+            self.contrastive = ContrastiveHeads(d, cfg.contrastive_dim)
 
     def _init_weights(self) -> None:
         """GPT-2 init: N(0, 0.02), residual output projections scaled down by depth so the
@@ -341,10 +363,62 @@ class VodChatModel(nn.Module):
         return self.head(self.dec_norm(x)), DecodeCache(self_kv, cache.cross_kv, past + L)
 
     def forward(self, tokens: Tensor, video: Tensor, video_time: Tensor, video_mask: Tensor,
-                audio: Tensor, audio_time: Tensor, audio_mask: Tensor) -> Tensor:
-        """Teacher-forced logits [B, L, V]: position i predicts token i + 1."""
+                audio: Tensor, audio_time: Tensor, audio_mask: Tensor,
+                message_mask: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Teacher-forced logits [B, L, V]: position i predicts token i + 1. With message_mask
+        [B, L] (True at the message's tokens) and model.contrastive_dim: (logits, A/V embeddings,
+        message embeddings, logit scale) for the contrastive loss, from the same forward pass (a
+        DDP-wrapped model syncs only what its forward computed)."""
         memory, memory_mask = self.encode(video, video_time, video_mask, audio, audio_time, audio_mask)
-        return self.decode(tokens, memory, memory_mask)[0]
+        logits = self.decode(tokens, memory, memory_mask)[0]
+        if message_mask is None or not self.config.contrastive_dim:
+            return logits
+        return (logits, *self.contrastive(memory, memory_mask, self.tok_emb(tokens), message_mask))
+
+
+class ContrastiveHeads(nn.Module):
+    """The two sides of the contrastive aux loss (ModelConfig.contrastive_dim), CLIP style: the
+    window's encoder output (what the decoder cross-attends to) mean-pooled over its valid slots,
+    and the message's own token embeddings mean-pooled, each Linear projected and L2-normalised;
+    a learned temperature.
+
+    The message side is a bag of its token embeddings and nothing else: no decoder layer, whose
+    cross-attention would let it read the window (matching a window with itself is trivial and
+    teaches the encoder nothing), and no chat context. A reaction is mostly which words it uses,
+    not their order, and the embeddings are the decoder's own (tied with its output head), so
+    aligning them also shapes what the decoder predicts from the window.
+    """
+
+    def __init__(self, d_model: int, dim: int):
+        super().__init__()
+        # The window's side is the masked mean of its slots. A learned-query attention pool (one
+        # query, starting as the mean) was tried on tests/store_factory.py's store (12 VODs, 300
+        # steps of launch/debug.toml, dim 32, weight 1): validation InfoNCE of matched vs A/V-shuffled
+        # pairs 1.95 vs 2.96, the mean's 1.81 vs 3.07; no gain there, so the simpler one.
+        self.av_proj = nn.Linear(d_model, dim)
+        self.text_proj = nn.Linear(d_model, dim)
+        # CLIP's start (1 / 0.07) and clamp (100): a larger scale lets a few batches make the loss
+        # spiky; a 0-d parameter, so AdamW does not decay it (configure_optimizer).
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        for proj in (self.av_proj, self.text_proj):  # as VodChatModel._init_weights would
+            nn.init.normal_(proj.weight, std=0.02)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, memory: Tensor, memory_mask: Tensor, tok_emb: Tensor,
+                message_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """memory [B, S, D] with memory_mask [B, S] (the null slot is always valid), token
+        embeddings [B, L, D] with message_mask [B, L] -> A/V [B, dim], message [B, dim] (unit
+        norm, float32; a message without tokens pools to zeros: the loss masks it out), scale."""
+        av = masked_mean(memory, memory_mask)
+        text = masked_mean(tok_emb, message_mask)
+        return (F.normalize(self.av_proj(av).float(), dim=-1), F.normalize(self.text_proj(text).float(), dim=-1),
+                self.log_scale.clamp(max=math.log(100.0)).exp().float())
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """x [B, T, D] averaged over the positions where mask [B, T] is True (zeros where none is)."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
 
 
 def causal_mask(n_new: int, n_past: int, device: torch.device) -> tuple[Tensor | None, bool]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from vod2chat.trainer.batch import shuffle_av, to_device, token_loss
+from vod2chat.trainer.batch import losses, shuffle_av, to_device, token_loss
 from vod2chat.trainer.sampling import generate_batch
 from vod2chat.trainer import checkpoint
 from vod2chat.trainer.config import Config, TrainConfig
@@ -69,24 +69,35 @@ def build_optimizer(model: VodChatModel, tc: TrainConfig) -> tuple[torch.optim.O
 def train_step(model, optimizer, scheduler, micro_batches: list[dict[str, Any]], acc: Accelerator,
                grad_clip: float) -> dict[str, float]:
     n_tokens = sum(int(b["loss_mask"].sum()) for b in micro_batches)
-    total = 0.0
+    weight = contrastive_weight(acc.unwrap_model(model))
+    total, aux_total = 0.0, 0.0
     for i, b in enumerate(micro_batches):
         # Gradients are all-reduced once per optimizer step, on the last micro-batch.
         sync = acc.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
         with sync, acc.autocast():
-            loss_sum, _ = token_loss(model, b)
-            loss = loss_sum / max(1, n_tokens)
+            loss_sum, _, aux = losses(model, b, weight > 0)
+            loss = loss_sum / max(1, n_tokens)  # the per-token mean over the whole step
+            if aux is not None:  # a per-batch mean: the step's is their mean over the micro-batches
+                loss = loss + weight * aux / len(micro_batches)
+                aux_total += aux.item()
         acc.backward(loss)
         total += loss_sum.item()
     # grad_clip 0 is "off": clip_grad_norm_ with max_norm 0 would zero every gradient.
     grad_norm = acc.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    finite = step_is_finite(acc, total, float(grad_norm))
+    finite = step_is_finite(acc, total + aux_total, float(grad_norm))
     if finite:  # a NaN/Inf gradient would make every weight NaN for good: that step is skipped
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return {"loss": total / max(1, n_tokens), "grad_norm": float(grad_norm), "tokens": n_tokens,
-            "examples": sum(len(b["keys"]) for b in micro_batches), "skipped": not finite}
+    out = {"loss": total / max(1, n_tokens), "grad_norm": float(grad_norm), "tokens": n_tokens,
+           "examples": sum(len(b["keys"]) for b in micro_batches), "skipped": not finite}
+    return {**out, "contrastive": aux_total / len(micro_batches)} if weight > 0 else out
+
+
+def contrastive_weight(model: torch.nn.Module) -> float:
+    """The contrastive aux loss's weight (model.contrastive_weight; 0: off)."""
+    cfg = model.config
+    return cfg.contrastive_weight if cfg.contrastive_dim > 0 else 0.0
 
 
 def step_is_finite(acc: Accelerator, loss_sum: float, grad_norm: float) -> bool:
@@ -126,17 +137,23 @@ class BadSteps:
 def evaluate(model: torch.nn.Module, loader, acc: Accelerator, max_batches: int) -> dict[str, float]:
     """Validation loss and perplexity, and the same with video/audio shuffled across examples."""
     model.eval()
-    sums = torch.zeros(3, device=acc.device)  # loss, loss with A/V shuffled, tokens
+    contrastive = contrastive_weight(model) > 0
+    sums = torch.zeros(5, device=acc.device)  # loss, loss with A/V shuffled, tokens, contrastive, its batches
     for b in itertools.islice(loader, max_batches):
         b = to_device(b, acc.device)
         with acc.autocast():
-            sums[0] += token_loss(model, b)[0]
+            loss_sum, _, aux = losses(model, b, contrastive)
+            sums[0] += loss_sum
             sums[1] += token_loss(model, shuffle_av(b))[0]
         sums[2] += b["loss_mask"].sum()
+        if aux is not None:
+            sums[3:] += torch.stack([aux.detach(), torch.ones((), device=acc.device)])
     sums = acc.reduce(sums, reduction="sum")
     model.train()
     loss, shuffled = (sums[:2] / sums[2].clamp(min=1)).tolist()
-    return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
+    out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50)), "val/loss_av_shuffled": shuffled}
+    # The mean over every rank's batches, each scored against its own examples only.
+    return {**out, "val/contrastive": float(sums[3] / sums[4].clamp(min=1))} if contrastive else out
 
 
 def check_selectable(tc: TrainConfig, splits: RunSplits) -> None:
