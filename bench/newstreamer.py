@@ -270,7 +270,8 @@ def train_all(out: Path, store: str, plan: dict, a: argparse.Namespace) -> tuple
     old_run = train(out, store, plan, f"old-s{a.steps_old}{tag}", a.steps_old, 1, a.select,
                     [f"data.streamers={json.dumps(list(OLD))}", *a.overrides])
     grow = ["tokenizer.grow_min_count=5"]
-    runs = {("a", s): train(out, store, plan, f"a-init-mix-s{a.steps}{f'-seed{s}' if s else ''}{tag}", a.steps,
+    mixed = "a-init-mix" + ("" if a.new_weight == 2.0 else f"-w{a.new_weight:g}")  # the default keeps older names
+    runs = {("a", s): train(out, store, plan, f"{mixed}-s{a.steps}{f'-seed{s}' if s else ''}{tag}", a.steps,
                             a.points, a.select, [f"train.init_from={old_run}", f"data.streamer_weights={mix}", *grow,
                                                  f"train.seed={s}", *a.overrides])
             for s in a.seeds}
