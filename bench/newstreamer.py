@@ -112,9 +112,7 @@ def train(out: Path, store: str, plan: dict, name: str, steps: int, points: int,
         check_reused(run, test)
         return run
     every = max(1, steps // points)
-    # train.select only with val_loss: "last" is the trainer's default, and runs of --select last stay
-    # trainable by a trainer without the key.
-    choose = [f"train.eval_every={steps}"] if select == "last" else [
+    choose = [f"train.eval_every={steps}", "train.select=last"] if select == "last" else [
         "train.select=val_loss", f"train.eval_every={max(1, every // 2)}"]
     cfg = load_config(Config, REPO / "launch/demo_train.toml", [
         f"data.store={store}", f"train.run_dir={run}", f"train.steps={steps}", f"data.window_s={WINDOW}",
