@@ -48,8 +48,8 @@ from vod2chat.trainer.batch import to_device
 from vod2chat.trainer.checkpoint import TrainState, resume, save_run
 from vod2chat.trainer.processes import grad_accum_steps, init_restarted_process_group, mixed_precision, restarted
 from vod2chat.trainer.report import final_summary, startup_summary
-from vod2chat.trainer.steps import (BadSteps, build_optimizer, build_tokenizer, check_selectable, evaluate, flat_dict,
-                                    improves, log_hparams, log_samples, plan_data, selection, train_step)
+from vod2chat.trainer.steps import (BadSteps, build_optimizer, build_tokenizer, check_selectable, flat_dict, improves,
+                                    log_hparams, plan_data, selection, train_step, validate)
 from vod2chat.trainer.stream import make_train_loader
 from vod2chat.trainer.tokenizer import ChatTokenizer
 
@@ -125,10 +125,7 @@ def main(cfg: Config) -> dict[str, float]:
             acc.log(metrics, step=done)
             bar.set_postfix(loss=f"{out['loss']:.3f}")
         if done % tc.eval_every == 0 or done == tc.steps:
-            metrics.update(evaluate(acc.unwrap_model(model), val_loader, acc, tc.eval_batches))
-            acc.log({k: v for k, v in metrics.items() if k.startswith("val/")}, step=done)
-            if acc.is_main_process and tc.num_samples:
-                log_samples(acc, model, val_loader, tok, cfg, done)
+            metrics.update(validate(acc, model, val_loader, tok, cfg, done))
             improved = improves(meta, tc, metrics["val/loss"], done)
         if improved or done % tc.save_every == 0 or done == tc.steps:
             save_run(acc, cfg, done, state)

@@ -191,6 +191,15 @@ def improves(meta: dict[str, Any], tc: TrainConfig, loss: float, step: int) -> b
     return True
 
 
+def validate(acc: Accelerator, model, loader, tok: ChatTokenizer, cfg: Config, step: int) -> dict[str, float]:
+    """One validation pass, logged, with sample messages next to real ones (train.num_samples)."""
+    metrics = evaluate(acc.unwrap_model(model), loader, acc, cfg.train.eval_batches)
+    acc.log(metrics, step=step)
+    if acc.is_main_process and cfg.train.num_samples:
+        log_samples(acc, model, loader, tok, cfg, step)
+    return metrics
+
+
 def plan_data(cfg: Config, ckpt: Path | None, step: int, rank: int, world_size: int,
               splits: RunSplits | None = None) -> stream.DataPlan:
     """A fresh run pins the train split's shards; a resume continues the checkpoint's pinned
