@@ -71,10 +71,11 @@ class ModelConfig:
     # Aligning a window's A/V with the message it caused (CLIP-style InfoNCE, trainer/batch.py:
     # contrastive_loss): the token loss lets the decoder lean on the chat context and the
     # channel's marginal; the aux loss asks the encoder, directly, which of the batch's messages
-    # this window caused (docs/moment.md: a tiny probe only, the family not yet measured; off
-    # until it is). Both fields live here, not in train.*: train.init_from copies
-    # model.* from the starting run, so the weight cannot disagree with the parameters the
-    # checkpoint carries, and a projection without its loss would get no gradient (DDP rejects it).
+    # this window caused. Measured on family draws 1-2 (docs/moment.md): less of the gain closed
+    # at 20 s than without it (0.83-0.84 vs 0.86-0.95), so off by default. Both fields live here,
+    # not in train.*: train.init_from copies model.* from the starting run, so the weight cannot
+    # disagree with the parameters the checkpoint carries, and a projection without its loss
+    # would get no gradient (DDP rejects it).
     contrastive_dim: int = param(0, "shared A/V-message embedding size of the contrastive aux loss (0: off)", ge=0,
                                  le=4096)
     contrastive_weight: float = param(0.0, "weight of the contrastive aux loss next to the per-token loss "
