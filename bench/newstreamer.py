@@ -86,12 +86,11 @@ def held_out(plan: dict, split: str) -> list[str]:
 def check_reused(run: Path, test: list[str]) -> None:
     """eval reads the test split from the run's saved config: a run trained before the test split
     (same name with --select last) names no test VODs, so its test split would be empty."""
-    import tomllib
-
+    from vod2chat.config import load_config
     from vod2chat.trainer import checkpoint
+    from vod2chat.trainer.config import Config
 
-    saved = tomllib.loads((checkpoint.resolve(run) / checkpoint.CONFIG_FILE).read_text())
-    have = saved.get("data", {}).get("test_vods", [])
+    have = load_config(Config, checkpoint.resolve(run) / checkpoint.CONFIG_FILE).data.test_vods
     if sorted(have) != sorted(test):
         raise SystemExit(f"{run}: trained with data.test_vods={have}, this bench needs {test} (a run from before the "
                          "test split, or another --test-vods): move that run directory aside to retrain it, or use "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import pickle
 import random
 import re
@@ -98,9 +99,10 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def best_step(meta: dict[str, Any], where: Path) -> int | None:
-    """The step train.select=val_loss chose, from a checkpoint's meta.json (None: the run selects
-    the newest). Only a step number is read from the file, never a path: the directory is built here."""
+def best_record(meta: dict[str, Any], where: Path) -> dict[str, Any] | None:
+    """meta.json's "best" (train.select=val_loss: {"step", "val_loss"}), checked; None: the run
+    selects its newest checkpoint. Only a step number is read from the file, never a path: the
+    directory is built here."""
     best = meta.get("best")
     if best is None:
         return None
@@ -108,7 +110,16 @@ def best_step(meta: dict[str, Any], where: Path) -> int | None:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise CheckpointError(f"{where}: \"best\" must be {{\"step\": N, \"val_loss\": x}} with N a step number, "
                               f"got {str(best)[:80]}; pass a checkpoint directory instead of the run")
-    return step
+    loss = best.get("val_loss")
+    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+        raise CheckpointError(f"{where}: \"best\" has no finite val_loss ({str(loss)[:40]}); the checkpoint is "
+                              "damaged: pass a checkpoint directory instead of the run")
+    return {"step": step, "val_loss": float(loss)}
+
+
+def best_step(meta: dict[str, Any], where: Path) -> int | None:
+    best = best_record(meta, where)
+    return None if best is None else best["step"]
 
 
 def selected(run_dir: str | Path) -> Path | None:

@@ -169,14 +169,8 @@ def selection(tc: TrainConfig, ckpt: Path | None) -> dict[str, Any]:
     checkpoint resumed from, so the choice after a resume is the uninterrupted run's."""
     if tc.select != "val_loss" or ckpt is None:
         return {}
-    meta = checkpoint.read_meta(ckpt)
-    if checkpoint.best_step(meta, ckpt / checkpoint.META_FILE) is None:
-        return {}
-    loss = meta["best"].get("val_loss")
-    if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
-        raise checkpoint.CheckpointError(f"{ckpt / checkpoint.META_FILE}: \"best\" has no finite val_loss "
-                                         f"({str(loss)[:40]}); the checkpoint is damaged")
-    return {"best": {"step": meta["best"]["step"], "val_loss": float(loss)}}
+    best = checkpoint.best_record(checkpoint.read_meta(ckpt), ckpt / checkpoint.META_FILE)
+    return {} if best is None else {"best": best}
 
 
 def improves(meta: dict[str, Any], tc: TrainConfig, loss: float, step: int) -> bool:
