@@ -3,6 +3,7 @@
     .venv/bin/python bench/moment.py --seeds 0,1,2      # the README tables: windows 8 and 20, 1,500 steps
     .venv/bin/python bench/moment.py --steps 300 --vods 2 --test-vods 1 --duration 120 --out bench_out/moment_small
     .venv/bin/python bench/moment.py --draws 8 --minutes-per-channel 10,20,40,80   # the family (bench/README.md)
+    .venv/bin/python bench/moment.py --draws 8 --minutes-per-channel 10,15,20,40 --report   # its tables from what is done
 
 1. Synthesizes `vod2chat synth --kind events` streams for two channels (forest, harbor: the
    same event types, different words): per channel `--vods` training VODs, one validation VOD
@@ -270,6 +271,8 @@ def family_runs(a: argparse.Namespace) -> dict[str, dict[tuple, Any]]:
     found: dict[str, dict[tuple, Any]] = {"results": {}, "paired": {}, "gens": {}}
     minutes = [int(m) for m in a.minutes_per_channel.split(",")]
     windows = [float(w) for w in a.windows.split(",")]
+    if a.report:
+        return family_report(a, minutes, windows)
     for d in range(a.first_draw, a.first_draw + a.draws):
         draw = draw_params(d)
         out = Path(a.out) / f"draw{d}"
@@ -287,6 +290,48 @@ def family_runs(a: argparse.Namespace) -> dict[str, dict[tuple, Any]]:
                 found["gens"][(d, m, max(windows))] = generation(out, run_dir(a, out, m, max(windows)), plan, a.generate_s)
             print(f"draw {d}, {m} min per channel: done", file=sys.stderr)
     return found
+
+
+def family_report(a: argparse.Namespace, minutes: list[int], windows: list[float]) -> dict[str, dict[tuple, Any]]:
+    """--report: what --out already holds, training, evaluating and generating nothing. The full
+    family is a night's run on 2 cores (bench/README.md), so its parts run as separate commands
+    (other draws, volumes or windows, on other machines) and one command prints them together; a
+    (draw, volume, window) with no finished evaluation is left out, and the tables say how many
+    draws each figure is over."""
+    from vod2chat.synth.events import CHANNEL_ORDER, draw_params
+
+    found: dict[str, dict[tuple, Any]] = {"results": {}, "paired": {}, "gens": {}}
+    for d in range(a.first_draw, a.first_draw + a.draws):
+        out = Path(a.out) / f"draw{d}"
+        for m in minutes:
+            for window in windows:
+                run = run_dir(a, out, m, window)
+                if not (run / "done.json").exists() or not (run / "eval-moment.json").exists():
+                    continue
+                found["results"][(d, m, window)] = evaluate(out, run, a.max_moments, ["full", "av_shuffled"])
+                newest = checkpoint_dir(run)
+                if newest is not None and (newest == run or (newest / "eval-moment.json").exists()):
+                    found["paired"][(d, m, window)] = last_vs_selected(out, run, a.max_moments)
+            run = run_dir(a, out, m, max(windows))
+            draw = draw_params(d)
+            plan = {c: {"test": [v for v, _ in volume_plan(CHANNEL_ORDER.index(c), m, draw.vod_s, a.test_vods)["test"]]}
+                    for c in draw.channels}
+            if a.generate_s and all((run / f"generated-{v}.json").exists() for c in plan for v in plan[c]["test"]):
+                found["gens"][(d, m, max(windows))] = generation(out, run, plan, a.generate_s)
+    if not found["results"]:
+        raise SystemExit(f"--report: no finished run under {a.out} for draws {a.first_draw}..{a.first_draw + a.draws - 1}, "
+                         f"minutes {a.minutes_per_channel}, windows {a.windows} (variant {a.variants}, tag {a.tag!r}): "
+                         "run the same command without --report first")
+    return found
+
+
+def checkpoint_dir(run: Path) -> Path | None:
+    """The run's newest checkpoint, or the run itself when that is also the selected one (one
+    evaluation, eval-moment.json, is then both)."""
+    from vod2chat.trainer import checkpoint
+
+    newest = checkpoint.latest(run)
+    return run if newest is not None and newest == checkpoint.selected(run) else newest
 
 
 def run_dir(a: argparse.Namespace, out: Path, minutes: int, window: float) -> Path:
@@ -318,7 +363,9 @@ def _median(xs: list[float]) -> float:
 
 
 def family_tables(results: dict[tuple[int, int, float], dict[str, Any]]) -> str:
-    """The per-draw table, the distribution over draws and the learning curve."""
+    """The per-draw table, the distribution over draws and the learning curve. A (draw, volume,
+    window) missing from `results` (--report over partial runs) is a "-" cell, and each median
+    and minimum says over how many draws it is."""
     from vod2chat.synth.events import draw_params
 
     draws = sorted({d for d, _, _ in results})
@@ -326,33 +373,43 @@ def family_tables(results: dict[tuple[int, int, float], dict[str, Any]]) -> str:
     windows = sorted({w for _, _, w in results})
     lo, hi = windows[0], windows[-1]
     closed = lambda d, m, w: results[(d, m, w)]["oracle"]["closed_mrr"]["full"]  # noqa: E731
+    cell = lambda d, m, w, f: f(d, m, w) if (d, m, w) in results else None  # noqa: E731
+    fmt = lambda x, spec=".2f": "-" if x is None else format(x, spec)  # noqa: E731
     mrr = lambda d, m, w, row: (results[(d, m, w)]["oracle"][row] if row in ("oracle", "marginal")  # noqa: E731
                                 else results[(d, m, w)]["oracle"]["model"][row])["MRR"]
+    fall = lambda d, m: (closed(d, m, lo) - closed(d, m, hi)  # noqa: E731
+                         if lo != hi and (d, m, lo) in results and (d, m, hi) in results else None)
     lines = [f"| draw | channels | VOD s | min/channel | " + " | ".join(
         f"gain closed {w:g} s" for w in windows) + f" | oracle MRR {hi:g} s | marginal MRR {hi:g} s | model MRR {hi:g} s | "
         f"A/V shuffled MRR {hi:g} s | fall {lo:g} -> {hi:g} s |", "|---:|---|---:|---:|" + "---:|" * (len(windows) + 5)]
     for d in draws:
         p = draw_params(d)
         for m in minutes:
+            if not any((d, m, w) in results for w in windows):
+                continue
             lines.append(f"| {d} | {','.join(p.channels)} | {p.vod_s:g} | {m} | " + " | ".join(
-                f"{closed(d, m, w):.2f}" for w in windows) + f" | {mrr(d, m, hi, 'oracle'):.3f} | "
-                f"{mrr(d, m, hi, 'marginal'):.3f} | {mrr(d, m, hi, 'full'):.3f} | {mrr(d, m, hi, 'av_shuffled'):.3f} | "
-                f"{closed(d, m, lo) - closed(d, m, hi):+.2f} |")
+                fmt(cell(d, m, w, closed)) for w in windows) + " | " + " | ".join(
+                fmt(cell(d, m, hi, lambda *k, r=row: mrr(*k, r)), ".3f") for row in ("oracle", "marginal", "full", "av_shuffled"))
+                + f" | {fmt(fall(d, m), '+.2f')} |")
     lines += ["", "| min/channel | window | draws | median gain closed | minimum | draw at the minimum | largest fall |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
     for m in minutes:
+        falls = [f for f in (fall(d, m) for d in draws) if f is not None]
         for w in windows:
-            xs = {d: closed(d, m, w) for d in draws}
+            xs = {d: closed(d, m, w) for d in draws if (d, m, w) in results}
+            if not xs:
+                continue
             worst = min(xs, key=xs.get)
-            fall = max(closed(d, m, lo) - closed(d, m, hi) for d in draws)
             lines.append(f"| {m} | {w:g} s | {len(xs)} | {_median(list(xs.values())):.2f} | {xs[worst]:.2f} | {worst} | "
-                         f"{fall:+.2f} |")
-    lines += ["", "Learning curve: median gain closed (minimum) over the draws vs minutes of training stream per channel",
+                         f"{fmt(max(falls) if falls else None, '+.2f')} |")
+    lines += ["", "Learning curve: median gain closed (minimum; draws) vs minutes of training stream per channel",
               "", "| window | " + " | ".join(f"{m} min" for m in minutes) + " |", "|---:|" + "---:|" * len(minutes)]
     for w in windows:
-        lines.append(f"| {w:g} s | " + " | ".join(
-            f"{_median([closed(d, m, w) for d in draws]):.2f} ({min(closed(d, m, w) for d in draws):.2f})"
-            for m in minutes) + " |")
+        row = []
+        for m in minutes:
+            xs = [closed(d, m, w) for d in draws if (d, m, w) in results]
+            row.append(f"{_median(xs):.2f} ({min(xs):.2f}; {len(xs)})" if xs else "-")
+        lines.append(f"| {w:g} s | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -463,6 +520,8 @@ def main() -> None:
     p.add_argument("--minutes-per-channel", default="15", help="--draws: minutes of training stream per channel, "
                    "one run per value (10,20,40,80: the learning curve)")
     p.add_argument("--seed", type=int, default=0, help="--draws: train.seed of every run")
+    p.add_argument("--report", action="store_true", help="--draws: print the tables from the runs already in "
+                   "--out (left out: what has no finished evaluation); trains, evaluates and generates nothing")
     p.add_argument("overrides", nargs="*", help="training config overrides for every variant, e.g. train.lr=1e-3")
     a = p.parse_args()
     a.generate_s = (60.0 if a.draws else 120.0) if a.generate_s is None else a.generate_s
@@ -471,6 +530,8 @@ def main() -> None:
     for variant in a.variants.split(",") if a.variants else []:
         if variant not in VARIANTS:
             p.error(f"unknown variant {variant!r}: choose from {', '.join(VARIANTS)}")
+    if a.report and not a.draws:
+        p.error("--report prints the family's tables: give --draws N")
     if a.draws:
         a.variants = a.variants or "moment"
         if "," in a.variants:

@@ -259,6 +259,56 @@ def test_last_vs_selected_pairs_the_newest_checkpoint_with_the_selected_one(sele
     assert "nothing to compare" in bench.paired_table({key: report(20, 0.6)}, {key: None})
 
 
+def _report(closed: float, step: int = 40) -> dict:
+    mrr = lambda x: {"MRR": x}  # noqa: E731
+    return {"ablations": ["full", "av_shuffled"], "step": step, "oracle": {
+        "closed_mrr": {"full": closed}, "oracle": mrr(0.5), "marginal": mrr(0.3),
+        "model": {"full": mrr(0.3 + 0.2 * closed), "av_shuffled": mrr(0.25)}}}
+
+
+def test_family_tables_of_partial_runs_say_how_many_draws_each_figure_is_over():
+    bench = _bench()
+    # Draw 1 at both windows and volumes; draw 2 at 15 minutes only, window 20 only.
+    results = {(1, 10, 8.0): _report(0.6), (1, 10, 20.0): _report(0.7), (1, 15, 8.0): _report(0.9),
+               (1, 15, 20.0): _report(0.8), (2, 15, 20.0): _report(0.5)}
+    text = bench.family_tables(results)
+    assert "| 2 | " in text and "| 15 | - | 0.50 | 0.500 | 0.300 | 0.400 | 0.250 | - |" in text
+    assert "| 1 | " in text and "| 15 | 0.90 | 0.80 | 0.500 | 0.300 | 0.460 | 0.250 | +0.10 |" in text
+    assert "| 10 | - |" not in text  # no row for a volume a draw has no run of
+    assert "| 15 | 20 s | 2 | 0.65 | 0.50 | 2 | +0.10 |" in text and "| 15 | 8 s | 1 | 0.90 | 0.90 | 1 | +0.10 |" in text
+    assert "| 20 s | 0.70 (0.70; 1) | 0.65 (0.50; 2) |" in text
+
+
+def test_report_prints_what_out_holds_and_trains_nothing(select_runs: Path, tmp_path: Path, capsys):
+    bench = _bench()
+    out = tmp_path / "family"
+    run = out / "draw2" / "m15" / "runs" / "moment-w20-s40-sel"
+    shutil.copytree(select_runs / "val", run)
+    newest = checkpoint.latest(run)
+    meta = json.loads((newest / "meta.json").read_text())
+    meta["best"] = {"step": 20, "val_loss": 1.0}  # which pass was lowest is up to the run: plant it
+    (newest / "meta.json").write_text(json.dumps(meta))
+    (run / "eval-moment.json").write_text(json.dumps(_report(0.75, 20)))
+    (run / "done.json").write_text(json.dumps({"train_s": 1.0}))  # bench/moment.py's own mark of a finished run
+    # The newest checkpoint's own evaluation: last vs selected is paired from the cache, not recomputed.
+    (newest / "eval-moment.json").write_text(json.dumps(_report(0.5)))
+    # Draw 3 has a run that never finished (no done.json): left out, not trained.
+    (out / "draw3" / "m15" / "runs" / "moment-w20-s40-sel").mkdir(parents=True)
+    argv = ["moment.py", "--draws", "3", "--minutes-per-channel", "15", "--windows", "20", "--steps", "40",
+            "--tag=-sel", "--out", str(out), "--report"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", argv)
+        bench.main()
+    text = capsys.readouterr().out
+    assert "| 15 | 20 s | 1 | 0.75 | 0.75 | 2 | - |" in text
+    assert "| 2 | 15 | 20 s | 40 | 0.50 | 20 | 0.75 | +0.25 |" in text
+    assert not (out / "draw1").exists() and not any((out / "draw3").rglob("*.json")), "--report wrote something"
+    # Nothing finished at all: one line that says which command to run first.
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit, match="without --report first"):
+        mp.setattr("sys.argv", argv[:2] + ["1"] + argv[3:])
+        bench.main()
+
+
 @pytest.mark.slow
 def test_a_model_trained_on_one_small_draw_beats_its_av_shuffled_ablation(tmp_path: Path):
     """bench/moment.py's own steps on a small draw: 3 minutes of stream per channel and a 60 s validation VOD per channel."""
