@@ -299,21 +299,23 @@ def family_report(a: argparse.Namespace, minutes: list[int], windows: list[float
     (draw, volume, window) with no finished evaluation is left out, and the tables say how many
     draws each figure is over."""
     from vod2chat.synth.events import CHANNEL_ORDER, draw_params
+    from vod2chat.trainer import checkpoint
 
     found: dict[str, dict[tuple, Any]] = {"results": {}, "paired": {}, "gens": {}}
     for d in range(a.first_draw, a.first_draw + a.draws):
-        out = Path(a.out) / f"draw{d}"
+        out, draw = Path(a.out) / f"draw{d}", draw_params(d)
         for m in minutes:
             for window in windows:
                 run = run_dir(a, out, m, window)
                 if not (run / "done.json").exists() or not (run / "eval-moment.json").exists():
                     continue
                 found["results"][(d, m, window)] = evaluate(out, run, a.max_moments, ["full", "av_shuffled"])
-                newest = checkpoint_dir(run)
-                if newest is not None and (newest == run or (newest / "eval-moment.json").exists()):
+                # Paired only from the cache: the newest checkpoint is the selected one (one
+                # evaluation is both) or has its own eval-moment.json.
+                newest = checkpoint.latest(run)
+                if newest == checkpoint.selected(run) or (newest / "eval-moment.json").exists():
                     found["paired"][(d, m, window)] = last_vs_selected(out, run, a.max_moments)
             run = run_dir(a, out, m, max(windows))
-            draw = draw_params(d)
             plan = {c: {"test": [v for v, _ in volume_plan(CHANNEL_ORDER.index(c), m, draw.vod_s, a.test_vods)["test"]]}
                     for c in draw.channels}
             if a.generate_s and all((run / f"generated-{v}.json").exists() for c in plan for v in plan[c]["test"]):
@@ -323,15 +325,6 @@ def family_report(a: argparse.Namespace, minutes: list[int], windows: list[float
                          f"minutes {a.minutes_per_channel}, windows {a.windows} (variant {a.variants}, tag {a.tag!r}): "
                          "run the same command without --report first")
     return found
-
-
-def checkpoint_dir(run: Path) -> Path | None:
-    """The run's newest checkpoint, or the run itself when that is also the selected one (one
-    evaluation, eval-moment.json, is then both)."""
-    from vod2chat.trainer import checkpoint
-
-    newest = checkpoint.latest(run)
-    return run if newest is not None and newest == checkpoint.selected(run) else newest
 
 
 def run_dir(a: argparse.Namespace, out: Path, minutes: int, window: float) -> Path:
